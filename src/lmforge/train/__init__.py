@@ -1,0 +1,1 @@
+"""The training loop (explicit, on accelerate), checkpoints, schedules, measurements."""

@@ -1,0 +1,320 @@
+"""The training loop: one explicit loop over accelerate, shared by every task.
+
+    micro-batches (length-grouped, dynamically padded) -> loss sum / items in the whole step
+    -> backward -> clip -> AdamW -> schedule -> log / evaluate / checkpoint
+
+Tasks plug in a collate function, a loss and an evaluation step (see tasks/base.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..config import Config
+from ..data.batching import epoch_batches, eval_batches, shard
+from ..errors import LmforgeError
+from ..runfolder import LogWriter
+from ..tasks.base import EncodedSplit, Prepared
+from . import checkpoint as ckpt
+from .perf import count_params, device_peak_flops, matmul_params, peak_memory_mb, release_memory
+from .progress import TrainProgress
+from .schedule import make_optimizer, make_scheduler
+
+log = logging.getLogger("lmforge")
+
+
+@dataclass
+class FitResult:
+    steps: int
+    epochs: float
+    train_loss: Optional[float]
+    runtime_s: float
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+    eval_history: list = field(default_factory=list)
+    tokens_per_s: float = 0.0
+    mfu: Optional[float] = None
+    peak_mem_mb: float = 0.0
+    stopped_early: bool = False
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def make_accelerator(cfg: Config):
+    from accelerate import Accelerator
+
+    mp = cfg.train.mixed_precision
+    cuda = torch.cuda.is_available()
+    if mp == "auto":
+        mp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    if mp in ("bf16", "fp16") and not cuda:
+        # fp32 matmul is faster than bf16 on CPUs without AMX, and fp16 autocast is unsupported.
+        log.info("mixed_precision=%s asked for on a CPU: training in fp32 instead", mp)
+        mp = "no"
+    return Accelerator(mixed_precision=mp, cpu=not cuda)
+
+
+@torch.no_grad()
+def evaluate_split(model, split: EncodedSplit, prep: Prepared, batch_size: int, accelerator=None,
+                   progress: Optional[TrainProgress] = None, desc: str = "eval") -> dict:
+    """Run the task's eval_step over a split, concatenating its outputs; finalize -> metrics."""
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    rank = accelerator.process_index if accelerator else 0
+    world = accelerator.num_processes if accelerator else 1
+    batches = eval_batches(split.lengths, batch_size)[rank::world]
+    was_training = model.training
+    model.eval()
+    acc: dict[str, list] = {}
+    task_id = progress.add_eval(desc, len(batches)) if progress else None
+    autocast = accelerator.autocast() if accelerator else nullcontext()
+    with autocast:
+        for idx in batches:
+            out = prep.eval_step(model, to_device(prep.collate(split.take(idx)), device))
+            for k, v in out.items():
+                acc.setdefault(k, []).append(v.detach().float().reshape(-1).cpu() if v.is_floating_point()
+                                             else v.detach().reshape(-1).cpu())
+            if progress:
+                progress.advance_eval(task_id)
+    if progress:
+        progress.done_eval(task_id)
+    cat = {k: torch.cat(v) for k, v in acc.items()}
+    if world > 1:
+        from accelerate.utils import gather_object
+        parts = gather_object([cat])
+        cat = {k: torch.cat([p[k] for p in parts]) for k in cat}
+    model.train(was_training)
+    return prep.finalize(cat)
+
+
+class Trainer:
+    """Holds the state of one training run. ``fit()`` runs it."""
+
+    def __init__(self, cfg: Config, prep: Prepared, run_dir: Path, accelerator=None):
+        self.cfg, self.prep, self.run_dir = cfg, prep, Path(run_dir)
+        self.tc = cfg.train
+        self.acc = accelerator or make_accelerator(cfg)
+        self.main = self.acc.is_main_process
+        self.logw = LogWriter(self.run_dir / "log.jsonl", enabled=self.main)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        if self.tc.gradient_checkpointing and hasattr(prep.model, "gradient_checkpointing_enable"):
+            prep.model.gradient_checkpointing_enable()
+        self.optimizer = make_optimizer(prep.model, self.tc, prep.new_param_names)
+        self.model, self.optimizer = self.acc.prepare(prep.model, self.optimizer)
+        bs, accum = self.tc.per_device_train_batch_size, self.tc.gradient_accumulation_steps
+        n_batches = len(self._batches(0))
+        if n_batches == 0:
+            raise LmforgeError(f"not enough training data for one batch of {bs} per process",
+                               "lower per_device_train_batch_size or add data")
+        self.batches_per_epoch = n_batches
+        self.steps_per_epoch = math.ceil(n_batches / accum)
+        self.total_steps = self.tc.max_steps if self.tc.max_steps > 0 else \
+            max(1, math.ceil(self.tc.num_train_epochs * self.steps_per_epoch))
+        self.scheduler = make_scheduler(self.optimizer, self.tc, self.total_steps)
+        self.n_params = count_params(self.acc.unwrap_model(self.model))
+        self.flop_params = matmul_params(self.acc.unwrap_model(self.model))
+        self.peak_flops = device_peak_flops(self.acc.device) * self.acc.num_processes
+        # state that a checkpoint saves
+        self.step = 0
+        self.epoch = 0
+        self.batch_pos = 0  # next batch index within the epoch
+        self.best: Optional[float] = None
+        self.best_step: Optional[int] = None
+        self.bad_evals = 0
+        self.eval_history: list[dict] = []
+
+    # -------------------------------------------------------------------------------- data
+    def _batches(self, epoch: int) -> list[list[int]]:
+        b = epoch_batches(self.prep.train.lengths, self.tc.per_device_train_batch_size, self.tc.seed, epoch,
+                          group_by_length=self.tc.group_by_length, drop_last=self.prep.train_batch_drop_last)
+        return shard(b, self.acc.process_index, self.acc.num_processes)
+
+    def _steps(self):
+        """Yield (epoch, batch position after the group, list of batch index lists) per optimizer step."""
+        accum = self.tc.gradient_accumulation_steps
+        epoch, start = self.epoch, self.batch_pos
+        while True:
+            batches = self._batches(epoch)
+            for s in range(start, len(batches), accum):
+                group = batches[s:s + accum]
+                yield epoch, s + len(group), len(batches), group
+            epoch, start = epoch + 1, 0
+
+    # -------------------------------------------------------------------------------- state
+    def state(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos, "best": self.best,
+                "best_step": self.best_step, "bad_evals": self.bad_evals, "eval_history": self.eval_history,
+                "total_steps": self.total_steps, "seed": self.tc.seed,
+                "world_size": self.acc.num_processes}
+
+    def save(self) -> Optional[Path]:
+        self.acc.wait_for_everyone()
+        path = None
+        if self.main:
+            path = ckpt.save_checkpoint(self.ckpt_root / f"step-{self.step}", self.acc.unwrap_model(self.model),
+                                        self.optimizer, self.scheduler, self.state(), self.prep.tokenizer)
+            keep = {self.ckpt_root / f"step-{self.best_step}"} if self.best_step is not None else set()
+            ckpt.rotate(self.ckpt_root, self.tc.save_total_limit, keep=keep)
+        self.acc.wait_for_everyone()
+        return path
+
+    def resume(self, folder: Path) -> None:
+        state = ckpt.load_training_state(folder, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler)
+        if state.get("world_size", 1) != self.acc.num_processes:
+            raise LmforgeError(f"checkpoint {folder} was written with {state.get('world_size')} processes, "
+                               f"this run has {self.acc.num_processes}", "resume with the same number of processes")
+        for key in ("step", "epoch", "batch_pos", "best", "best_step", "bad_evals", "eval_history"):
+            setattr(self, key, state[key])
+        self.logw.truncate_after(self.step)
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", folder, self.step, self.epoch, self.batch_pos)
+
+    # -------------------------------------------------------------------------------- eval
+    def evaluate(self, progress=None, split: Optional[EncodedSplit] = None, desc="eval") -> dict:
+        split = split or self.prep.eval
+        return evaluate_split(self.model, split, self.prep, self.tc.per_device_eval_batch_size, self.acc,
+                              progress=progress, desc=desc)
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None or (value is not None and not math.isnan(value) and
+                                 (value > self.best if self.prep.greater_is_better else value < self.best)):
+            return True
+        return False
+
+    def _after_eval(self, metrics: dict) -> bool:
+        """Record an evaluation; save the best model; return True to stop early."""
+        name = self.tc.metric_for_best_model or self.prep.best_metric
+        name = name.removeprefix("eval_").removeprefix("eval.")
+        if name not in metrics:
+            raise LmforgeError(f"metric_for_best_model '{name}' is not an eval metric of this task",
+                               f"choose one of: {', '.join(k for k, v in metrics.items() if isinstance(v, (int, float)))}")
+        value = metrics[name]
+        rec = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+               **{f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        self.eval_history.append(rec)
+        self.logw.write(rec)
+        if self._improved(value):
+            self.best, self.best_step, self.bad_evals = value, self.step, 0
+            if self.tc.load_best_model_at_end and self.main:
+                model = self.acc.unwrap_model(self.model)
+                ckpt.atomic_dir(self.ckpt_root / "best", lambda d: model.save_pretrained(d, safe_serialization=True))
+        else:
+            self.bad_evals += 1
+        if self.prep.samples and self.main:
+            samples = self.prep.samples(self.acc.unwrap_model(self.model))
+            if samples:
+                self.logw.write({"step": self.step, "samples": samples})
+        patience = self.tc.early_stopping_patience
+        return bool(patience and self.bad_evals >= patience)
+
+    # -------------------------------------------------------------------------------- fit
+    def fit(self, progress: Optional[TrainProgress] = None) -> FitResult:
+        tc, acc, model = self.tc, self.acc, self.model
+        model.train()
+        eval_every = tc.eval_steps if tc.eval_strategy == "steps" else None
+        save_every = tc.save_steps if tc.save_strategy == "steps" else None
+        has_eval = tc.eval_strategy != "no" and self.prep.eval is not None and len(self.prep.eval) > 0
+        start = time.perf_counter()
+        win_tokens, win_items, win_loss, win_start = 0, 0.0, 0.0, time.perf_counter()
+        total_tokens, last_loss, stopped = 0, None, False
+        last_record: dict = {}
+        if progress:
+            progress.start_train(self.total_steps, self.step)
+        steps = self._steps()
+        while self.step < self.total_steps:
+            epoch, pos, n_in_epoch, group = next(steps)
+            micro = [self.prep.collate(self.prep.train.take(idx)) for idx in group]
+            local_items = sum(int(b["n_items"]) for b in micro)
+            items = acc.reduce(torch.tensor(float(local_items), device=acc.device), "sum").item() \
+                if acc.num_processes > 1 else float(local_items)
+            if items == 0:
+                continue
+            step_loss = torch.zeros((), device=acc.device)
+            for i, mb in enumerate(micro):
+                mb = to_device(mb, acc.device)
+                sync = nullcontext() if i == len(micro) - 1 else acc.no_sync(model)
+                with sync, acc.autocast():
+                    loss_sum = self.prep.loss(model, mb)
+                    # Normalise over the items of the whole step (all micro-batches, all processes);
+                    # DDP averages gradients over processes, hence the factor num_processes.
+                    acc.backward(loss_sum * (acc.num_processes / items))
+                step_loss += loss_sum.detach().float()
+                total_tokens += int(mb["n_tokens"])
+                win_tokens += int(mb["n_tokens"])
+            if tc.max_grad_norm:
+                grad_norm = acc.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+            else:
+                grad_norm = torch.norm(torch.stack([p.grad.detach().norm() for p in model.parameters()
+                                                    if p.grad is not None]))
+            grad_norm = float(grad_norm)
+            loss_val = (acc.reduce(step_loss, "sum").item() if acc.num_processes > 1 else step_loss.item()) / items
+            if not math.isfinite(loss_val) or not math.isfinite(grad_norm):
+                raise LmforgeError(
+                    f"the loss or gradient became {'NaN' if math.isnan(loss_val) or math.isnan(grad_norm) else 'infinite'} "
+                    f"at step {self.step + 1} (loss {loss_val}, grad norm {grad_norm})",
+                    "lower train.learning_rate, keep max_grad_norm set, or train in fp32 (mixed_precision: no); "
+                    "the last good checkpoint is kept")
+            lr = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if acc.device.type == "cpu":
+                release_memory()
+            self.step += 1
+            self.epoch, self.batch_pos = (epoch, pos) if pos < n_in_epoch else (epoch + 1, 0)
+            last_loss = loss_val
+            win_loss += loss_val
+            win_items += 1
+            epoch_float = epoch + pos / n_in_epoch
+            if progress:
+                progress.update_train(self.step, loss_val, lr)
+            if self.step % tc.logging_steps == 0 or self.step == self.total_steps:
+                dt = time.perf_counter() - win_start
+                tok_s = win_tokens * acc.num_processes / dt if dt > 0 else 0.0
+                mfu = 6 * self.flop_params * tok_s / self.peak_flops if self.peak_flops else None
+                last_record = {"step": self.step, "epoch": round(epoch_float, 4), "loss": round(win_loss / win_items, 6),
+                               "lr": lr, "grad_norm": round(grad_norm, 6), "tokens_per_s": round(tok_s, 1),
+                               "mfu": round(mfu, 4) if mfu is not None else None,
+                               "peak_mem_mb": round(peak_memory_mb(acc.device), 1)}
+                self.logw.write(last_record)
+                if progress:
+                    progress.set_rate(tok_s, mfu)
+                win_tokens, win_items, win_loss, win_start = 0, 0.0, 0.0, time.perf_counter()
+            epoch_end = pos >= n_in_epoch
+            do_eval = has_eval and ((eval_every and self.step % eval_every == 0) or
+                                    (tc.eval_strategy == "epoch" and epoch_end) or self.step == self.total_steps)
+            if do_eval:
+                eval_start = time.perf_counter()
+                metrics = self.evaluate(progress)
+                win_start += time.perf_counter() - eval_start  # tokens/s counts training time only
+                if progress:
+                    progress.note_eval(metrics, self.prep.best_metric)
+                stopped = self._after_eval(metrics)
+            if (save_every and self.step % save_every == 0) or (tc.save_strategy == "epoch" and epoch_end):
+                self.save()
+            if stopped:
+                log.info("early stopping at step %d: no improvement in %d evaluations", self.step, self.bad_evals)
+                break
+        runtime = time.perf_counter() - start
+        if tc.load_best_model_at_end and has_eval and (self.ckpt_root / "best").exists():
+            self.acc.wait_for_everyone()
+            from safetensors.torch import load_file
+            best = self.ckpt_root / "best" / "model.safetensors"
+            if best.exists() and self.best_step != self.step:
+                log.info("loading the best model (step %d, %s = %.4f)", self.best_step,
+                         self.tc.metric_for_best_model or self.prep.best_metric, self.best)
+                acc.unwrap_model(model).load_state_dict(load_file(str(best)), strict=False)
+        tok_s = total_tokens * acc.num_processes / runtime if runtime > 0 else 0.0
+        return FitResult(steps=self.step, epochs=round(self.step / self.steps_per_epoch, 4), train_loss=last_loss,
+                         runtime_s=runtime, best_metric=self.best, best_step=self.best_step,
+                         eval_history=self.eval_history, tokens_per_s=tok_s,
+                         mfu=6 * self.flop_params * tok_s / self.peak_flops if self.peak_flops else None,
+                         peak_mem_mb=peak_memory_mb(acc.device), stopped_early=stopped)

@@ -1,0 +1,121 @@
+"""Measurements: peak FLOP/s of the device (for MFU), peak memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import torch
+
+from ..zoo import cache_dir
+
+# Dense bf16 tensor-core peaks (no sparsity), FLOP/s, by device-name substring.
+GPU_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
+             "A10G": 125e12, "A10": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def measure_cpu_peak(n: int = 2048, seconds: float = 1.0) -> float:
+    """fp32 matmul FLOP/s with the current thread count (a short probe)."""
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    torch.mm(a, b)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or reps < 2:
+        torch.mm(a, b)
+        reps += 1
+    return 2 * n ** 3 * reps / (time.perf_counter() - start)
+
+
+def device_peak_flops(device: torch.device) -> float:
+    """Peak FLOP/s for MFU: a table for GPUs, a cached matmul probe for CPUs."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, val in GPU_PEAKS.items():
+            if key in name:
+                return val
+        return 100e12
+    key = f"{_cpu_name()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    path = cache_dir() / "peak_flops.json"
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key not in table:
+        table[key] = measure_cpu_peak()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        os.replace(tmp, path)
+    return float(table[key])
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory (GPU) or peak resident memory of this process (CPU), in MB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def count_params(model: torch.nn.Module, trainable_only: bool = False, non_embedding: bool = False) -> int:
+    total = 0
+    emb = set()
+    if non_embedding:
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.Embedding):
+                emb.update(id(p) for p in mod.parameters())
+    for p in model.parameters():
+        if trainable_only and not p.requires_grad:
+            continue
+        if id(p) in emb:
+            continue
+        total += p.numel()
+    return total
+
+
+def matmul_params(model: torch.nn.Module) -> int:
+    """Parameters that cost 2 FLOPs per token forward: weights of linear layers (incl. a tied LM head).
+
+    Embedding lookups cost no matmul FLOPs, so MFU = 6 * matmul_params * tokens/s / peak.
+    """
+    seen, total = set(), 0
+    for mod in model.modules():
+        w = getattr(mod, "weight", None)
+        if w is None or id(w) in seen:
+            continue
+        if isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Conv1D":
+            seen.add(id(w))
+            total += w.numel()
+    return total
+
+
+_LIBC = None
+
+
+def release_memory() -> None:
+    """Give freed heap memory back to the OS (glibc keeps it otherwise: dynamic shapes fragment it)."""
+    global _LIBC
+    if not sys.platform.startswith("linux"):
+        return
+    if _LIBC is None:
+        import ctypes
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
