@@ -50,4 +50,8 @@ class Prepared:
     fingerprints: dict = field(default_factory=dict)
     # optional: model -> list of sample outputs (generations, fill-mask) logged at each evaluation
     samples: Optional[Callable[[torch.nn.Module], list]] = None
+    # optional: (rows, seed) -> batch for training batches that need randomness (MLM masking).
+    # The loop derives the seed from (train.seed, epoch, batch index), so a resumed run draws
+    # the same masks as an uninterrupted one.
+    train_collate: Optional[Callable[[list[dict], int], dict]] = None
     train_batch_drop_last: bool = False

@@ -146,8 +146,15 @@ class Trainer:
             batches = self._batches(epoch)
             for s in range(start, len(batches), accum):
                 group = batches[s:s + accum]
-                yield epoch, s + len(group), len(batches), group
+                yield epoch, s, len(batches), group
             epoch, start = epoch + 1, 0
+
+    def _collate(self, indices: list[int], epoch: int, batch_index: int) -> dict:
+        rows = self.prep.train.take(indices)
+        if self.prep.train_collate is not None:
+            seed = (self.tc.seed * 1_000_003 + epoch * 100_003 + batch_index) % (2**63)
+            return self.prep.train_collate(rows, seed)
+        return self.prep.collate(rows)
 
     # -------------------------------------------------------------------------------- state
     def state(self) -> dict:
@@ -230,8 +237,9 @@ class Trainer:
             progress.start_train(self.total_steps, self.step)
         steps = self._steps()
         while self.step < self.total_steps:
-            epoch, pos, n_in_epoch, group = next(steps)
-            micro = [self.prep.collate(self.prep.train.take(idx)) for idx in group]
+            epoch, first, n_in_epoch, group = next(steps)
+            pos = first + len(group)
+            micro = [self._collate(idx, epoch, first + j) for j, idx in enumerate(group)]
             local_items = sum(int(b["n_items"]) for b in micro)
             items = acc.reduce(torch.tensor(float(local_items), device=acc.device), "sum").item() \
                 if acc.num_processes > 1 else float(local_items)
