@@ -139,7 +139,7 @@ class Trainer:
         return shard(b, self.acc.process_index, self.acc.num_processes)
 
     def _steps(self):
-        """Yield (epoch, batch position after the group, list of batch index lists) per optimizer step."""
+        """Yield (epoch, index of the first batch, batches in the epoch, list of batch index lists) per step."""
         accum = self.tc.gradient_accumulation_steps
         epoch, start = self.epoch, self.batch_pos
         while True:
