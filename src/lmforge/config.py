@@ -63,11 +63,25 @@ class DataConfig(Section):
     """Use only the first N evaluation examples (a fixed slice)."""
     num_proc: Optional[int] = None
     """Processes for tokenization (default: all cores for large data, 1 for small)."""
+    block_size: Optional[int] = None
+    """Language models: tokens per block after concatenating documents. Default: model limit capped at 512."""
+    remainder: Literal["drop", "pad"] = "drop"
+    """Language models: the last, shorter block of a split is dropped or kept (padded in its batch)."""
+    masking: Literal["token", "whole-word"] = "token"
+    """masked-lm: mask single tokens, or every piece of a chosen word together (any fast tokenizer)."""
+    mlm_probability: float = 0.15
+    """masked-lm: share of tokens (or words) chosen for prediction; 80% [MASK], 10% random, 10% unchanged."""
+    eval_mask_seed: int = 0
+    """masked-lm: seed of the one fixed mask of the eval/test sets (same number in every run)."""
 
     @model_validator(mode="after")
     def _check(self):
         if not 0.0 < self.validation_split < 1.0:
             raise ValueError("validation_split must be between 0 and 1 (exclusive)")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be between 0 and 1 (exclusive), got {self.mlm_probability}")
+        if self.block_size is not None and self.block_size < 8:
+            raise ValueError(f"block_size must be at least 8 tokens, got {self.block_size}")
         for key in ("max_length", "max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             if value is not None and value <= 0:
