@@ -80,8 +80,8 @@ class DataConfig(Section):
             raise ValueError("validation_split must be between 0 and 1 (exclusive)")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"mlm_probability must be between 0 and 1 (exclusive), got {self.mlm_probability}")
-        if self.block_size is not None and self.block_size < 8:
-            raise ValueError(f"block_size must be at least 8 tokens, got {self.block_size}")
+        if self.block_size is not None and self.block_size < 2:
+            raise ValueError(f"block_size must be at least 2 tokens, got {self.block_size}")
         for key in ("max_length", "max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             if value is not None and value <= 0:
