@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements-data.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/lmforge train --overwrite --output.output_dir runs/demo
+	HF_HUB_OFFLINE=1 $(BIN)/lmforge train --overwrite
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

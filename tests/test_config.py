@@ -87,3 +87,10 @@ def test_every_field_has_a_docstring():
             if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
                 walk(f.annotation)
     walk(Config)
+
+
+def test_example_is_the_default_recipe():
+    from pathlib import Path
+    from lmforge.config import default_recipe_path
+    example = Path(__file__).parents[1] / "examples" / "sentiment-minilm.yaml"
+    assert example.read_text() == default_recipe_path().read_text()
