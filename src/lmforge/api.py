@@ -114,6 +114,9 @@ def train(config: Union[str, Path, Config, dict, None] = None, overrides: Option
             log.info(note)
         manifest["data_fingerprints"] = prep.fingerprints
         manifest["data_summary"] = {k: v for k, v in prep.summary.items() if k != "lengths"}
+        if prep.summary.get("lengths") is not None:  # the raw lengths can be millions: keep a histogram
+            from .report import length_histogram
+            manifest["data_summary"]["length_histogram"] = length_histogram(prep.summary["lengths"])
         if main:
             (run_dir / "config.yaml").write_text(cfg.to_yaml())
             write_json(run_dir / "manifest.json", manifest)
