@@ -141,6 +141,58 @@ def eval_cmd(ctx: typer.Context, model: str = typer.Argument(..., help="Run fold
     print(json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}, indent=1))
 
 
+tokenizer_app = typer.Typer(no_args_is_help=True, help="Train tokenizers (BPE, byte-level BPE, WordPiece, Unigram).")
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+def _take_lists(args: list[str], names: tuple[str, ...]) -> dict[str, list[str]]:
+    """``--files a b --special-tokens x y`` -> {"--files": [a, b], ...}: each list runs to the next option."""
+    out: dict[str, list[str]] = {n: [] for n in names}
+    current = None
+    for arg in args:
+        if arg.startswith("--"):
+            name, _, value = arg.partition("=")
+            if name not in names:
+                raise LmforgeError(f"unknown option '{name}'", "see `lmforge tokenizer train --help`")
+            current = name
+            if value:
+                out[name].append(value)
+        elif current is None:
+            raise LmforgeError(f"unexpected argument '{arg}'", "text files go after --files")
+        else:
+            out[current].append(arg)
+    return out
+
+
+@tokenizer_app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def tokenizer_train(
+        ctx: typer.Context,
+        data: Optional[str] = typer.Option(None, "--data", help="A data source as a config names it (kjv, x.jsonl, a folder)."),
+        type: str = typer.Option("byte-level-bpe", "--type", help="bpe | byte-level-bpe | wordpiece | unigram"),
+        vocab_size: int = typer.Option(8000, "--vocab-size", help="Vocabulary size, special tokens included."),
+        min_frequency: int = typer.Option(2, "--min-frequency", help="Minimum count of a merged pair / piece."),
+        output: str = typer.Option(..., "--output", "-o", help="Folder to write; AutoTokenizer.from_pretrained loads it."),
+        lowercase: Optional[bool] = typer.Option(None, "--lowercase/--no-lowercase", help="Default: only wordpiece lowercases."),
+        max_mb: Optional[float] = typer.Option(None, "--max-mb", help="Train on the first N MB only."),
+        text_column: Optional[str] = typer.Option(None, "--text-column", help="Text column of a csv/jsonl/parquet --data."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
+    """Train a tokenizer: --files A.txt B.txt ... or --data SOURCE; extra --special-tokens X Y ... are added."""
+    from .tokenizer import format_summary, train_from_source
+    lists = _take_lists(list(ctx.args), ("--files", "--special-tokens"))
+    files = lists["--files"]
+    if files and data:
+        raise LmforgeError("give either --files or --data, not both")
+    cfg = None
+    if data:
+        from .config import build_config
+        cfg = build_config({"data": {"train": data, "text_column": text_column}}, "command line")
+    res = train_from_source(type, source=data, files=files or None, cfg=cfg, vocab_size=vocab_size,
+                            min_frequency=min_frequency, special_tokens=lists["--special-tokens"], lowercase=lowercase,
+                            max_bytes=int(max_mb * 1e6) if max_mb else None, output=output, progress=not no_progress)
+    console.print(format_summary(res.summary), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"[green]done[/green]: tokenizer in {res.path} (AutoTokenizer.from_pretrained({str(res.path)!r}))")
+
+
 @app.command()
 def models():
     """List the built-in model aliases."""
