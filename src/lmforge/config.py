@@ -83,10 +83,6 @@ class DataConfig(Section):
     """Language models: tokenize into a memory-mapped token cache on disk (flat memory). Default: on above streaming_threshold_mb."""
     streaming_threshold_mb: float = 256.0
     """Language models: train data above this size (MB) switches streaming on when `streaming` is not set."""
-    streaming: Optional[bool] = None
-    """Language models: tokenize into a memory-mapped token cache on disk (flat memory). Default: on above streaming_threshold_mb."""
-    streaming_threshold_mb: float = 256.0
-    """Language models: train data above this size (MB) switches streaming on when `streaming` is not set."""
 
     @model_validator(mode="after")
     def _check(self):
@@ -218,40 +214,6 @@ class TokenizerConfig(Section):
     """Train a new tokenizer before the run (cached by data and settings): {type, vocab_size, ...}."""
 
 
-class TokenizerTrainConfig(Section):
-    type: Literal["bpe", "byte-level-bpe", "wordpiece", "unigram"] = "byte-level-bpe"
-    """Tokenizer model: byte-level-bpe (GPT-2 style), bpe, wordpiece (BERT style) or unigram."""
-    vocab_size: int = 8000
-    """Vocabulary size, special tokens included."""
-    min_frequency: int = 2
-    """Minimum count of a pair (BPE) or word piece (WordPiece) to be merged into the vocabulary."""
-    special_tokens: list[str] = []
-    """Extra special tokens, added after the ones the type needs (pad/eos/bos/unk/mask)."""
-    lowercase: Optional[bool] = None
-    """Lowercase the text first (default: yes for wordpiece, no for the others)."""
-    files: Optional[list[str]] = None
-    """Text files (or folders of .txt) to train on; default: data.train."""
-    max_mb: Optional[float] = None
-    """Train on at most the first N MB of the text (the vocabulary settles long before a big corpus ends)."""
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.vocab_size < 2:
-            raise ValueError(f"vocab_size must be at least 2, got {self.vocab_size}")
-        if self.min_frequency < 1:
-            raise ValueError(f"min_frequency must be at least 1, got {self.min_frequency}")
-        if self.max_mb is not None and self.max_mb <= 0:
-            raise ValueError(f"max_mb must be positive, got {self.max_mb}")
-        return self
-
-
-class TokenizerConfig(Section):
-    name: Optional[str] = None
-    """Use the tokenizer of this folder or model alias (e.g. with model.from_config)."""
-    train: Optional[TokenizerTrainConfig] = None
-    """Train a new tokenizer before the run (cached by data and settings): {type, vocab_size, ...}."""
-
-
 class OutputConfig(Section):
     output_dir: Optional[str] = None
     """Run folder. Default: runs/<task>-<model>-<timestamp>."""
@@ -264,8 +226,6 @@ class Config(Section):
     """classification, causal-lm or masked-lm."""
     model: ModelConfig = ModelConfig()
     """Which model to start from."""
-    tokenizer: TokenizerConfig = TokenizerConfig()
-    """Which tokenizer to use or train (default: the model's)."""
     tokenizer: TokenizerConfig = TokenizerConfig()
     """Which tokenizer to use or train (default: the model's)."""
     data: DataConfig = DataConfig()
