@@ -193,6 +193,31 @@ def tokenizer_train(
     console.print(f"[green]done[/green]: tokenizer in {res.path} (AutoTokenizer.from_pretrained({str(res.path)!r}))")
 
 
+@app.command("fill-mask")
+def fill_mask_cmd(model: str = typer.Argument(..., help="Run folder, model folder or alias of a masked LM."),
+                  texts: Optional[List[str]] = typer.Argument(None, help="Texts with [MASK] (or <mask>)."),
+                  input: Optional[str] = typer.Option(None, "--input", "-i", help="txt (one text a line), csv, jsonl."),
+                  output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results as jsonl."),
+                  top_k: int = typer.Option(5, "--top-k", "-k", help="Candidates per mask."),
+                  text_column: Optional[str] = typer.Option(None, "--text-column"),
+                  batch_size: int = typer.Option(32, "--batch-size")):
+    """Fill the masks of texts: top-k tokens with probabilities per mask."""
+    from . import api
+    if not texts and not input:
+        raise LmforgeError("nothing to fill", 'give texts after the model ("The [MASK] rose.") or --input FILE')
+    if top_k <= 0 or batch_size <= 0:
+        raise LmforgeError("--top-k and --batch-size must be positive")
+    rows = api.fill_mask(model, texts=texts or None, input_file=input, output=output, top_k=top_k,
+                         batch_size=batch_size, text_column=text_column)
+    if output:
+        console.print(f"wrote {len(rows)} results to {output}")
+        return
+    for r in rows:
+        print(json.dumps({"text": r["text"], "filled": r["filled"],
+                          "masks": [[[c["token"], round(c["score"], 4)] for c in m["candidates"]] for m in r["masks"]]},
+                         ensure_ascii=False))
+
+
 @app.command()
 def models():
     """List the built-in model aliases."""

@@ -6,6 +6,7 @@ import importlib
 
 TASKS = {
     "classification": "lmforge.tasks.classification",
+    "masked-lm": "lmforge.tasks.masked_lm",
 }
 
 

@@ -1,0 +1,408 @@
+"""Masked language modelling: adapt a BERT/RoBERTa/DistilBERT-style encoder to a domain (or train one).
+
+    lmforge train examples/mlm-minilm-bbc.yaml
+    lmforge fill-mask runs/mlm-minilm-bbc "The [MASK] said profits rose."
+
+Training blocks are masked on the fly with a seed derived from (train.seed, epoch, batch), so
+every epoch sees fresh masks and a resumed run draws the same ones. The eval/test blocks are
+masked once, at setup, with `data.eval_mask_seed`, so two runs report the same perplexity and
+the before/after comparison is on the same masked tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from ..data import masking
+from ..data.batching import pad_sequences
+from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
+from ..errors import LmforgeError
+from ..metrics import perplexity
+from ..tokenizer import load_tokenizer
+from .base import EncodedSplit, Prepared
+from .common import load_pretrained, model_source
+
+log = logging.getLogger("lmforge")
+
+# Newly initialised parameters (e.g. an MLM head missing from a sentence-embedding checkpoint)
+# train this many times faster than the pretrained body unless train.head_learning_rate is set.
+# Measured in benchmarks/masked_lm.py (docs/results.md).
+HEAD_LR_FACTOR = 20.0
+
+
+# ----------------------------------------------------------------------------------- model checks
+def check_encoder(model_cfg, where: str) -> None:
+    """A causal-only architecture (GPT-2, Llama, ...) cannot be trained as a masked LM."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    kind = getattr(model_cfg, "model_type", "?")
+    if kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return
+    if kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise LmforgeError(f"{where} is a causal (left-to-right) language model ({kind}) and cannot be trained as a "
+                           f"masked language model",
+                           "use task: causal-lm for it, or an encoder such as minilm-l6, BERT, RoBERTa or DistilBERT")
+    raise LmforgeError(f"{where} ({kind}) has no masked-language-model architecture in transformers",
+                       "use an encoder such as minilm-l6, BERT, RoBERTa or DistilBERT")
+
+
+def check_mask_token(tokenizer, where: str) -> None:
+    if tokenizer.mask_token is None or tokenizer.mask_token_id is None:
+        raise LmforgeError(f"the tokenizer of {where} has no mask token, so it cannot be used for masked "
+                           f"language modelling", "use a BERT/RoBERTa-style model, or add a mask token to its tokenizer")
+
+
+def model_limit(tokenizer, model_cfg) -> int:
+    limits = [getattr(model_cfg, "max_position_embeddings", None), tokenizer.model_max_length]
+    limits = [int(x) for x in limits if x and x < 10**6]
+    return min(limits) if limits else 512
+
+
+def head_prefixes(model) -> tuple[str, ...]:
+    return tuple(p for p in ("cls.", "lm_head.", "vocab_", "generator_lm_head.", "head.", "decoder.")
+                 if any(n.startswith(p) for n, _ in model.named_parameters()))
+
+
+def head_note(model, new: set[str], source: str) -> Optional[str]:
+    """One plain sentence when the checkpoint had no (complete) MLM head."""
+    params = {n for n, _ in model.named_parameters()}
+    new_params = sorted(n for n in new if n in params)
+    head = [n for n in new_params if n.startswith(head_prefixes(model))]
+    if not head:
+        return None
+    tied = getattr(model.config, "tie_word_embeddings", True) and model.get_output_embeddings() is not None and \
+        model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    shown = ", ".join(sorted({n.rsplit(".", 1)[0] for n in head}))
+    return (f"the checkpoint {source} has no trained masked-LM head: {shown} "
+            f"({sum(model.get_parameter(n).numel() for n in head):,} parameters) "
+            f"{'are' if len(head) > 1 else 'is'} newly initialised"
+            + ("; the output layer is tied to the input embeddings" if tied else "")
+            + ". Perplexity before training is that of a random head.")
+
+
+# ----------------------------------------------------------------------------------- data
+def read_texts(source: str, cfg: Config, split: str) -> list[str]:
+    from ..data.corpus import read_corpus
+    return read_corpus(source, cfg, split)
+
+
+def encode_cached(texts: list[str], tokenizer, block_size: int, remainder: str):
+    """Blocks and word ids of a split, cached on disk by (texts, tokenizer, block_size, remainder)."""
+    import datasets
+
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\x1e")
+    key = fingerprint(h.hexdigest(), tokenizer_fingerprint(tokenizer), block_size, remainder, "mlm-v1")
+
+    def build():
+        ids, words, stats = masking.encode_blocks(texts, tokenizer, block_size, remainder)
+        info = datasets.DatasetInfo(description=json.dumps(stats))
+        return datasets.Dataset.from_dict({"input_ids": ids, "word_ids": words}, info=info)
+
+    ds, hit = cached_dataset(key, build, kind="mlm")
+    try:
+        stats = json.loads(ds.info.description or "{}")
+    except ValueError:
+        stats = {}
+    return ds, stats, hit, key
+
+
+def split_docs(docs: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Hold out whole documents (a seeded shuffle), keeping file order inside each part."""
+    n_eval = max(1, int(round(len(docs) * fraction)))
+    order = np.random.default_rng([seed, 7]).permutation(len(docs))
+    held = set(order[:n_eval].tolist())
+    return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
+
+
+def fixed_masked_split(ds, spec: masking.MaskSpec, seed: int, pad_id: int, limit: Optional[int] = None) -> EncodedSplit:
+    """An eval/test split masked once: rows carry their masked ids and labels."""
+    n = len(ds) if limit is None else min(limit, len(ds))
+    ids = ds["input_ids"][:n] if n < len(ds) else ds["input_ids"]
+    words = ds["word_ids"][:n] if n < len(ds) else ds["word_ids"]
+    masked, labels = masking.mask_fixed(ids, words if spec.whole_word else None, spec, seed, pad_id)
+    rows = [{"input_ids": m, "labels": lab} for m, lab in zip(masked, labels)]
+    return EncodedSplit(rows, [len(m) for m in masked])
+
+
+# ----------------------------------------------------------------------------------- batches
+def make_collate(pad_id: int):
+    """Pad rows that are already masked (eval/test)."""
+    def collate(rows: list[dict]) -> dict:
+        ids = [r["input_ids"] for r in rows]
+        batch = {"input_ids": pad_sequences(ids, pad_id),
+                 "attention_mask": pad_sequences([[1] * len(x) for x in ids], 0),
+                 "labels": pad_sequences([r["labels"] for r in rows], masking.IGNORE)}
+        batch["n_tokens"] = int(batch["attention_mask"].sum())
+        batch["n_items"] = int((batch["labels"] != masking.IGNORE).sum())
+        return batch
+    return collate
+
+
+def make_train_collate(spec: masking.MaskSpec, pad_id: int):
+    """Mask training rows on the fly; the same (rows, seed) always give the same batch."""
+    def train_collate(rows: list[dict], seed: int) -> dict:
+        ids = [r["input_ids"] for r in rows]
+        words = [r["word_ids"] for r in rows] if spec.whole_word else None
+        masked, labels, attn = masking.mask_rows(ids, words, spec, np.random.default_rng(seed), pad_id)
+        batch = {"input_ids": torch.from_numpy(masked), "attention_mask": torch.from_numpy(attn),
+                 "labels": torch.from_numpy(labels)}
+        batch["n_tokens"] = int(batch["attention_mask"].sum())
+        batch["n_items"] = int((batch["labels"] != masking.IGNORE).sum())
+        return batch
+    return train_collate
+
+
+# ----------------------------------------------------------------------------------- loss
+FAST_HEAD_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "distilbert"}
+
+
+def _unwrapped_head(model):
+    """(encoder, head) to run the output layer only at masked positions, or None for the generic path.
+
+    Only for a plain (not DDP/FSDP-wrapped) model of a known family: DDP needs its own forward.
+    """
+    from transformers import PreTrainedModel
+    if not isinstance(model, PreTrainedModel) or getattr(model.config, "model_type", "") not in FAST_HEAD_TYPES:
+        return None
+    if hasattr(model, "cls") and hasattr(model.cls, "predictions"):
+        return model.base_model, model.cls
+    if hasattr(model, "lm_head"):
+        return model.base_model, model.lm_head
+    if hasattr(model, "vocab_projector"):
+        def head(h):
+            return model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
+        return model.base_model, head
+    return None
+
+
+def masked_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets at the masked positions only.
+
+    The output layer is ~half of a small encoder's FLOPs (384 x 30,522 for minilm-l6) and only
+    15% of positions are predicted, so it runs on those alone where the architecture allows.
+    """
+    labels = batch["labels"]
+    sel = labels != masking.IGNORE
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    parts = _unwrapped_head(model)
+    if parts is None:
+        logits = model(**inputs).logits
+        return logits[sel], labels[sel]
+    encoder, head = parts
+    hidden = encoder(**inputs)[0]
+    return head(hidden[sel]), labels[sel]
+
+
+def loss_fn(model, batch):
+    logits, targets = masked_logits(model, batch)
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def eval_step(model, batch):
+    logits, targets = masked_logits(model, batch)
+    logits = logits.float()
+    return {"nll": F.cross_entropy(logits, targets, reduction="none"),
+            "correct": (logits.argmax(-1) == targets).float()}
+
+
+def finalize(acc: dict) -> dict:
+    nll = acc.get("nll", torch.zeros(0))
+    if nll.numel() == 0:
+        return {"loss": float("nan"), "perplexity": float("nan"), "accuracy": float("nan"), "n_masked": 0}
+    loss = float(nll.double().mean())
+    return {"loss": loss, "perplexity": perplexity(loss), "accuracy": float(acc["correct"].mean()),
+            "n_masked": int(nll.numel())}
+
+
+# ----------------------------------------------------------------------------------- samples
+def sample_sentences(docs: list[str], mask_token: str, n: int = 3) -> list[str]:
+    """A few fill-mask probes from the eval text: the first clause of a document with its longest word masked."""
+    out = []
+    for doc in docs:
+        words = doc.split()[:14]
+        if len(words) < 5:
+            continue
+        cand = [i for i, w in enumerate(words[1:], 1) if w.isalpha() and len(w) >= 4]
+        if not cand:
+            continue
+        i = max(cand, key=lambda k: (len(words[k]), -k))
+        words[i] = mask_token
+        out.append(" ".join(words))
+        if len(out) == n:
+            break
+    return out
+
+
+def make_samples(tokenizer, probes: list[str]):
+    def samples(model) -> list:
+        if not probes:
+            return []
+        from ..fillmask import fill_mask_with
+        res = fill_mask_with(model, tokenizer, probes, top_k=5)
+        return [{"text": r["text"], "top5": [(c["token"], round(c["score"], 4)) for c in r["masks"][0]["candidates"]]}
+                for r in res]
+    return samples
+
+
+# ----------------------------------------------------------------------------------- setup
+def load_model_and_tokenizer(cfg: Config):
+    """(model, tokenizer, newly initialised parameter names, source description)."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    if cfg.model.from_config and not cfg.model.name:
+        from . import common
+        build = getattr(common, "model_from_config", None)
+        if build is None:
+            raise LmforgeError("model.from_config is not supported for masked-lm in this version",
+                               "start from a pretrained encoder with model.name (e.g. minilm-l6)")
+        model, tokenizer = build(cfg, AutoModelForMaskedLM)
+        check_mask_token(tokenizer, "the from-config model")
+        return model, tokenizer, {n for n, _ in model.named_parameters()}, "a from-config model"
+    path = model_source(cfg)
+    model_cfg = AutoConfig.from_pretrained(path, revision=cfg.model.revision,
+                                           trust_remote_code=cfg.model.trust_remote_code)
+    check_encoder(model_cfg, f"the model {cfg.model.name}")
+    tokenizer = load_tokenizer(path, cfg.model.revision)
+    check_mask_token(tokenizer, f"the model {cfg.model.name}")
+    if tokenizer.pad_token is None:
+        raise LmforgeError(f"the tokenizer of {cfg.model.name} has no pad token",
+                           "add a pad token to its tokenizer_config.json")
+    model, missing = load_pretrained(AutoModelForMaskedLM, path, cfg)
+    return model, tokenizer, missing, cfg.model.name
+
+
+def setup(cfg: Config, log=log) -> Prepared:
+    d = cfg.data
+    if not d.train:
+        raise LmforgeError("no training data given", "set data.train (a .txt file, a folder, a table with a text "
+                                                     "column, or a built-in corpus such as kjv or bbc-news)")
+    model, tokenizer, new, source = load_model_and_tokenizer(cfg)
+    limit = model_limit(tokenizer, model.config)
+    block_size = d.block_size or min(limit, 512)
+    if block_size > limit:
+        raise LmforgeError(f"data.block_size {block_size} is above the model's limit of {limit} positions",
+                           f"set data.block_size to at most {limit}")
+    prefix, suffix = masking.special_wrap(tokenizer)
+    if block_size <= len(prefix) + len(suffix):
+        raise LmforgeError(f"data.block_size {block_size} leaves no room for text next to the "
+                           f"{len(prefix) + len(suffix)} special tokens", "use a block_size of at least 16")
+
+    train_docs = read_texts(d.train, cfg, "train")
+    if d.eval:
+        eval_docs = read_texts(d.eval, cfg, "eval")
+    else:
+        if len(train_docs) < 2:
+            raise LmforgeError(f"{d.train} has a single document, so no eval set can be held out",
+                               "give data.eval, or split the text into documents (lines or data.document_separator)")
+        train_docs, eval_docs = split_docs(train_docs, d.validation_split, d.eval_mask_seed)
+        log.info("no eval data given: held out %d of %d documents (%.0f%%, seed %d)", len(eval_docs),
+                 len(eval_docs) + len(train_docs), 100 * d.validation_split, d.eval_mask_seed)
+    test_docs = read_texts(d.test, cfg, "test") if d.test else None
+
+    train_ds, tstats, hit, fp_train = encode_cached(train_docs, tokenizer, block_size, d.remainder)
+    if len(train_ds) == 0:
+        raise LmforgeError(f"the training text ({tstats.get('tokens', 0)} tokens) is shorter than one block of "
+                           f"{block_size} tokens", "lower data.block_size, add text, or set data.remainder: pad")
+    if d.max_train_samples and d.max_train_samples < len(train_ds):
+        keep = np.random.default_rng(cfg.train.seed).permutation(len(train_ds))[:d.max_train_samples]
+        train_ds = train_ds.select(sorted(keep.tolist()))
+    eval_ds, estats, _, fp_eval = encode_cached(eval_docs, tokenizer, block_size, d.remainder)
+    if len(eval_ds) == 0:
+        raise LmforgeError(f"the eval text ({estats.get('tokens', 0)} tokens) is shorter than one block of "
+                           f"{block_size} tokens", "give more eval text, lower data.block_size, or set data.remainder: pad")
+
+    whole = d.masking == "whole-word"
+    spec = masking.MaskSpec.of(tokenizer, d.mlm_probability, whole, vocab_size=model.get_input_embeddings().num_embeddings)
+    pad_id = tokenizer.pad_token_id
+    eval_split = fixed_masked_split(eval_ds, spec, d.eval_mask_seed, pad_id, d.max_eval_samples)
+    test_split = None
+    if test_docs is not None:
+        test_ds, _, _, _ = encode_cached(test_docs, tokenizer, block_size, d.remainder)
+        test_split = fixed_masked_split(test_ds, spec, d.eval_mask_seed + 1, pad_id) if len(test_ds) else None
+    train_split = EncodedSplit(train_ds, [len(x) for x in train_ds["input_ids"]])
+    if tstats.get("word_ids_from_offsets") and whole:
+        log.info("the tokenizer does not split words itself: whole-word masking finds words by whitespace")
+    log.info("masked-lm: %d train blocks of %d tokens (%d documents, %d tokens, %d dropped)%s; %d eval blocks, "
+             "%d masked eval tokens (%s masking, p=%.2f, eval seed %d)", len(train_split), block_size,
+             tstats.get("documents", 0), tstats.get("tokens", 0), tstats.get("dropped_tokens", 0),
+             " (from cache)" if hit else "", len(eval_split),
+             sum(sum(1 for x in r["labels"] if x != masking.IGNORE) for r in eval_split.rows), d.masking,
+             d.mlm_probability, d.eval_mask_seed)
+
+    notes = []
+    note = head_note(model, new, source) if source != "a from-config model" else None
+    if note:
+        notes.append(note)
+    if new and cfg.train.head_learning_rate is None and source != "a from-config model":
+        cfg.train.head_learning_rate = cfg.train.learning_rate * HEAD_LR_FACTOR
+        notes.append(f"newly initialised parameters train with head_learning_rate {cfg.train.head_learning_rate:g} "
+                     f"({HEAD_LR_FACTOR:g} x learning_rate; set train.head_learning_rate to change it)")
+    summary = {"train_rows": len(train_split), "eval_rows": len(eval_split),
+               "test_rows": len(test_split) if test_split is not None else 0,
+               "block_size": block_size, "masking": d.masking, "mlm_probability": d.mlm_probability,
+               "eval_mask_seed": d.eval_mask_seed, "train_documents": tstats.get("documents"),
+               "train_tokens": tstats.get("tokens"), "dropped_train_tokens": tstats.get("dropped_tokens"),
+               "eval_tokens": estats.get("tokens"), "tokenization_cache_hit": hit,
+               "lengths": train_split.lengths}
+    return Prepared(
+        task="masked-lm", model=model, tokenizer=tokenizer, train=train_split, eval=eval_split, test=test_split,
+        collate=make_collate(pad_id), loss=loss_fn, eval_step=eval_step, finalize=finalize,
+        best_metric="loss", greater_is_better=False, new_param_names=new, summary=summary, notes=notes,
+        fingerprints={"train": fp_train, "eval": fp_eval},
+        samples=make_samples(tokenizer, sample_sentences(eval_docs, tokenizer.mask_token)),
+        train_collate=make_train_collate(spec, pad_id),
+    )
+
+
+# ----------------------------------------------------------------------------------- eval
+def load_masked_lm(model_dir: Path):
+    """(model, tokenizer, newly initialised parameter names) of a saved or built-in encoder."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    from .common import check_weights_safe
+    hf_logging.set_verbosity_error()
+    check_weights_safe(str(model_dir))
+    check_encoder(AutoConfig.from_pretrained(str(model_dir)), f"the model in {model_dir}")
+    tokenizer = load_tokenizer(str(model_dir))
+    check_mask_token(tokenizer, str(model_dir))
+    model, info = AutoModelForMaskedLM.from_pretrained(str(model_dir), output_loading_info=True)
+    model.eval()
+    return model, tokenizer, set(info.get("missing_keys", []))
+
+
+def eval_setup(model_dir: Path, data: str, overrides=None) -> Prepared:
+    """Fixed-mask perplexity of a masked LM on a corpus, with the run's block size, masking and eval seed."""
+    from ..config import load_config
+    model, tokenizer, _ = load_masked_lm(model_dir)
+    run_cfg = model_dir.parent / "config.yaml"
+    cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
+    if not run_cfg.exists():
+        cfg.task = "masked-lm"
+    if not overrides:
+        cfg.data.format = None
+    d = cfg.data
+    block_size = d.block_size or min(model_limit(tokenizer, model.config), 512)
+    docs = read_texts(data, cfg, "eval")
+    ds, stats, _, _ = encode_cached(docs, tokenizer, block_size, d.remainder)
+    if len(ds) == 0:
+        raise LmforgeError(f"{data} ({stats.get('tokens', 0)} tokens) is shorter than one block of {block_size} tokens",
+                           "give more text, or pass --data.remainder pad")
+    spec = masking.MaskSpec.of(tokenizer, d.mlm_probability, d.masking == "whole-word",
+                               vocab_size=model.get_input_embeddings().num_embeddings)
+    split = fixed_masked_split(ds, spec, d.eval_mask_seed, tokenizer.pad_token_id, d.max_eval_samples)
+    return Prepared(task="masked-lm", model=model, tokenizer=tokenizer, train=None, eval=split,
+                    collate=make_collate(tokenizer.pad_token_id), loss=loss_fn, eval_step=eval_step,
+                    finalize=finalize)
