@@ -258,3 +258,12 @@ def fill_mask(model: Union[str, Path], texts: Optional[Sequence[str]] = None, in
     quiet_libraries()
     return _fill(resolve_model_dir(model), texts=texts, input_file=input_file, output=output, top_k=top_k,
                  batch_size=batch_size, text_column=text_column)
+def generate(model: Union[str, Path], prompts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,
+             output: Optional[str] = None, **kwargs) -> list[dict]:
+    """Continuations of prompts by a causal LM (run, folder or alias): greedy, or sampling with
+    temperature / top_k / top_p; see lmforge.generate.generate for every option."""
+    from .generate import generate as _generate
+    quiet_libraries()
+    return _generate(str(model), prompts=prompts, input_file=input_file, output=output, **kwargs)
+
+

@@ -219,6 +219,53 @@ def fill_mask_cmd(model: str = typer.Argument(..., help="Run folder, model folde
 
 
 @app.command()
+def generate(model: str = typer.Argument(..., help="Run folder, model folder or alias of a causal LM."),
+             prompts: Optional[List[str]] = typer.Argument(None, help="Prompts to continue."),
+             input: Optional[str] = typer.Option(None, "--input", "-i", help="Prompts: txt (one a line), jsonl, csv."),
+             output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results as jsonl."),
+             max_new_tokens: int = typer.Option(50, "--max-new-tokens", "-n", help="Tokens to generate at most."),
+             temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="Sample at this temperature (default: greedy)."),
+             top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample from the k most likely tokens."),
+             top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample from the smallest set with this probability."),
+             repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="> 1 discourages repeats."),
+             num_return_sequences: int = typer.Option(1, "--num-return-sequences", help="Samples per prompt."),
+             seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling (same seed, same text)."),
+             chat: bool = typer.Option(False, "--chat", help="Wrap each prompt in the tokenizer's chat template."),
+             prompt_column: Optional[str] = typer.Option(None, "--prompt-column", help="Column of --input tables."),
+             no_stream: bool = typer.Option(False, "--no-stream", help="Print whole results instead of streaming.")):
+    """Continue prompts with a causal LM; tokens stream to the terminal as they come."""
+    from . import api
+    stream = not no_stream and not output and num_return_sequences == 1
+    rows = api.generate(model, prompts=prompts or None, input_file=input, output=output,
+                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        repetition_penalty=repetition_penalty, num_return_sequences=num_return_sequences,
+                        seed=seed, chat=chat, stream=stream, prompt_column=prompt_column)
+    if output:
+        console.print(f"wrote {len(rows)} generations to {output}")
+    elif not stream:
+        for r in rows:
+            print(json.dumps(r, ensure_ascii=False))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def doctor(ctx: typer.Context,
+           config: Optional[str] = typer.Argument(None, help="YAML config; none = the built-in default recipe."),
+           allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) model weights."),
+           trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the Hub."),
+           no_probe: bool = typer.Option(False, "--no-probe", help="Skip the 3-step timing probe.")):
+    """Check a config before training: config, data, tokenizer, memory, time per step, offline files."""
+    from .doctor import run_doctor
+    if config and config.startswith("--"):
+        ctx.args.insert(0, config)
+        config = None
+    overrides, _ = _split_resume(list(ctx.args))
+    _permissions(allow_pickle, trust_remote_code)
+    report = run_doctor(config, overrides, probe=not no_probe)
+    if report.problems:
+        raise typer.Exit(2)
+
+
+@app.command()
 def models():
     """List the built-in model aliases."""
     from .zoo import MODELS

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .errors import LmforgeError, did_you_mean
 
 TaskName = Literal["classification", "causal-lm", "masked-lm"]
+TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
 
 
 class Section(BaseModel):
@@ -160,6 +161,23 @@ class TrainConfig(Section):
     """Worker processes for the data loader."""
     loss_function: Optional[str] = None
     """Custom loss 'module:function' called as fn(logits, labels, batch) -> mean loss (causal-lm); default: shifted cross entropy."""
+    report_to: Union[list[str], str] = ["tensorboard"]
+    """Experiment trackers: a list of tensorboard, mlflow, wandb, trackio, or none."""
+
+    @field_validator("report_to", mode="after")
+    @classmethod
+    def _trackers(cls, value):
+        names = [value] if isinstance(value, str) else list(value)
+        names = [n.strip().lower() for n in names if n and n.strip()]
+        if names in ([], ["none"]):
+            return []
+        if names == ["all"]:
+            return list(TRACKERS)
+        for n in names:
+            if n not in TRACKERS:
+                hint = did_you_mean(n, list(TRACKERS))
+                raise ValueError(f"unknown tracker '{n}'.{hint} Trackers: {', '.join(TRACKERS)}, or none")
+        return list(dict.fromkeys(names))
 
     @model_validator(mode="after")
     def _check(self):
@@ -214,6 +232,31 @@ class TokenizerConfig(Section):
     """Train a new tokenizer before the run (cached by data and settings): {type, vocab_size, ...}."""
 
 
+class PeftConfig(Section):
+    r: int = 8
+    """LoRA rank: the inner size of each low-rank update."""
+    alpha: float = 16
+    """LoRA scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the input of each LoRA update."""
+    target_modules: Optional[Union[list[str], str]] = None
+    """Module names to adapt (e.g. [query, value]) or 'all-linear'; default: per architecture (peft's table)."""
+    modules_to_save: Optional[list[str]] = None
+    """Modules trained in full and saved with the adapter; default: the newly initialised ones (a classifier head)."""
+    merge: bool = False
+    """Also save model/: the adapter merged into the base, a plain model transformers loads."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.r <= 0:
+            raise ValueError(f"r must be a positive integer, got {self.r}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        return self
+
+
 class OutputConfig(Section):
     output_dir: Optional[str] = None
     """Run folder. Default: runs/<task>-<model>-<timestamp>."""
@@ -234,6 +277,8 @@ class Config(Section):
     """Optimisation and the training loop."""
     output: OutputConfig = OutputConfig()
     """Where results go."""
+    peft: Optional[PeftConfig] = None
+    """LoRA fine-tuning: {r, alpha, dropout, target_modules, merge}; absent = train every weight."""
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

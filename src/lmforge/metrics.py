@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -36,3 +36,22 @@ def perplexity(mean_nll: float) -> float:
         return math.exp(mean_nll)
     except OverflowError:
         return float("inf")
+
+
+def lm_metrics(total_nll: float, n_targets: int, n_words: Optional[int] = None, n_bytes: Optional[int] = None) -> dict:
+    """Language-model metrics from the summed token NLL (nats) of a text.
+
+    - loss: mean NLL per predicted token; perplexity = exp(loss)
+    - perplexity_per_word = exp(total NLL / whitespace-separated words of the original text), so models
+      with different tokenizers can be compared on the same text
+    - bits_per_byte = total NLL / ln 2 / UTF-8 bytes of the original text
+    """
+    loss = total_nll / n_targets if n_targets else float("nan")
+    out = {"loss": loss, "perplexity": perplexity(loss) if n_targets else float("nan"), "n_tokens": int(n_targets)}
+    if n_words:
+        out["perplexity_per_word"] = perplexity(total_nll / n_words)
+        out["n_words"] = int(n_words)
+    if n_bytes:
+        out["bits_per_byte"] = total_nll / math.log(2) / n_bytes
+        out["n_bytes"] = int(n_bytes)
+    return out

@@ -128,3 +128,7 @@ def resolve_model(name: Optional[str]) -> str:
         raise LmforgeError(f"unknown model '{name}'.{close}", f"built-in aliases: {', '.join(MODELS)}")
     check_hub_available(name, "model")
     return name
+
+
+# Built-in GGUF models register themselves (at the end: gguf.py imports this module).
+from . import gguf  # noqa: E402,F401

@@ -112,26 +112,69 @@ def count_bytes(docs: Sequence[str]) -> int:
 
 
 # ----------------------------------------------------------------------------------- tokens
-def tokenize_documents(docs: Sequence[str], tokenizer, add_eos: bool = True, batch: int = 1000) -> list[list[int]]:
+def tokenize_documents(docs: Sequence[str], tokenizer, add_eos: bool = True, batch: int = 1000,
+                       with_counts: bool = False):
     """Token ids per document, with the tokenizer's own specials (e.g. BOS) and EOS appended.
 
     EOS is appended unless the tokenizer already ended the document with it, so a fine-tuned
-    model learns where documents stop.
+    model learns where documents stop. With ``with_counts=True`` also returns, per token, the
+    whitespace words that start in it and the UTF-8 bytes of text it covers (specials: 0), so any
+    slice of tokens knows its share of the original text: ``(ids, words, bytes)``.
     """
     eos = tokenizer.eos_token_id
     if add_eos and eos is None:
         raise LmforgeError("the tokenizer has no eos token, so documents cannot be ended",
                            "use a tokenizer with an eos token (or set one in its tokenizer_config.json)")
-    out: list[list[int]] = []
+    fast = bool(getattr(tokenizer, "is_fast", False))
+    ids_out: list[list[int]] = []
+    words_out: list[list[int]] = []
+    bytes_out: list[list[int]] = []
     for i in range(0, len(docs), batch):
-        enc = tokenizer(list(docs[i:i + batch]), add_special_tokens=True, return_attention_mask=False,
-                        verbose=False)["input_ids"]
-        for ids in enc:
+        part = list(docs[i:i + batch])
+        enc = tokenizer(part, add_special_tokens=True, return_attention_mask=False, verbose=False,
+                        return_offsets_mapping=with_counts and fast, return_special_tokens_mask=with_counts)
+        for j, ids in enumerate(enc["input_ids"]):
             ids = list(ids)
+            if with_counts:
+                special = enc["special_tokens_mask"][j]
+                offsets = enc["offset_mapping"][j] if fast else None
+                w, b = _token_counts(part[j], ids, special, offsets, tokenizer)
             if add_eos and (not ids or ids[-1] != eos):
                 ids.append(eos)
-            out.append(ids)
-    return out
+                if with_counts:
+                    w.append(0)
+                    b.append(0)
+            ids_out.append(ids)
+            if with_counts:
+                words_out.append(w)
+                bytes_out.append(b)
+    return (ids_out, words_out, bytes_out) if with_counts else ids_out
+
+
+_WORD = re.compile(r"\S+")
+
+
+def _token_counts(text: str, ids: list[int], special, offsets, tokenizer) -> tuple[list[int], list[int]]:
+    """Per token: words starting in it and bytes it covers. Totals equal the text's words and bytes."""
+    n = len(ids)
+    words, nbytes = [0] * n, [0] * n
+    real = [k for k in range(n) if not special[k]]
+    if not real:
+        return words, nbytes
+    if offsets is None:  # slow tokenizer: put the document's counts on its first real token
+        words[real[0]] = len(text.split())
+        nbytes[real[0]] = len(text.encode("utf-8"))
+        return words, nbytes
+    starts = np.array([offsets[k][0] for k in real])
+    starts = np.maximum.accumulate(starts)  # byte-level pieces of one character share a start
+    # Each token owns the text from its start to the next token's start (the first one from 0).
+    bounds = np.concatenate([[0], starts[1:], [len(text)]])
+    for r, k in enumerate(real):
+        nbytes[k] = len(text[bounds[r]:bounds[r + 1]].encode("utf-8"))
+    for m in _WORD.finditer(text):
+        r = max(0, int(np.searchsorted(starts, m.start(), side="right")) - 1)
+        words[real[r]] += 1
+    return words, nbytes
 
 
 @dataclass
@@ -144,14 +187,20 @@ class Packed:
     input_ids: np.ndarray      # (n_blocks, block_size) int64
     position_ids: np.ndarray   # (n_blocks, block_size) int64
     total_tokens: int          # tokens before cutting
-    dropped_tokens: int        # the final remainder shorter than a block
+    dropped_tokens: int        # the final remainder shorter than a block (0 when kept)
+    tail_ids: Optional[np.ndarray] = None        # the kept remainder (keep_remainder=True), shorter than a block
+    tail_positions: Optional[np.ndarray] = None
+    extras: Optional[dict] = None  # name -> (n_blocks, block_size) array for each per-token extra
+    tail_extras: Optional[dict] = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
 
-def pack(token_docs: Sequence[Sequence[int]], block_size: int) -> Packed:
-    """Concatenate documents and cut into `block_size` blocks; only the final remainder is dropped."""
+def pack(token_docs: Sequence[Sequence[int]], block_size: int, keep_remainder: bool = False,
+         extras: Optional[dict] = None) -> Packed:
+    """Concatenate documents and cut into `block_size` blocks; only the final remainder is dropped
+    (or kept as `tail_ids` with keep_remainder=True). `extras`: per-token lists cut the same way."""
     if block_size <= 0:
         raise ValueError("block_size must be positive")
     lengths = np.fromiter((len(d) for d in token_docs), dtype=np.int64, count=len(token_docs))
@@ -160,12 +209,23 @@ def pack(token_docs: Sequence[Sequence[int]], block_size: int) -> Packed:
     flat = np.fromiter((t for d in token_docs for t in d), dtype=np.int64, count=total) if total else np.zeros(0, np.int64)
     used = n_blocks * block_size
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, np.int64)
-    doc_of = np.repeat(np.arange(len(lengths)), lengths)[:used]
-    idx = np.arange(used)
+    doc_of = np.repeat(np.arange(len(lengths)), lengths)
+    idx = np.arange(total)
     block_start = (idx // block_size) * block_size
-    positions = idx - np.maximum(starts[doc_of] if used else idx, block_start)
-    return Packed(flat[:used].reshape(n_blocks, block_size), positions.reshape(n_blocks, block_size),
-                  total, total - used)
+    positions = idx - np.maximum(starts[doc_of] if total else idx, block_start)
+    out = Packed(flat[:used].reshape(n_blocks, block_size), positions[:used].reshape(n_blocks, block_size),
+                 total, total - used)
+    if keep_remainder and total > used:
+        out.tail_ids, out.tail_positions, out.dropped_tokens = flat[used:], positions[used:], 0
+    if extras:
+        out.extras, out.tail_extras = {}, {}
+        for name, per_doc in extras.items():
+            arr = np.fromiter((t for d in per_doc for t in d), dtype=np.int64, count=total) if total \
+                else np.zeros(0, np.int64)
+            out.extras[name] = arr[:used].reshape(n_blocks, block_size)
+            if out.tail_ids is not None:
+                out.tail_extras[name] = arr[used:]
+    return out
 
 
 def chunk(token_docs: Sequence[Sequence[int]], block_size: int) -> list[list[int]]:

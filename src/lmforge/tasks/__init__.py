@@ -6,6 +6,7 @@ import importlib
 
 TASKS = {
     "classification": "lmforge.tasks.classification",
+    "causal-lm": "lmforge.tasks.causal_lm",
     "masked-lm": "lmforge.tasks.masked_lm",
 }
 
