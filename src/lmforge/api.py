@@ -75,8 +75,12 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
 
 
 def train(config: Union[str, Path, Config, dict, None] = None, overrides: Optional[Sequence[str]] = None,
-          resume: Union[bool, str, Path] = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
-    """Train a model as the config says; returns the run folder and its final metrics."""
+          resume: Union[bool, str, Path] = False, overwrite: bool = False, progress: bool = True,
+          callbacks: Optional[Sequence] = None) -> TrainResult:
+    """Train a model as the config says; returns the run folder and its final metrics.
+
+    ``callbacks``: functions called with every log.jsonl record (on the main process).
+    """
     from accelerate.utils import set_seed
 
     from .report import model_card, plot_losses, write_metrics
@@ -91,8 +95,17 @@ def train(config: Union[str, Path, Config, dict, None] = None, overrides: Option
     if not cfg.output.output_dir:
         cfg.output.output_dir = default_run_name(cfg.task, cfg.model.name)
     run_dir = Path(cfg.output.output_dir)
+    from .trackers import check_installed
+    check_installed(cfg.train.report_to)
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
+    if accelerator.num_processes > 1:
+        # Every process must write to the main process's run folder (the default name has a timestamp).
+        from accelerate.utils import broadcast_object_list
+        cfg.output.output_dir = broadcast_object_list([cfg.output.output_dir])[0]
+        run_dir = Path(cfg.output.output_dir)
+        if not main:  # one copy of each log line
+            logging.getLogger("lmforge").setLevel(logging.WARNING)
     resume_path: Optional[Path] = None
     if main:
         prepare_run_dir(run_dir, cfg.output.overwrite, bool(resume), [cfg.data.train, cfg.data.eval, cfg.data.test])
@@ -106,10 +119,17 @@ def train(config: Union[str, Path, Config, dict, None] = None, overrides: Option
             log.warning("no complete checkpoint in %s: starting from the beginning", run_dir)
     handler = _file_logging(run_dir) if main else None
     manifest = new_manifest(cfg, str(accelerator.device), cfg.train.seed)
+    trackers, lora_state, ok = None, None, False
     try:
         set_seed(cfg.train.seed)
         task = get_task(cfg.task)
         prep = task.setup(cfg, log)
+        if cfg.peft is not None:
+            from . import lora
+            lora_state = lora.apply(cfg, prep, log)
+            manifest["peft"] = {"trainable_parameters": lora_state.trainable, "total_parameters": lora_state.total,
+                                "target_modules": lora_state.target_modules,
+                                "modules_to_save": lora_state.modules_to_save}
         for note in prep.notes:
             log.info(note)
         manifest["data_fingerprints"] = prep.fingerprints
@@ -125,14 +145,25 @@ def train(config: Union[str, Path, Config, dict, None] = None, overrides: Option
                          "effective_batch_size": cfg.train.per_device_train_batch_size *
                          cfg.train.gradient_accumulation_steps * accelerator.num_processes,
                          "num_processes": accelerator.num_processes})
+        log.info("effective batch size %d = %d per device x %d accumulation steps x %d processes",
+                 manifest["effective_batch_size"], cfg.train.per_device_train_batch_size,
+                 cfg.train.gradient_accumulation_steps, accelerator.num_processes)
         metrics: dict = {}
         if resume_path is not None:
             trainer.resume(resume_path)
             metrics = read_json(run_dir / "metrics.json", {}) or {}
+        if main:
+            from .trackers import open_trackers
+            trackers = open_trackers(cfg.train.report_to, run_dir, cfg.model_dump(mode="json"),
+                                     trainer.step if resume_path is not None else None)
+            trainer.logw.listeners.append(trackers)
+            trainer.logw.listeners.extend(callbacks or [])
         with TrainProgress(enabled=progress and main) as bar:
             if prep.eval is not None and len(prep.eval) and "before" not in metrics:
                 metrics["before"] = trainer.evaluate(bar, desc="eval (before training)")
                 log.info("before training: %s", _short(metrics["before"]))
+                if trackers:
+                    trackers.log_metrics(metrics["before"], 0, "eval")
                 if main:
                     write_metrics(run_dir, metrics)
             result = trainer.fit(bar)
@@ -140,6 +171,9 @@ def train(config: Union[str, Path, Config, dict, None] = None, overrides: Option
                 metrics["eval"] = trainer.evaluate(bar, desc="eval (final model)")
             if prep.test is not None and len(prep.test):
                 metrics["test"] = trainer.evaluate(bar, prep.test, desc="test")
+        if trackers:
+            trackers.log_metrics(metrics.get("eval", {}), result.steps, "final_eval")
+            trackers.log_metrics(metrics.get("test", {}), result.steps, "test")
         metrics["train"] = {"loss": result.train_loss, "steps": result.steps, "epochs": result.epochs,
                             "runtime_s": round(result.runtime_s, 2), "tokens_per_s": round(result.tokens_per_s, 1),
                             "mfu": result.mfu, "peak_mem_mb": round(result.peak_mem_mb, 1),
@@ -154,7 +188,11 @@ def train(config: Union[str, Path, Config, dict, None] = None, overrides: Option
                 model.save_pretrained(d, safe_serialization=True)
                 prep.tokenizer.save_pretrained(d)
                 (d / "README.md").write_text(card)
-            atomic_dir(run_dir / "model", write_model, mark_complete=False)
+            if lora_state is not None:
+                from . import lora
+                lora.save(lora_state, run_dir, prep.tokenizer, card, merge=cfg.peft.merge)
+            else:
+                atomic_dir(run_dir / "model", write_model, mark_complete=False)
             write_metrics(run_dir, metrics)
             plot_losses(run_dir)
             (run_dir / "README.md").write_text(card)
@@ -163,6 +201,7 @@ def train(config: Union[str, Path, Config, dict, None] = None, overrides: Option
                             duration_s=round(time.time() - manifest["started_unix"], 1))
             write_json(run_dir / "manifest.json", manifest)
         accelerator.wait_for_everyone()
+        ok = True
         return TrainResult(run_dir, metrics, cfg)
     except BaseException as e:
         if main and run_dir.exists():
@@ -172,6 +211,8 @@ def train(config: Union[str, Path, Config, dict, None] = None, overrides: Option
             write_json(run_dir / "manifest.json", manifest)
         raise
     finally:
+        if trackers is not None:
+            trackers.close(ok)
         if handler:
             logging.getLogger("lmforge").removeHandler(handler)
             handler.close()
@@ -198,6 +239,10 @@ def resolve_model_dir(path: Union[str, Path]) -> Path:
         return p / "model"
     if (p / "config.json").exists():
         return p
+    if (p / "adapter" / "adapter_config.json").exists():  # a LoRA run without a merged model
+        return p / "adapter"
+    if (p / "adapter_config.json").exists():
+        return p
     from .zoo import MODELS
     if str(path) in MODELS:
         return Path(MODELS[str(path)].locate())
@@ -210,12 +255,13 @@ def resolve_model_dir(path: Union[str, Path]) -> Path:
 def task_of(model_dir: Path) -> str:
     """Task of a saved model: from its run's config.yaml, else from its architecture."""
     run_cfg = model_dir.parent / "config.yaml"
-    if model_dir.name == "model" and run_cfg.exists():
+    if model_dir.name in ("model", "adapter") and run_cfg.exists():
         import yaml
         task = (yaml.safe_load(run_cfg.read_text()) or {}).get("task")
         if task:
             return task
-    arch = " ".join((read_json(model_dir / "config.json", {}) or {}).get("architectures") or [])
+    from .lora import model_config_dict
+    arch = " ".join(model_config_dict(model_dir).get("architectures") or [])
     if "SequenceClassification" in arch:
         return "classification"
     if "CausalLM" in arch or "LMHeadModel" in arch:

@@ -111,6 +111,8 @@ class LogWriter:
     def __init__(self, path: Path, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled
+        # Called with every record written (experiment trackers, sweep pruning); main process only.
+        self.listeners: list = []
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop lines logged after the checkpoint's step (they will be logged again)."""
@@ -128,6 +130,8 @@ class LogWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(record, default=float) + "\n")
             f.flush()
+        for listener in self.listeners:
+            listener(record)
 
     def read(self) -> list[dict]:
         if not self.path.exists():

@@ -246,10 +246,9 @@ def setup(cfg: Config, log=log) -> Prepared:
 def load_classifier(model_dir: Path):
     from transformers import AutoModelForSequenceClassification
 
-    from .common import check_weights_safe
-    check_weights_safe(str(model_dir))
+    from ..lora import load_model
     tokenizer = load_tokenizer(str(model_dir))
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+    model = load_model(AutoModelForSequenceClassification, model_dir)  # a model or a LoRA adapter folder
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()

@@ -1,0 +1,186 @@
+"""LoRA fine-tuning on peft: train small low-rank updates instead of every weight.
+
+    peft:
+      r: 8                  # rank of each update
+      alpha: 16             # updates are scaled by alpha / r
+      dropout: 0.05
+      target_modules: null  # default per architecture: bert/roberta query,value; gpt2 c_attn; llama q_proj,v_proj
+      merge: true           # also write model/: base + adapter merged, a plain transformers model
+
+    lmforge train examples/sentiment-minilm-lora.yaml
+    lmforge predict runs/<name>/adapter "great food"     # an adapter folder works wherever a model does
+
+The run folder gets ``adapter/`` (peft's adapter_config.json + adapter_model.safetensors, the
+tokenizer, and model_config.json with the task's labels) and, with ``merge: true``, ``model/``.
+Newly initialised modules (a classifier head) are trained in full and saved with the adapter.
+
+The training loop sees the plain transformers model with LoRA layers injected (peft mutates it in
+place), so checkpoints hold the full state and resume exactly; the PeftModel wrapper is kept
+here to write the adapter and to merge at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .config import Config
+from .errors import LmforgeError
+
+log = logging.getLogger("lmforge")
+
+ADAPTER_CONFIG = "adapter_config.json"
+MODEL_CONFIG = "model_config.json"  # the fine-tuned model's config (labels, ...); not config.json, see load_model
+
+# Used when peft has no default for a model type (its table covers bert, roberta, gpt2, llama, ...).
+EXTRA_TARGETS = {"distilbert": ["q_lin", "v_lin"], "modernbert": ["Wqkv"]}
+
+
+def default_targets(model) -> Any:
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as table
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return table.get(model_type) or EXTRA_TARGETS.get(model_type) or "all-linear"
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).exists()
+
+
+@dataclass
+class LoraState:
+    peft_model: Any
+    trainable: int
+    total: int
+    target_modules: Any
+    modules_to_save: list[str]
+
+
+def count(model: torch.nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def apply(cfg: Config, prep, log=log) -> LoraState:
+    """Inject LoRA layers into ``prep.model`` in place; only they (and new modules) stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    pc = cfg.peft
+    if not cfg.model.name:
+        raise LmforgeError("peft (LoRA) needs a pretrained model: model.name is not set",
+                           "LoRA adapts pretrained weights; train a from_config model in full (remove the peft block)")
+    model = prep.model
+    targets = pc.target_modules or default_targets(model)
+    # Newly initialised modules (a classification head, a resized embedding) would stay random if
+    # frozen: train them in full and save them with the adapter.
+    new_modules = sorted({n.rsplit(".", 1)[0] for n in prep.new_param_names if "." in n})
+    to_save = pc.modules_to_save if pc.modules_to_save is not None else new_modules
+    lcfg = LoraConfig(r=pc.r, lora_alpha=pc.alpha, lora_dropout=pc.dropout, target_modules=targets,
+                      modules_to_save=to_save or None)
+    try:
+        peft_model = get_peft_model(model, lcfg)
+    except ValueError as e:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise LmforgeError(f"peft.target_modules {targets!r} do not fit this model: {str(e).splitlines()[0][:200]}",
+                           f"linear layers of this model: {', '.join(names[:20])} (or use 'all-linear')") from None
+    inner = peft_model.base_model.model  # the same module object, LoRA layers injected
+    if cfg.train.gradient_checkpointing and hasattr(inner, "enable_input_require_grads"):
+        inner.enable_input_require_grads()  # frozen embeddings would cut the graph at a checkpoint
+    prep.model = inner
+    # head_learning_rate applies to the trainable copies of the new modules
+    names = [n for n, p in inner.named_parameters() if p.requires_grad]
+    prep.new_param_names = {n for n in names if ".modules_to_save." in n}
+    trainable, total = count(inner)
+    log.info("LoRA r=%d alpha=%g on %s%s: %s trainable of %s parameters (%.2f%%)", pc.r, pc.alpha,
+             targets if isinstance(targets, str) else ", ".join(targets),
+             f" (+ full {', '.join(to_save)})" if to_save else "", f"{trainable:,}", f"{total:,}",
+             100.0 * trainable / max(1, total))
+    return LoraState(peft_model, trainable, total, targets if isinstance(targets, str) else list(targets), list(to_save))
+
+
+def save(state: LoraState, run_dir: Path, tokenizer, card: str, merge: bool) -> None:
+    """Write adapter/ and, with merge, model/ (main process, after training)."""
+    from .train.checkpoint import atomic_dir
+
+    pm = state.peft_model
+    config = pm.base_model.model.config
+
+    def write_adapter(d: Path):
+        pm.save_pretrained(d, safe_serialization=True)
+        tokenizer.save_pretrained(d)
+        (d / MODEL_CONFIG).write_text(config.to_json_string())
+        (d / "README.md").write_text(card)
+    atomic_dir(Path(run_dir) / "adapter", write_adapter, mark_complete=False)
+    if merge:
+        merged = pm.merge_and_unload()  # folds B @ A * alpha / r into the base weights; modules_to_save -> plain
+
+        def write_model(d: Path):
+            merged.save_pretrained(d, safe_serialization=True)
+            tokenizer.save_pretrained(d)
+            (d / "README.md").write_text(card)
+        atomic_dir(Path(run_dir) / "model", write_model, mark_complete=False)
+
+
+def base_path(adapter_dir: Path) -> str:
+    cfg = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
+    base = cfg.get("base_model_name_or_path")
+    if not base:
+        raise LmforgeError(f"{adapter_dir}/{ADAPTER_CONFIG} does not name its base model",
+                           "set base_model_name_or_path in it to the base model's folder")
+    from .zoo import MODELS
+    if base in MODELS:
+        return str(MODELS[base].locate())
+    if not Path(base).exists():
+        import os
+        if os.environ.get("HF_HUB_OFFLINE") or "/" not in base or base.startswith(("/", ".")):
+            raise LmforgeError(f"the adapter in {adapter_dir} needs its base model {base}, which is not there",
+                               f"put the base model back at {base}, or edit base_model_name_or_path "
+                               f"in {adapter_dir}/{ADAPTER_CONFIG}")
+    return base
+
+
+def load_model(auto_cls, model_dir: Path, merge: bool = True, **kwargs):
+    """``auto_cls.from_pretrained(model_dir)``, where model_dir may also be an lmforge/peft adapter folder.
+
+    An adapter is loaded onto its base model (with the fine-tuned config: labels) and, by default,
+    merged for plain-speed inference.
+    """
+    from .tasks.common import check_weights_safe
+
+    model_dir = Path(model_dir)
+    if not is_adapter_dir(model_dir):
+        check_weights_safe(str(model_dir))
+        return auto_cls.from_pretrained(str(model_dir), **kwargs)
+    from peft import PeftModel
+    from transformers import AutoConfig
+
+    base = base_path(model_dir)
+    check_weights_safe(base)
+    extra = dict(kwargs)
+    cfg_file = model_dir / MODEL_CONFIG
+    if cfg_file.exists():
+        d = json.loads(cfg_file.read_text())
+        extra["config"] = AutoConfig.for_model(d.pop("model_type"), **d)
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    model = auto_cls.from_pretrained(base, **extra)
+    model = PeftModel.from_pretrained(model, str(model_dir))
+    return model.merge_and_unload() if merge else model
+
+
+def model_config_dict(model_dir: Path) -> dict:
+    """config.json of a model folder, or model_config.json of an adapter folder."""
+    for name in ("config.json", MODEL_CONFIG):
+        f = Path(model_dir) / name
+        if f.exists():
+            try:
+                return json.loads(f.read_text())
+            except ValueError:
+                return {}
+    return {}
