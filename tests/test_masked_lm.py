@@ -337,7 +337,14 @@ def test_missing_head_is_said_once_and_gets_the_head_learning_rate(tmp_path, mlm
     body = make_model(tmp_path / "body", tokenizers["wordpiece"], "bert", head=False)
     cfg = build_config(mlm_config(mlm_data, body, tmp_path / "r"))
     prep = masked_lm.setup(cfg)
-    assert len(prep.notes) == 2 and "no trained masked-LM head" in prep.notes[0]
+    assert len(prep.notes) == 3 and "no trained masked-LM head" in prep.notes[0]
+    assert "log unigram frequencies" in prep.notes[1] and "head_learning_rate" in prep.notes[2]
+    # the new output bias starts at log p(token) of the training blocks: it sums to 1 as a distribution
+    bias = prep.model.cls.predictions.bias.detach().double()
+    assert float(torch.logsumexp(bias, 0)) == pytest.approx(0.0, abs=1e-5)
+    counts = np.bincount(np.concatenate([np.asarray(r) for r in prep.train.rows["input_ids"]]), minlength=len(bias))
+    counts[masking.special_ids(prep.tokenizer)] = 0
+    assert int(bias.argmax()) == int(counts.argmax())
     assert "cls.predictions.transform.dense" in prep.notes[0] and "tied" in prep.notes[0]
     assert {"cls.predictions.bias", "cls.predictions.transform.dense.weight"} <= prep.new_param_names
     assert cfg.train.head_learning_rate == pytest.approx(3e-3 * masked_lm.HEAD_LR_FACTOR)

@@ -59,6 +59,17 @@ def _offset_word_ids(text: str, offsets: Sequence[tuple[int, int]]) -> list[int]
     return out
 
 
+def token_log_frequencies(blocks: Iterable[Sequence[int]], vocab_size: int, special: Sequence[int],
+                          smoothing: float = 0.1) -> np.ndarray:
+    """log p(token) over the blocks (special tokens excluded), add-`smoothing` counts: the output
+    bias a newly initialised MLM head starts from (it then predicts the unigram distribution)."""
+    flat = np.fromiter((t for ids in blocks for t in ids), dtype=np.int64)
+    counts = np.bincount(flat[flat < vocab_size], minlength=vocab_size).astype(np.float64)
+    counts[np.asarray(special, dtype=np.int64)] = 0.0
+    counts += smoothing
+    return np.log(counts / counts.sum())
+
+
 def word_ids_work(tokenizer) -> bool:
     """Whether the tokenizer's own word ids separate whitespace-delimited words."""
     enc = tokenizer("one two three four", add_special_tokens=False)
@@ -90,7 +101,7 @@ def encode_blocks(texts: Iterable[str], tokenizer, block_size: int, remainder: s
     texts = list(texts)
     for start in range(0, len(texts), batch):
         chunk = texts[start:start + batch]
-        enc = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=use_offsets)
+        enc = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=use_offsets, verbose=False)
         for i, ids in enumerate(enc["input_ids"]):
             if not ids:
                 continue

@@ -72,6 +72,26 @@ def head_prefixes(model) -> tuple[str, ...]:
                  if any(n.startswith(p) for n, _ in model.named_parameters()))
 
 
+def new_output_bias(model, new: set[str]) -> Optional[str]:
+    """Name of the output-layer bias when the checkpoint did not have it (newly initialised at zero)."""
+    out = model.get_output_embeddings()
+    bias = getattr(out, "bias", None) if out is not None else None
+    if bias is None:
+        return None
+    for name, p in model.named_parameters():
+        if p is bias and name in new:
+            return name
+    return None
+
+
+def init_output_bias(model, name: str, blocks, special) -> None:
+    """Start a new output bias at the training text's log unigram frequencies: the head then
+    predicts the token prior instead of a uniform guess (measured in docs/results.md)."""
+    logp = masking.token_log_frequencies(blocks, model.get_parameter(name).shape[0], special)
+    with torch.no_grad():
+        model.get_parameter(name).copy_(torch.from_numpy(logp).to(model.get_parameter(name).dtype))
+
+
 def head_note(model, new: set[str], source: str) -> Optional[str]:
     """One plain sentence when the checkpoint had no (complete) MLM head."""
     params = {n for n, _ in model.named_parameters()}
@@ -345,6 +365,11 @@ def setup(cfg: Config, log=log) -> Prepared:
     note = head_note(model, new, source) if source != "a from-config model" else None
     if note:
         notes.append(note)
+    bias_name = new_output_bias(model, new) if source != "a from-config model" else None
+    if bias_name and cfg.model.init_output_bias:
+        init_output_bias(model, bias_name, train_ds["input_ids"], spec.special)
+        notes.append(f"the new output bias ({bias_name}) starts at the log unigram frequencies of the training text "
+                     f"(model.init_output_bias)")
     if new and cfg.train.head_learning_rate is None and source != "a from-config model":
         cfg.train.head_learning_rate = cfg.train.learning_rate * HEAD_LR_FACTOR
         notes.append(f"newly initialised parameters train with head_learning_rate {cfg.train.head_learning_rate:g} "
