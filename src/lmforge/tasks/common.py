@@ -88,3 +88,9 @@ def model_from_config(cfg: Config, task) -> tuple[Any, Any]:
     """(fresh model, tokenizer) for model.from_config (see lmforge.scratch); `task` is a task name or Auto* class."""
     from ..scratch import model_from_config as build
     return build(cfg, task)
+
+
+def model_from_config(cfg: Config, task) -> tuple[Any, Any]:
+    """(fresh model, tokenizer) for model.from_config (see lmforge.scratch); `task` is a task name or Auto* class."""
+    from ..scratch import model_from_config as build
+    return build(cfg, task)
