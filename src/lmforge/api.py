@@ -67,11 +67,9 @@ def _file_logging(run_dir: Path) -> logging.Handler:
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    from .train.checkpoint import incomplete_checkpoints, list_checkpoints
-    for bad in incomplete_checkpoints(run_dir / "checkpoints"):
-        log.warning("skipping checkpoint %s: it was cut off before it was complete", bad)
-    found = list_checkpoints(run_dir / "checkpoints")
-    return found[-1] if found else None
+    """The newest complete checkpoint of a run folder (cut-off ones are skipped with a warning)."""
+    from .train.recovery import latest_checkpoint as latest
+    return latest(Path(run_dir))
 
 
 def train(config: Union[str, Path, Config, dict, None] = None, overrides: Optional[Sequence[str]] = None,
@@ -107,19 +105,28 @@ def train(config: Union[str, Path, Config, dict, None] = None, overrides: Option
         if not main:  # one copy of each log line
             logging.getLogger("lmforge").setLevel(logging.WARNING)
     resume_path: Optional[Path] = None
+    created = not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())) or \
+        (bool(cfg.output.overwrite) and not resume)
     if main:
         prepare_run_dir(run_dir, cfg.output.overwrite, bool(resume), [cfg.data.train, cfg.data.eval, cfg.data.test])
     accelerator.wait_for_everyone()
     if resume:
-        resume_path = Path(resume) if not isinstance(resume, bool) else latest_checkpoint(run_dir)
-        old = read_json(run_dir / "manifest.json", {})
-        if old.get("status") == "running":
-            log.warning("the previous run in %s ended without a clean exit (killed, out of memory, or power loss?)", run_dir)
-        if resume_path is None:
-            log.warning("no complete checkpoint in %s: starting from the beginning", run_dir)
+        from .train.recovery import resolve_resume
+        if main:
+            try:
+                resume_path = resolve_resume(run_dir, resume)
+            except LmforgeError:
+                if created:  # the folder was made for this call: leave nothing behind
+                    import shutil
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                raise
+        accelerator.wait_for_everyone()
+        if not main:
+            resume_path = Path(resume) if not isinstance(resume, bool) else latest_checkpoint(run_dir)
     handler = _file_logging(run_dir) if main else None
     manifest = new_manifest(cfg, str(accelerator.device), cfg.train.seed)
     trackers, lora_state, ok = None, None, False
+    training = False  # once True, a failure leaves the run folder for --resume
     try:
         set_seed(cfg.train.seed)
         task = get_task(cfg.task)
@@ -148,6 +155,11 @@ def train(config: Union[str, Path, Config, dict, None] = None, overrides: Option
         log.info("effective batch size %d = %d per device x %d accumulation steps x %d processes",
                  manifest["effective_batch_size"], cfg.train.per_device_train_batch_size,
                  cfg.train.gradient_accumulation_steps, accelerator.num_processes)
+        from .train.memory import preflight
+        est = preflight(trainer, log)
+        if est is not None:
+            manifest["memory_estimate"] = est.as_dict()
+        training = True
         metrics: dict = {}
         if resume_path is not None:
             trainer.resume(resume_path)
@@ -204,6 +216,15 @@ def train(config: Union[str, Path, Config, dict, None] = None, overrides: Option
         ok = True
         return TrainResult(run_dir, metrics, cfg)
     except BaseException as e:
+        if main and created and not training and isinstance(e, (LmforgeError, KeyboardInterrupt)):
+            # Nothing was trained: leave no half-made run folder behind.
+            if handler:
+                logging.getLogger("lmforge").removeHandler(handler)
+                handler.close()
+                handler = None
+            import shutil
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         if main and run_dir.exists():
             manifest.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                             error=str(e)[:2000], error_type=type(e).__name__,

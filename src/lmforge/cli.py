@@ -115,7 +115,7 @@ def predict(model: str = typer.Argument(..., help="Run folder or model folder.")
     if not texts and not input:
         raise LmforgeError("nothing to predict", "give texts after the model, or --input FILE")
     if batch_size <= 0:
-        raise LmforgeError(f"--batch-size must be positive, got {batch_size}")
+        raise LmforgeError(f"--batch-size must be positive, got {batch_size}", "pass --batch-size 1 or more")
     rows = api.predict(model, texts=texts or None, input_file=input, output=output, batch_size=batch_size,
                        text_column=text_column, text_pair_column=text_pair_column)
     if output:
@@ -265,6 +265,24 @@ def doctor(ctx: typer.Context,
         raise typer.Exit(2)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def doctor(ctx: typer.Context,
+           config: Optional[str] = typer.Argument(None, help="YAML config; none = the built-in default recipe."),
+           allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) model weights."),
+           trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the Hub."),
+           no_probe: bool = typer.Option(False, "--no-probe", help="Skip the 3-step timing probe.")):
+    """Check a config before training: config, data, tokenizer, memory, time per step, offline files."""
+    from .doctor import run_doctor
+    if config and config.startswith("--"):
+        ctx.args.insert(0, config)
+        config = None
+    overrides, _ = _split_resume(list(ctx.args))
+    _permissions(allow_pickle, trust_remote_code)
+    report = run_doctor(config, overrides, probe=not no_probe)
+    if report.problems:
+        raise typer.Exit(2)
+
+
 @app.command()
 def models():
     """List the built-in model aliases."""
@@ -301,8 +319,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except click.Abort:
         console.print("aborted")
         return 130
-    except KeyboardInterrupt:
-        console.print("interrupted")
+    except KeyboardInterrupt as e:
+        msg = getattr(e, "message", None) or (str(e) if str(e) else "")
+        hint = getattr(e, "hint", None)
+        console.print("interrupted" + (f": {msg}" if msg else "") + (f" — {hint}" if hint else ""),
+                      markup=False, highlight=False, soft_wrap=True)
         return 130
 
 

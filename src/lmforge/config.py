@@ -161,6 +161,10 @@ class TrainConfig(Section):
     """Stop after this many evaluations without improvement of the best metric."""
     dataloader_num_workers: int = 0
     """Worker processes for the data loader."""
+    nan_policy: Literal["stop", "skip"] = "stop"
+    """On a NaN/Inf loss or gradient: stop (keeping the last good checkpoint) or skip the batch."""
+    max_consecutive_nan_skips: int = 5
+    """nan_policy skip: stop anyway after this many non-finite batches in a row."""
     loss_function: Optional[str] = None
     """Custom loss 'module:function' called as fn(logits, labels, batch) -> mean loss (causal-lm); default: shifted cross entropy."""
     report_to: Union[list[str], str] = ["tensorboard"]
@@ -184,7 +188,7 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _check(self):
         for key in ("per_device_train_batch_size", "per_device_eval_batch_size",
-                    "gradient_accumulation_steps", "logging_steps"):
+                    "gradient_accumulation_steps", "logging_steps", "max_consecutive_nan_skips"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
         if self.learning_rate <= 0:
@@ -321,7 +325,8 @@ def _format_validation_error(err: ValidationError, source: str) -> LmforgeError:
     got = first.get("input")
     got_txt = "" if isinstance(got, dict) or first["type"] == "value_error" else f" (got {got!r})"
     if first["type"] == "literal_error":
-        return LmforgeError(f"bad value for '{key}' in {source}: {msg}{got_txt}.{did_you_mean(got, [])}")
+        return LmforgeError(f"bad value for '{key}' in {source}: {msg}{got_txt}.{did_you_mean(got, [])}",
+                            f"set {key} to one of the values listed")
     return LmforgeError(f"bad value for '{key or 'config'}' in {source}: {msg}{got_txt}",
                         "see `lmforge config --help-keys` or the README's config reference")
 
@@ -395,7 +400,8 @@ def read_yaml(path: str | Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise LmforgeError(f"{p} must be a YAML mapping (key: value), got {type(data).__name__}")
+        raise LmforgeError(f"{p} must be a YAML mapping (key: value), got {type(data).__name__}",
+                           "write sections as `train:` / `data:` keys at the top level, not a list")
     return data
 
 

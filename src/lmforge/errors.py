@@ -30,3 +30,15 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest choice, or an empty string."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.5)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C / SIGTERM after saving a checkpoint (CLI exit code 130)."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, hint: str | None = None, checkpoint=None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.checkpoint = checkpoint

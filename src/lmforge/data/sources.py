@@ -34,11 +34,21 @@ def detect_format(path: Path, fmt: Optional[str]) -> str:
     )
 
 
+# The longest single field or JSON line read from a table: a longer one is almost always a file without
+# line breaks or an unclosed quote (a 10 MB review is not a review).
+MAX_FIELD_CHARS = 10_000_000
+
+
 def read_text_file(path: Path) -> str:
     """Whole file as text: UTF-8 (a BOM is dropped), with errors that give the line."""
     data = path.read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    head = data[:400]
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) >= 4 and (head[1::2].count(0) > len(head) // 3
+                                                                         or head[0::2].count(0) > len(head) // 3)):
+        raise LmforgeError(f"{path} is UTF-16 text, not UTF-8",
+                           "re-save it as UTF-8, e.g. iconv -f utf-16 -t utf-8 in > out")
     nul = data.find(b"\x00")
     if nul >= 0:
         line = data.count(b"\n", 0, nul) + 1
@@ -54,11 +64,38 @@ def read_text_file(path: Path) -> str:
         ) from None
 
 
+class _checked_rows:
+    """A csv reader whose errors (a field over MAX_FIELD_CHARS, a stray NUL) name the file and line."""
+
+    def __init__(self, path: Path, reader):
+        self.path, self.reader = path, reader
+
+    @property
+    def line_num(self) -> int:
+        return self.reader.line_num
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self.reader)
+        except csv.Error as e:
+            line = self.reader.line_num
+            if "field larger" in str(e):
+                raise LmforgeError(
+                    f"{self.path} line {line}: a field longer than {MAX_FIELD_CHARS // 1_000_000} MB "
+                    "(a file without line breaks, or an unclosed quote?)",
+                    "split the text into rows, or close the quote") from None
+            raise LmforgeError(f"{self.path} line {line}: {e}", "fix the row's quoting") from None
+
+
 def _read_delimited(path: Path, text: str, sep: str) -> pd.DataFrame:
     lines = text.splitlines()
     if not any(line.strip() for line in lines):
         raise LmforgeError(f"{path} is empty", "give a file with a header row and data rows")
-    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    csv.field_size_limit(MAX_FIELD_CHARS)
+    reader = _checked_rows(path, csv.reader(io.StringIO(text), delimiter=sep))
     header = next(reader)
     if len(header) == 1 and sep == "," and ("\t" in header[0] or ";" in header[0]):
         hint = ("the file looks tab-separated: use the .tsv extension or set data.format: tsv"
@@ -95,12 +132,17 @@ def _read_json(path: Path, text: str, fmt: str) -> pd.DataFrame:
         try:
             records = json.loads(stripped)
         except json.JSONDecodeError as e:
-            raise LmforgeError(f"{path} line {e.lineno}: invalid JSON ({e.msg})") from None
+            raise LmforgeError(f"{path} line {e.lineno}: invalid JSON ({e.msg})",
+                               "fix the JSON syntax there (a missing comma or quote?), or write one object per line "
+                               "as a .jsonl file") from None
     else:
         records = []
         for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
+            if len(line) > MAX_FIELD_CHARS:
+                raise LmforgeError(f"{path} line {i}: a line longer than {MAX_FIELD_CHARS // 1_000_000} MB "
+                                   "(not JSON lines?)", "split the data into one JSON object per line")
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
@@ -137,7 +179,8 @@ def read_table(source: str, fmt: Optional[str] = None, split: str = "train") -> 
         try:
             return pd.read_parquet(path)
         except Exception as e:  # pyarrow raises several types for a bad file
-            raise LmforgeError(f"{path} is not a readable parquet file: {e}") from None
+            raise LmforgeError(f"{path} is not a readable parquet file: {str(e).splitlines()[0][:200]}",
+                               "check that this is the right file, or set data.format to its real format") from None
     text = read_text_file(path)
     if fmt in ("csv", "tsv"):
         return _read_delimited(path, text, "," if fmt == "csv" else "\t")

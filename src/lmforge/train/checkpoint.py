@@ -3,13 +3,18 @@
 A checkpoint folder ``checkpoints/step-N/`` holds:
     model.safetensors (+ config.json)   the weights, via save_pretrained
     optimizer.pt, scheduler.pt          state dicts (loaded back with weights_only=True)
-    rng.pt                              Python, NumPy, torch CPU and CUDA RNG states
-    trainer_state.json                  step, data position, best metric, ...
-    COMPLETE                            written last: a folder without it was cut off
+    scaler.pt                           the fp16 gradient scaler, when there is one
+    rng.pt                              Python, NumPy, torch CPU and every CUDA device's RNG state
+    trainer_state.json                  step, data position (epoch, batch), best metric, log window, ...
+    COMPLETE                            written last: the size of every file above, as JSON
+
+A folder without COMPLETE, or whose files do not have the sizes COMPLETE lists, was cut off
+(killed mid-write, disk full, a partial copy) and is skipped with a message.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -21,7 +26,10 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..errors import LmforgeError
+
 COMPLETE = "COMPLETE"
+BEST_STEP = "best_step.txt"
 
 
 def _fsync_tree(path: Path) -> None:
@@ -29,9 +37,18 @@ def _fsync_tree(path: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-    fd = os.open(path, os.O_RDONLY)
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
     finally:
         os.close(fd)
 
@@ -55,11 +72,24 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        states = state["cuda"]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+        else:  # a different number of visible GPUs: restore what matches
+            for i, s in enumerate(states[:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(s, i)
+
+
+def _write_complete(tmp: Path) -> None:
+    sizes = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+    (tmp / COMPLETE).write_text(json.dumps({"files": sizes}, indent=1))
 
 
 def atomic_dir(final: Path, write, mark_complete: bool = True) -> Path:
-    """Call ``write(tmp_dir)``, fsync, mark COMPLETE (optional), then rename to ``final``."""
+    """Call ``write(tmp_dir)``, fsync, mark COMPLETE (optional), then rename to ``final``.
+
+    On any failure the temporary folder is removed and ``final`` (if it existed) is untouched.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
@@ -69,7 +99,7 @@ def atomic_dir(final: Path, write, mark_complete: bool = True) -> Path:
         tmp.mkdir()
         write(tmp)
         if mark_complete:
-            (tmp / COMPLETE).write_text("ok\n")
+            _write_complete(tmp)
         _fsync_tree(tmp)
         if final.exists():
             old = final.parent / f".old-{final.name}-{os.getpid()}"
@@ -78,26 +108,64 @@ def atomic_dir(final: Path, write, mark_complete: bool = True) -> Path:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
+        _fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, tokenizer=None) -> Path:
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, tokenizer=None, scaler=None) -> Path:
     def write(tmp: Path):
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-    return atomic_dir(folder, write)
+    try:
+        return atomic_dir(folder, write)
+    except OSError as e:
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise LmforgeError(
+            f"could not write checkpoint {folder}: {'the disk is full' if full else e.strerror or e}"
+            f"{' (' + e.filename + ')' if getattr(e, 'filename', None) else ''}",
+            ("free disk space or lower train.save_total_limit, then resume with --resume; "
+             if full else "check the output folder is writable, then resume with --resume; ")
+            + "earlier checkpoints are intact") from None
+
+
+def checkpoint_problem(folder: Path) -> Optional[str]:
+    """Why a checkpoint folder cannot be used, or None when it is complete."""
+    folder = Path(folder)
+    marker = folder / COMPLETE
+    if not marker.exists():
+        return "it has no COMPLETE marker (it was cut off while being written)"
+    try:
+        listed = json.loads(marker.read_text()).get("files", {})
+    except (ValueError, AttributeError):
+        listed = {}  # an older marker without sizes
+    for name, size in listed.items():
+        p = folder / name
+        if not p.exists():
+            return f"{name} is missing"
+        if p.stat().st_size != size:
+            return f"{name} has {p.stat().st_size} bytes, {size} were written (truncated copy?)"
+    if not (folder / "trainer_state.json").exists():
+        return "trainer_state.json is missing"
+    return None
 
 
 def is_complete(folder: Path) -> bool:
-    return (folder / COMPLETE).exists() and (folder / "trainer_state.json").exists()
+    return checkpoint_problem(folder) is None
+
+
+def step_of(folder: Path) -> Optional[int]:
+    m = re.fullmatch(r"step-(\d+)", Path(folder).name)
+    return int(m.group(1)) if m else None
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -106,21 +174,34 @@ def list_checkpoints(root: Path) -> list[Path]:
         return []
     found = []
     for p in root.iterdir():
-        m = re.fullmatch(r"step-(\d+)", p.name)
-        if m and p.is_dir() and is_complete(p):
-            found.append((int(m.group(1)), p))
+        n = step_of(p)
+        if n is not None and p.is_dir() and is_complete(p):
+            found.append((n, p))
     return [p for _, p in sorted(found)]
 
 
-def incomplete_checkpoints(root: Path) -> list[Path]:
+def incomplete_checkpoints(root: Path) -> list[tuple[Path, str]]:
+    """(folder, reason) for every checkpoint folder under root that was cut off."""
     if not root.exists():
         return []
-    return [p for p in root.iterdir() if p.is_dir() and (p.name.startswith(".tmp-") or
-            (re.fullmatch(r"step-\d+", p.name) and not is_complete(p)))]
+    out = []
+    for p in sorted(root.iterdir()):
+        if not p.is_dir():
+            continue
+        if p.name.startswith((".tmp-", ".old-")):
+            out.append((p, "a temporary folder left by a write that did not finish"))
+        elif step_of(p) is not None:
+            why = checkpoint_problem(p)
+            if why:
+                out.append((p, why))
+    return out
 
 
 def rotate(root: Path, limit: Optional[int], keep: set[Path] = frozenset()) -> None:
-    """Delete the oldest complete checkpoints beyond ``limit`` (never one in ``keep``)."""
+    """Delete the oldest complete checkpoints beyond ``limit`` (never one in ``keep``).
+
+    Called only after the newest checkpoint is complete, so a crash here loses nothing.
+    """
     if not limit or limit <= 0:
         return
     ckpts = list_checkpoints(root)
@@ -130,22 +211,35 @@ def rotate(root: Path, limit: Optional[int], keep: set[Path] = frozenset()) -> N
         shutil.rmtree(p, ignore_errors=True)
 
 
-def load_training_state(folder: Path, model, optimizer, scheduler) -> dict:
+def load_weights(folder: Path) -> dict:
     from safetensors.torch import load_file
 
-    weights = folder / "model.safetensors"
+    weights = Path(folder) / "model.safetensors"
     if weights.exists():
-        sd = load_file(str(weights))
-    else:  # sharded
-        sd = {}
-        for f in sorted(folder.glob("model-*.safetensors")):
-            sd.update(load_file(str(f)))
+        return load_file(str(weights))
+    sd = {}  # sharded
+    for f in sorted(Path(folder).glob("model-*.safetensors")):
+        sd.update(load_file(str(f)))
+    return sd
+
+
+def load_training_state(folder: Path, model, optimizer, scheduler, scaler=None) -> dict:
+    folder = Path(folder)
+    why = checkpoint_problem(folder)
+    if why:
+        raise LmforgeError(f"checkpoint {folder} cannot be used: {why}",
+                           "resume from an earlier checkpoint, or pass --resume with no path to pick the latest complete one")
+    sd = load_weights(folder)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     # Tied weights are saved once; anything else missing is a real mismatch.
     missing = [k for k in missing if not any(t in k for t in ("lm_head", "decoder", "embed"))]
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint {folder} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise LmforgeError(f"checkpoint {folder} does not match the model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}",
+                           "resume with the same model and config the checkpoint was written with")
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    if scaler is not None and (folder / "scaler.pt").exists():
+        scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
     set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
     return json.loads((folder / "trainer_state.json").read_text())

@@ -20,13 +20,14 @@ import torch
 
 from ..config import Config
 from ..data.batching import epoch_batches, eval_batches, shard
-from ..errors import LmforgeError
+from ..errors import LmforgeError, TrainingInterrupted
 from ..runfolder import LogWriter
 from ..tasks.base import EncodedSplit, Prepared
 from . import checkpoint as ckpt
 from .perf import count_params, device_peak_flops, matmul_params, peak_memory_mb, release_memory
 from .progress import TrainProgress
 from .schedule import make_optimizer, make_scheduler
+from .signals import StopRequest
 
 log = logging.getLogger("lmforge")
 
@@ -131,6 +132,15 @@ class Trainer:
         self.best_step: Optional[int] = None
         self.bad_evals = 0
         self.eval_history: list[dict] = []
+        self.last_loss: Optional[float] = None
+        # The logging window: each log.jsonl line averages the loss over the steps since the last line;
+        # saved in checkpoints so a resumed run writes the same lines.
+        self.win_loss, self.win_items = 0.0, 0
+        self.nan_streak = 0  # consecutive skipped non-finite steps (nan_policy: skip)
+        self.nan_skipped = 0  # all skipped batches
+        self.step_times: list[float] = []  # seconds per optimizer step (excluding eval and saving)
+        self.last_saved: Optional[Path] = None
+        self.stop = StopRequest()
 
     # -------------------------------------------------------------------------------- data
     def _batches(self, epoch: int) -> list[list[int]]:
@@ -161,28 +171,70 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos, "best": self.best,
                 "best_step": self.best_step, "bad_evals": self.bad_evals, "eval_history": self.eval_history,
                 "total_steps": self.total_steps, "seed": self.tc.seed,
-                "world_size": self.acc.num_processes}
+                "world_size": self.acc.num_processes, "last_loss": self.last_loss, "win_loss": self.win_loss,
+                "win_items": self.win_items, "nan_streak": self.nan_streak, "nan_skipped": self.nan_skipped,
+                "batches_per_epoch": self.batches_per_epoch}
 
     def save(self) -> Optional[Path]:
         self.acc.wait_for_everyone()
         path = None
         if self.main:
             path = ckpt.save_checkpoint(self.ckpt_root / f"step-{self.step}", self.acc.unwrap_model(self.model),
-                                        self.optimizer, self.scheduler, self.state(), self.prep.tokenizer)
+                                        self.optimizer, self.scheduler, self.state(), self.prep.tokenizer,
+                                        scaler=getattr(self.acc, "scaler", None))
             keep = {self.ckpt_root / f"step-{self.best_step}"} if self.best_step is not None else set()
             ckpt.rotate(self.ckpt_root, self.tc.save_total_limit, keep=keep)
         self.acc.wait_for_everyone()
+        self.last_saved = self.ckpt_root / f"step-{self.step}"
         return path
 
     def resume(self, folder: Path) -> None:
-        state = ckpt.load_training_state(folder, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler)
+        state = ckpt.load_training_state(folder, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
+                                         scaler=getattr(self.acc, "scaler", None))
         if state.get("world_size", 1) != self.acc.num_processes:
             raise LmforgeError(f"checkpoint {folder} was written with {state.get('world_size')} processes, "
                                f"this run has {self.acc.num_processes}", "resume with the same number of processes")
+        if state.get("batches_per_epoch", self.batches_per_epoch) != self.batches_per_epoch or \
+                state.get("seed", self.tc.seed) != self.tc.seed:
+            log.warning("the data, batch size or seed differ from the checkpoint's: the resumed run will not "
+                        "see the same batches as an uninterrupted one")
         for key in ("step", "epoch", "batch_pos", "best", "best_step", "bad_evals", "eval_history"):
             setattr(self, key, state[key])
+        for key, default in (("last_loss", None), ("win_loss", 0.0), ("win_items", 0), ("nan_streak", 0),
+                             ("nan_skipped", 0)):
+            setattr(self, key, state.get(key, default))
+        self.last_saved = Path(folder)
         self.logw.truncate_after(self.step)
+        if self.main:
+            self._reconcile_best()
         log.info("resumed from %s at step %d (epoch %d, batch %d)", folder, self.step, self.epoch, self.batch_pos)
+
+    def _reconcile_best(self) -> None:
+        """After a resume, best/ must hold the weights of the checkpoint's best step, not those of a later
+        evaluation of the run that was cut off (a replay re-creates those if it gets there again)."""
+        best = self.ckpt_root / "best"
+        if not best.exists():
+            return
+        marker = best / ckpt.BEST_STEP
+        held = int(marker.read_text()) if marker.exists() else None
+        if held == self.best_step:
+            return
+        src = self.ckpt_root / f"step-{self.best_step}"
+        if self.best_step is not None and ckpt.is_complete(src):
+            import shutil
+
+            def write(d: Path):
+                for f in src.iterdir():
+                    if f.name == "config.json" or f.name.startswith("model") and f.suffix in (".safetensors", ".json"):
+                        shutil.copy2(f, d / f.name)
+                (d / ckpt.BEST_STEP).write_text(str(self.best_step))
+            ckpt.atomic_dir(best, write, mark_complete=False)
+        else:
+            import shutil
+            shutil.rmtree(best, ignore_errors=True)
+            if self.best_step is not None:
+                log.warning("the best model's weights (step %s) did not survive the crash: the final model will be "
+                            "the best one evaluated from now on, or the last one", self.best_step)
 
     # -------------------------------------------------------------------------------- eval
     def evaluate(self, progress=None, split: Optional[EncodedSplit] = None, desc="eval") -> dict:
@@ -212,7 +264,12 @@ class Trainer:
             self.best, self.best_step, self.bad_evals = value, self.step, 0
             if self.tc.load_best_model_at_end and self.main:
                 model = self.acc.unwrap_model(self.model)
-                ckpt.atomic_dir(self.ckpt_root / "best", lambda d: model.save_pretrained(d, safe_serialization=True))
+                step = self.step
+
+                def write_best(d: Path):
+                    model.save_pretrained(d, safe_serialization=True)
+                    (d / ckpt.BEST_STEP).write_text(str(step))
+                ckpt.atomic_dir(self.ckpt_root / "best", write_best, mark_complete=False)
         else:
             self.bad_evals += 1
         if self.prep.samples and self.main:
@@ -224,20 +281,59 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- fit
     def fit(self, progress: Optional[TrainProgress] = None) -> FitResult:
+        with self.stop:
+            return self._fit(progress)
+
+    def _nonfinite(self, loss_val: float, grad_norm: float) -> bool:
+        """Handle a NaN/Inf loss or gradient: True = skip this batch; raises when the run must stop."""
+        if getattr(self.acc, "scaler", None) is not None and math.isfinite(loss_val):
+            return False  # fp16: the gradient scaler skips the update and lowers its scale
+        what = "NaN" if math.isnan(loss_val) or math.isnan(grad_norm) else "infinite"
+        step = self.step + 1
+        kept = f"the last good checkpoint is {self.last_saved}" if self.last_saved else "no checkpoint was written yet"
+        causes = ("likely causes: a learning rate too high (lower train.learning_rate), fp16 overflow "
+                  "(mixed_precision: bf16 or no), no gradient clipping (set max_grad_norm), or a bad input batch")
+        if self.tc.nan_policy == "skip":
+            if self.nan_streak < self.tc.max_consecutive_nan_skips:
+                self.nan_streak += 1
+                self.nan_skipped += 1
+                log.warning("step %d: %s loss or gradient (loss %s, grad norm %s): batch skipped "
+                            "(%d in a row, at most %d)", step, what, loss_val, grad_norm, self.nan_streak,
+                            self.tc.max_consecutive_nan_skips)
+                self.logw.write({"step": step, "nonfinite_skipped": True, "loss": None if not math.isfinite(loss_val)
+                                 else loss_val, "grad_norm": None if not math.isfinite(grad_norm) else grad_norm})
+                return True
+            raise LmforgeError(
+                f"{self.nan_streak + 1} batches in a row gave a {what} loss or gradient, the last at step {step} "
+                f"(nan_policy: skip allows {self.tc.max_consecutive_nan_skips})",
+                f"{causes}; {kept}")
+        raise LmforgeError(
+            f"the loss or gradient became {what} at step {step} (loss {loss_val}, grad norm {grad_norm})",
+            f"{causes}; {kept}; or set train.nan_policy: skip to skip such batches")
+
+    def _stop_requested(self) -> bool:
+        stop = self.stop.signal is not None
+        if self.acc.num_processes > 1:  # every process must stop at the same step
+            flag = torch.tensor(float(stop), device=self.acc.device)
+            stop = bool(self.acc.reduce(flag, "sum").item() > 0)
+        return stop
+
+    def _fit(self, progress: Optional[TrainProgress] = None) -> FitResult:
         tc, acc, model = self.tc, self.acc, self.model
         model.train()
         eval_every = tc.eval_steps if tc.eval_strategy == "steps" else None
         save_every = tc.save_steps if tc.save_strategy == "steps" else None
         has_eval = tc.eval_strategy != "no" and self.prep.eval is not None and len(self.prep.eval) > 0
         start = time.perf_counter()
-        win_tokens, win_items, win_loss, win_start = 0, 0.0, 0.0, time.perf_counter()
-        total_tokens, last_loss, stopped = 0, None, False
+        win_tokens, win_start = 0, time.perf_counter()
+        total_tokens, stopped = 0, False
         last_record: dict = {}
         if progress:
             progress.start_train(self.total_steps, self.step)
         steps = self._steps()
         while self.step < self.total_steps:
             epoch, first, n_in_epoch, group = next(steps)
+            t_step = time.perf_counter()
             pos = first + len(group)
             micro = [self._collate(idx, epoch, first + j) for j, idx in enumerate(group)]
             local_items = sum(int(b["n_items"]) for b in micro)
@@ -265,11 +361,14 @@ class Trainer:
             grad_norm = float(grad_norm)
             loss_val = (acc.reduce(step_loss, "sum").item() if acc.num_processes > 1 else step_loss.item()) / items
             if not math.isfinite(loss_val) or not math.isfinite(grad_norm):
-                raise LmforgeError(
-                    f"the loss or gradient became {'NaN' if math.isnan(loss_val) or math.isnan(grad_norm) else 'infinite'} "
-                    f"at step {self.step + 1} (loss {loss_val}, grad norm {grad_norm})",
-                    "lower train.learning_rate, keep max_grad_norm set, or train in fp32 (mixed_precision: no); "
-                    "the last good checkpoint is kept")
+                if self._nonfinite(loss_val, grad_norm):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.epoch, self.batch_pos = (epoch, pos) if pos < n_in_epoch else (epoch + 1, 0)
+                    if self._stop_requested():
+                        self._interrupt()
+                    continue
+            else:
+                self.nan_streak = 0
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
             self.scheduler.step()
@@ -278,9 +377,11 @@ class Trainer:
                 release_memory()
             self.step += 1
             self.epoch, self.batch_pos = (epoch, pos) if pos < n_in_epoch else (epoch + 1, 0)
-            last_loss = loss_val
-            win_loss += loss_val
-            win_items += 1
+            self.last_loss = loss_val
+            self.win_loss += loss_val
+            self.win_items += 1
+            self.step_times.append(time.perf_counter() - t_step)
+            del self.step_times[:-1000]
             epoch_float = epoch + pos / n_in_epoch
             if progress:
                 progress.update_train(self.step, loss_val, lr)
@@ -288,14 +389,16 @@ class Trainer:
                 dt = time.perf_counter() - win_start
                 tok_s = win_tokens * acc.num_processes / dt if dt > 0 else 0.0
                 mfu = 6 * self.flop_params * tok_s / self.peak_flops if self.peak_flops else None
-                last_record = {"step": self.step, "epoch": round(epoch_float, 4), "loss": round(win_loss / win_items, 6),
+                last_record = {"step": self.step, "epoch": round(epoch_float, 4),
+                               "loss": round(self.win_loss / self.win_items, 6),
                                "lr": lr, "grad_norm": round(grad_norm, 6), "tokens_per_s": round(tok_s, 1),
                                "mfu": round(mfu, 4) if mfu is not None else None,
                                "peak_mem_mb": round(peak_memory_mb(acc.device), 1)}
                 self.logw.write(last_record)
                 if progress:
                     progress.set_rate(tok_s, mfu)
-                win_tokens, win_items, win_loss, win_start = 0, 0.0, 0.0, time.perf_counter()
+                win_tokens, win_start = 0, time.perf_counter()
+                self.win_loss, self.win_items = 0.0, 0
             epoch_end = pos >= n_in_epoch
             do_eval = has_eval and ((eval_every and self.step % eval_every == 0) or
                                     (tc.eval_strategy == "epoch" and epoch_end) or self.step == self.total_steps)
@@ -311,18 +414,32 @@ class Trainer:
             if stopped:
                 log.info("early stopping at step %d: no improvement in %d evaluations", self.step, self.bad_evals)
                 break
+            if self._stop_requested():
+                self._interrupt()
         runtime = time.perf_counter() - start
-        if tc.load_best_model_at_end and has_eval and (self.ckpt_root / "best").exists():
+        best_dir = self.ckpt_root / "best"
+        if tc.load_best_model_at_end and has_eval and best_dir.exists():
             self.acc.wait_for_everyone()
             from safetensors.torch import load_file
-            best = self.ckpt_root / "best" / "model.safetensors"
-            if best.exists() and self.best_step != self.step:
+            best = best_dir / "model.safetensors"
+            marker = best_dir / ckpt.BEST_STEP
+            held = int(marker.read_text()) if marker.exists() else self.best_step
+            if best.exists() and self.best_step != self.step and held == self.best_step:
                 log.info("loading the best model (step %d, %s = %.4f)", self.best_step,
                          self.tc.metric_for_best_model or self.prep.best_metric, self.best)
                 acc.unwrap_model(model).load_state_dict(load_file(str(best)), strict=False)
         tok_s = total_tokens * acc.num_processes / runtime if runtime > 0 else 0.0
-        return FitResult(steps=self.step, epochs=round(self.step / self.steps_per_epoch, 4), train_loss=last_loss,
+        return FitResult(steps=self.step, epochs=round(self.step / self.steps_per_epoch, 4), train_loss=self.last_loss,
                          runtime_s=runtime, best_metric=self.best, best_step=self.best_step,
                          eval_history=self.eval_history, tokens_per_s=tok_s,
                          mfu=6 * self.flop_params * tok_s / self.peak_flops if self.peak_flops else None,
                          peak_mem_mb=peak_memory_mb(acc.device), stopped_early=stopped)
+
+    def _interrupt(self) -> None:
+        """Save a checkpoint (unless this step already has one) and stop with TrainingInterrupted."""
+        path = self.ckpt_root / f"step-{self.step}"
+        if self.step > 0 and self.last_saved != path:
+            self.save()
+        where = f"checkpoint saved to {path}" if self.step > 0 else "no step was finished, nothing to save"
+        raise TrainingInterrupted(f"training stopped by {self.stop.signal} at step {self.step}: {where}",
+                                  "continue with the same command plus --resume", checkpoint=path)
