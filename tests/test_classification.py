@@ -166,3 +166,14 @@ def test_seeded_runs_are_identical(tiny_bert, toy_csvs, tmp_path):
     lb = (b.run_dir / "log.jsonl").read_text().splitlines()
     strip = lambda ls: [{k: v for k, v in json.loads(l).items() if k not in ("tokens_per_s", "mfu", "peak_mem_mb")} for l in ls]
     assert strip(la) == strip(lb)
+
+
+def test_attention_dropout_override_keeps_labels(tiny_bert, toy_csvs, tmp_path):
+    from transformers import AutoConfig
+    train, test = toy_csvs
+    cfg = cls_config(train, test, tmp_path / "run", tiny_bert, max_steps=1)
+    cfg["model"]["attention_dropout"] = 0.0
+    res = api.train(cfg, progress=False)
+    c = AutoConfig.from_pretrained(res.run_dir / "model")
+    assert c.attention_probs_dropout_prob == 0.0 and c.hidden_dropout_prob == 0.1
+    assert c.id2label == {0: "neg", 1: "pos"}

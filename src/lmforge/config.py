@@ -37,6 +37,8 @@ class ModelConfig(Section):
     """Dtype the weights are loaded in (training keeps fp32 master weights on CPU)."""
     attn_implementation: Optional[str] = None
     """Attention kernel to ask transformers for (sdpa, eager, flash_attention_2, ...)."""
+    attention_dropout: Optional[float] = None
+    """Override the model's attention-probability dropout; 0 lets CPU attention use the fused kernel."""
     init_output_bias: bool = True
     """masked-lm: an output bias missing from the checkpoint starts at the training text's log token frequencies."""
 
