@@ -292,6 +292,15 @@ def task_of(model_dir: Path) -> str:
     raise LmforgeError(f"cannot tell the task of the model in {model_dir} (architectures: {arch or 'none'})")
 
 
+def prepare(config: Union[str, Path, Config, dict, None] = None, overrides: Optional[Sequence[str]] = None,
+            progress: bool = True) -> dict:
+    """Train the config's tokenizer (if asked) and tokenize its training data into the on-disk token
+    cache, so that ``train`` with the same config starts at once (see lmforge.data.stream)."""
+    from .data.stream import prepare as build
+    quiet_libraries()
+    return build(_as_config(config, overrides), progress=progress)
+
+
 def evaluate(model: Union[str, Path], data: str, batch_size: int = 64, overrides: Optional[Sequence[str]] = None,
              progress: bool = True) -> dict:
     """Metrics of a trained model (run or model folder) on a labelled file or built-in dataset."""

@@ -283,6 +283,20 @@ def doctor(ctx: typer.Context,
         raise typer.Exit(2)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def prepare(ctx: typer.Context, config: str = typer.Argument(..., help="YAML config (causal-lm)."),
+            no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
+    """Tokenize a config's training data into the on-disk token cache; `lmforge train` then starts at once."""
+    from . import api
+    res = api.prepare(config, overrides=list(ctx.args) or None, progress=not no_progress)
+    s = res["splits"]["train"]
+    how = ("already prepared: cache hit, nothing tokenized" if s["cache_hit"] else
+           f"tokenized in {s['build_seconds']:.1f} s ({s['mb_per_s']:.1f} MB/s)")
+    print(f"train: {s['tokens']:,} tokens, {s['documents']:,} documents, {s['bytes'] / 1e6:,.1f} MB; {how}")
+    print(f"cache: {s['path']}")
+    print(f"time: {res['seconds']:.1f} s (tokenizer {res['tokenizer_seconds']:.1f} s, vocab {res['vocab_size']:,})")
+
+
 @app.command()
 def models():
     """List the built-in model aliases."""

@@ -476,10 +476,16 @@ def setup(cfg: Config, log=log) -> Prepared:
     if not d.train:
         raise LmforgeError("no training data given", "set data.train (a .txt file, a folder of .txt, or kjv)")
     notes: list[str] = []
-    train_docs = read_corpus(d.train, cfg, "train")
+    from ..data import stream
+    streaming, why = stream.use_streaming(cfg, d.train)  # corpora bigger than memory: a token cache on disk
+    if streaming:
+        if d.packing != "pack":
+            raise LmforgeError("data.streaming needs data.packing: pack", "set data.packing: pack, or data.streaming: false")
+        log.info("data.streaming: on (%s): training blocks are read from a memory-mapped token cache", why)
+    train_docs = [] if streaming else read_corpus(d.train, cfg, "train")
     if d.eval:
         eval_docs = read_corpus(d.eval, cfg, "eval")
-    elif len(train_docs) >= 10:
+    elif not streaming and len(train_docs) >= 10:
         perm = np.random.default_rng(cfg.train.seed).permutation(len(train_docs))
         n_eval = max(1, int(round(d.validation_split * len(train_docs))))
         held = set(perm[:n_eval].tolist())
@@ -498,14 +504,21 @@ def setup(cfg: Config, log=log) -> Prepared:
     block = resolve_block_size(d.block_size, model.config)
     packing = d.packing
 
-    train_split, info, hit, fp_train = encode_split(train_docs, tokenizer, block, packing,
-                                                    keep_remainder=d.remainder == "pad")
+    if streaming:
+        rows, lengths, info, hit, fp_train = stream.streamed_split(d.train, tokenizer, cfg, block,
+                                                                   keep_remainder=d.remainder == "pad")
+        train_split = EncodedSplit(rows, lengths)
+    else:
+        train_split, info, hit, fp_train = encode_split(train_docs, tokenizer, block, packing,
+                                                        keep_remainder=d.remainder == "pad")
     total = info.get("total_tokens", sum(train_split.lengths))
     if len(train_split) == 0 or (packing == "pack" and info.get("dropped_tokens", 0) == total):
         raise LmforgeError(f"the training corpus {d.train} has {total} tokens, fewer than one block of {block}",
                            f"add text, or lower data.block_size (e.g. --data.block_size {max(2, total // 2)})")
     if eval_docs is None:
         n_eval = max(1, int(round(d.validation_split * len(train_split))))
+        if streaming:  # a big corpus: a bounded evaluation set
+            n_eval = min(n_eval, stream.STREAM_EVAL_BLOCKS)
         if len(train_split) - n_eval < 1:
             raise LmforgeError(f"the training corpus {d.train} is too small to hold out evaluation blocks "
                                f"({len(train_split)} block(s) of {block} tokens)",
@@ -514,7 +527,8 @@ def setup(cfg: Config, log=log) -> Prepared:
         eval_split = EncodedSplit(train_split.rows.select(range(n_train, len(train_split))), train_split.lengths[n_train:])
         train_split = EncodedSplit(train_split.rows.select(range(n_train)), train_split.lengths[:n_train])
         fp_eval = fp_train + f":last{n_eval}"
-        notes.append(f"no eval data given and fewer than 10 documents: held out the last {n_eval} blocks for evaluation")
+        notes.append(f"no eval data given{' (streaming)' if streaming else ' and fewer than 10 documents'}: "
+                     f"held out the last {n_eval} blocks for evaluation")
     else:
         eval_split, _, _, fp_eval = encode_split(eval_docs, tokenizer, block, packing, keep_remainder=True)
     test_split = encode_split(test_docs, tokenizer, block, packing, keep_remainder=True)[0] if test_docs else None
@@ -543,6 +557,8 @@ def setup(cfg: Config, log=log) -> Prepared:
                      + ("restarting position ids" if attention == "position_ids" else "a block-diagonal 4-D mask"))
 
     prompts = d.sample_prompts if d.sample_prompts is not None else default_prompts(eval_docs or train_docs)
+    if d.sample_prompts is None and not prompts and streaming:
+        prompts = default_prompts(stream.sample_documents(eval_split.rows, tokenizer))
     summary = {"train_rows": len(train_split), "eval_rows": len(eval_split),
                "test_rows": len(test_split) if test_split is not None else 0,
                "block_size": block, "packing": packing, "train_documents": info.get("documents"),

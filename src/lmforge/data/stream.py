@@ -1,0 +1,642 @@
+"""Corpora bigger than memory: a memory-mapped token cache on disk, built in one pass.
+
+    lmforge prepare examples/scratch-gpt-kjv.yaml     # builds the cache once
+    lmforge train examples/scratch-gpt-kjv.yaml       # finds it and starts at once
+
+Documents are read in chunks of a few MB (never the whole corpus), encoded with the Rust
+tokenizer's batch encoder (all cores, in a thread that overlaps reading and writing), and
+appended to two flat files:
+
+    tokens.bin   every token id, documents back to back (uint16 when the vocabulary fits, else uint32)
+    docs.bin     int64 end offset of each document in tokens.bin
+
+The cache folder is named by a fingerprint of (data, tokenizer, settings). It is built under a
+fixed ``.partial-<key>`` name with a progress record written every few MB, so a crash resumes
+where it stopped; it is renamed into place only when complete, and a later run (or another
+rank) memory-maps it instead of tokenizing again. Peak memory is bounded by the chunk size,
+whatever the corpus size.
+
+Tokenization matches :func:`lmforge.data.corpus.tokenize_documents`: the tokenizer's own
+special tokens, then EOS at the end of each document. Blocks match :func:`corpus.pack`:
+position ids restart at each document start and at each block start.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from ..errors import LmforgeError
+
+log = logging.getLogger("lmforge")
+
+FORMAT = "lmforge-token-cache-v1"
+# Counts in this process (tests assert on them): cache hits, builds, resumed builds, documents encoded.
+STATS = {"hits": 0, "misses": 0, "resumed": 0, "encoded_docs": 0}
+CHUNK_BYTES = 4 << 20          # text read per batch
+STREAM_EVAL_BLOCKS = 1000      # at most this many held-out blocks when streaming without data.eval
+CHECKPOINT_BYTES = 64 << 20    # progress record every this many bytes of input
+
+
+# ----------------------------------------------------------------------------------- fingerprints
+def _file_fp(p: Path) -> dict:
+    """Path, size, mtime and a hash of the first and last MB: cheap even for many GB."""
+    st = p.stat()
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        h.update(f.read(1 << 20))
+        if st.st_size > 2 << 20:
+            f.seek(st.st_size - (1 << 20))
+            h.update(f.read(1 << 20))
+    return {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sample": h.hexdigest()[:16]}
+
+
+def text_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".txt", ".text", ".md"))
+
+
+def source_fingerprint(source: str) -> object:
+    """What identifies a data source's content without reading all of it."""
+    p = Path(str(source)).expanduser()
+    from . import builtin
+    if p.is_file() and not builtin.is_builtin(str(source)):
+        return _file_fp(p)
+    if p.is_dir():
+        return [_file_fp(f) for f in text_files(p)]
+    if builtin.is_builtin(str(source)):
+        return {"builtin": str(source)}
+    return {"name": str(source)}
+
+
+def source_bytes(source: Optional[str]) -> int:
+    """Size on disk of a local source (0 for built-in and Hub sources)."""
+    if not source:
+        return 0
+    p = Path(str(source)).expanduser()
+    if p.is_file():
+        return p.stat().st_size
+    if p.is_dir():
+        return sum(f.stat().st_size for f in text_files(p))
+    return 0
+
+
+def should_stream(cfg, source: Optional[str]) -> tuple[bool, str]:
+    """(on?, why) for data.streaming: explicit, or automatic above streaming_threshold_mb."""
+    d = cfg.data
+    size = source_bytes(source)
+    if d.streaming is not None:
+        return bool(d.streaming), f"data.streaming is {str(d.streaming).lower()}"
+    limit = d.streaming_threshold_mb * 1e6
+    if size > limit:
+        return True, (f"train data is {size / 1e6:,.0f} MB, above data.streaming_threshold_mb "
+                      f"({d.streaming_threshold_mb:g} MB)")
+    return False, f"train data is {size / 1e6:,.1f} MB, below data.streaming_threshold_mb ({d.streaming_threshold_mb:g} MB)"
+
+
+# ----------------------------------------------------------------------------------- reading
+@dataclass
+class Piece:
+    """Texts read from a source; ``ends[i]`` is False when text i continues in the next piece."""
+    texts: list[str]
+    ends: list[bool]
+    cursor: dict      # where to resume reading after this piece
+    nbytes: int       # input bytes consumed by this piece
+
+
+def _cut(buf: bytes, pattern: Optional[re.Pattern]) -> int:
+    """Where to cut a buffer so no document is split: after the last separator (or newline)."""
+    if pattern is None:
+        return buf.rfind(b"\n") + 1
+    last = None
+    for m in pattern.finditer(buf):
+        last = m
+    return last.end() if last else 0
+
+
+def _bytes_pattern(sep: Optional[str]) -> Optional[re.Pattern]:
+    if sep is None:
+        return None
+    from .corpus import separator_pattern
+    pat = separator_pattern(sep)
+    return re.compile(pat.pattern.encode("utf-8"))
+
+
+def _decode(raw: bytes, path: Path, offset: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LmforgeError(f"{path} near byte {offset + e.start}: not valid UTF-8 (byte 0x{raw[e.start]:02x})",
+                           "re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 in > out") from None
+
+
+def _read_text_file(path: Path, fi: int, start: int, sep: Optional[str], whole_file_doc: bool,
+                    chunk: int) -> Iterator[Piece]:
+    """A text file in chunks cut at document boundaries: one document per line, per separator,
+    or (whole_file_doc) the whole file. A document longer than a chunk is cut before a space
+    and continued in the next piece (``ends`` False), so memory stays bounded."""
+    pattern = None if whole_file_doc else _bytes_pattern(sep)
+    str_pattern = None
+    if not whole_file_doc and sep is not None:
+        from .corpus import separator_pattern
+        str_pattern = separator_pattern(sep)
+    with open(path, "rb") as f:
+        f.seek(start)
+        pos, carry, continued = start, b"", False
+        while True:
+            raw = f.read(chunk)
+            at_eof = len(raw) < chunk
+            buf = carry + raw
+            if pos == 0 and buf.startswith(b"\xef\xbb\xbf"):
+                buf, pos = buf[3:], 3
+            if not buf:
+                return
+            cut = len(buf) if at_eof else (0 if whole_file_doc else _cut(buf, pattern))
+            if cut > 0:
+                text = _decode(buf[:cut], path, pos).replace("\r\n", "\n")
+                if whole_file_doc:
+                    # the end of a continued document keeps its leading space and closes it even if empty
+                    docs = [text.rstrip()] if continued else ([text.strip()] if text.strip() else [])
+                else:
+                    parts = text.split("\n") if str_pattern is None else str_pattern.split(text)
+                    docs = [d.strip() for d in parts[int(continued):] if d.strip()]
+                    if continued:  # the tail of the long document: keep its leading space, close it
+                        docs.insert(0, parts[0].rstrip())
+                yield Piece(docs, [True] * len(docs), {"file": fi, "offset": pos + cut}, cut)
+            else:  # a document longer than the chunk: cut before a space, mark it continued
+                space = buf.rfind(b" ")
+                cut = space if space > 0 else len(buf)
+                text = _decode_prefix(buf[:cut])
+                cut = len(text.encode("utf-8"))
+                if not continued:
+                    text = text.lstrip()
+                continued = True
+                yield Piece([text], [False], {"file": fi, "offset": pos + cut}, cut)
+                pos += cut
+                carry = buf[cut:]
+                if at_eof and not carry:
+                    return
+                continue
+            continued = False
+            pos += cut
+            carry = buf[cut:]
+            if at_eof and not carry:
+                return
+            if at_eof:  # what is left after a forced cut: read on (the next read returns b"")
+                continue
+
+
+def _decode_prefix(raw: bytes) -> str:
+    """Decode, leaving out an incomplete UTF-8 character at the end."""
+    for k in range(4):
+        try:
+            return raw[:len(raw) - k].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return raw.decode("utf-8", errors="replace")
+
+
+def _read_jsonl(path: Path, start: int, cfg, chunk: int) -> Iterator[Piece]:
+    """JSON lines in chunks of whole lines; the text field is data.text_column or a common name."""
+    from .sources import TEXT_NAMES
+    col = cfg.data.text_column if cfg is not None else None
+    with open(path, "rb") as f:
+        f.seek(start)
+        pos, carry = start, b""
+        while True:
+            raw = f.read(chunk)
+            buf = carry + raw
+            if not buf:
+                return
+            cut = len(buf) if not raw else buf.rfind(b"\n") + 1
+            if cut == 0:  # a line longer than the chunk: read on
+                carry = buf
+                continue
+            docs = []
+            for line in buf[:cut].split(b"\n"):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise LmforgeError(f"{path} near byte {pos}: not a JSON object ({e.msg})",
+                                       "each line must be one JSON object") from None
+                if not isinstance(obj, dict):
+                    raise LmforgeError(f"{path} near byte {pos}: expected a JSON object, got {type(obj).__name__}")
+                if col is None:
+                    col = next((k for k in obj if k.lower() in TEXT_NAMES), None)
+                    if col is None:
+                        raise LmforgeError(f"no text field found in {path}",
+                                           f"fields: {', '.join(obj)}; set data.text_column")
+                value = obj.get(col)
+                if value is not None and str(value).strip():
+                    docs.append(str(value).strip())
+            pos += cut
+            carry = buf[cut:]
+            yield Piece(docs, [True] * len(docs), {"file": 0, "offset": pos}, cut)
+
+
+def _read_in_memory(source: str, cfg, split: str, start: int, chunk: int) -> Iterator[Piece]:
+    from .corpus import read_corpus
+    docs = read_corpus(source, cfg, split)
+    i = start
+    while i < len(docs):
+        j, n = i, 0
+        while j < len(docs) and n < chunk:
+            n += len(docs[j].encode("utf-8"))
+            j += 1
+        yield Piece(docs[i:j], [True] * (j - i), {"file": 0, "offset": j}, n)
+        i = j
+
+
+def read_pieces(source: str, cfg, split: str = "train", cursor: Optional[dict] = None,
+                chunk: int = CHUNK_BYTES) -> Iterator[Piece]:
+    """The documents of a source in pieces of about `chunk` bytes, resumable from a cursor."""
+    from . import builtin
+    cursor = cursor or {"file": 0, "offset": 0}
+    sep = getattr(cfg.data, "document_separator", None) if cfg is not None else None
+    fmt = cfg.data.format if cfg is not None else None
+    p = Path(str(source)).expanduser()
+    if p.exists() and not builtin.is_builtin(str(source)):
+        if p.is_dir():
+            files = text_files(p)
+            if not files:
+                raise LmforgeError(f"the folder {p} has no .txt files", "put one document per .txt file in it")
+            for fi in range(cursor["file"], len(files)):
+                start = cursor["offset"] if fi == cursor["file"] else 0
+                yield from _read_text_file(files[fi], fi, start, sep, sep is None, chunk)
+            return
+        from .sources import detect_format
+        fmt = detect_format(p, fmt)
+        if fmt == "txt":
+            yield from _read_text_file(p, 0, cursor["offset"], sep, False, chunk)
+            return
+        if fmt == "jsonl" and sep is None:
+            yield from _read_jsonl(p, cursor["offset"], cfg, chunk)
+            return
+    yield from _read_in_memory(str(source), cfg, split, cursor["offset"], chunk)
+
+
+# ----------------------------------------------------------------------------------- the cache
+class TokenCache:
+    """A finished cache: memory-mapped token ids and document ends."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.meta = json.loads((self.path / "meta.json").read_text())
+        self.dtype = np.dtype(self.meta["dtype"])
+        self.n_tokens = int(self.meta["n_tokens"])
+        self.n_docs = int(self.meta["n_docs"])
+        self.tokens = (np.memmap(self.path / "tokens.bin", dtype=self.dtype, mode="r", shape=(self.n_tokens,))
+                       if self.n_tokens else np.zeros(0, self.dtype))
+        self.doc_ends = (np.memmap(self.path / "docs.bin", dtype=np.int64, mode="r", shape=(self.n_docs,))
+                         if self.n_docs else np.zeros(0, np.int64))
+
+    def document(self, i: int) -> np.ndarray:
+        start = int(self.doc_ends[i - 1]) if i else 0
+        return np.asarray(self.tokens[start:int(self.doc_ends[i])])
+
+    def blocks(self, block_size: int, keep_remainder: bool = False) -> "Blocks":
+        return Blocks(self, block_size, keep_remainder)
+
+
+class Blocks:
+    """Fixed-size blocks of a token cache, read from the memory map on demand.
+
+    Indexing with an int gives one row (input_ids, position_ids as lists); with a list of ints,
+    a dict of columns (what :class:`lmforge.tasks.base.EncodedSplit.take` expects of `rows`).
+    """
+
+    def __init__(self, cache: TokenCache, block_size: int, keep_remainder: bool = False,
+                 index: Optional[np.ndarray] = None):
+        if block_size <= 0:
+            raise ValueError("block_size must be positive")
+        self.cache, self.block_size = cache, block_size
+        self.n_full = cache.n_tokens // block_size
+        self.has_tail = keep_remainder and cache.n_tokens % block_size > 0
+        self.dropped_tokens = 0 if keep_remainder else cache.n_tokens - self.n_full * block_size
+        self.keep_remainder = keep_remainder
+        self.index = index  # a subset of the blocks (select), in this order; None = all
+
+    def __len__(self) -> int:
+        return len(self.index) if self.index is not None else self.n_full + int(self.has_tail)
+
+    def select(self, indices) -> "Blocks":
+        """A view of some of the blocks (as ``datasets.Dataset.select``)."""
+        if isinstance(indices, range):
+            idx = np.arange(indices.start, indices.stop, indices.step, dtype=np.int64)
+        else:
+            idx = np.asarray(indices if isinstance(indices, np.ndarray) else list(indices), dtype=np.int64)
+        base = self.index[idx] if self.index is not None else idx
+        return Blocks(self.cache, self.block_size, self.keep_remainder, base)
+
+    def _length(self, j: int) -> int:
+        return self.block_size if j < self.n_full else self.cache.n_tokens - self.n_full * self.block_size
+
+    def lengths(self) -> list[int]:
+        if self.index is not None:
+            return [self._length(int(j)) for j in self.index]
+        out = [self.block_size] * self.n_full
+        if self.has_tail:
+            out.append(self.cache.n_tokens - self.n_full * self.block_size)
+        return out
+
+    def row(self, i: int) -> dict:
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if self.index is not None:
+            i = int(self.index[i])
+        s = i * self.block_size
+        e = min(s + self.block_size, self.cache.n_tokens)
+        ids = np.asarray(self.cache.tokens[s:e], dtype=np.int64)
+        ends = self.cache.doc_ends
+        # document starts inside (s, e): the ends of earlier documents
+        lo = int(np.searchsorted(ends, s, side="right"))
+        hi = int(np.searchsorted(ends, e, side="left"))
+        starts = np.concatenate([[s], np.asarray(ends[lo:hi], dtype=np.int64)])
+        idx = np.arange(s, e)
+        pos = idx - starts[np.searchsorted(starts, idx, side="right") - 1]
+        return {"input_ids": ids.tolist(), "position_ids": pos.tolist()}
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.row(int(key))
+        rows = [self.row(int(i)) for i in key]
+        return {"input_ids": [r["input_ids"] for r in rows], "position_ids": [r["position_ids"] for r in rows]}
+
+    def iter_blocks(self, start: int = 0, seed: Optional[int] = None) -> Iterator[dict]:
+        """Blocks in order from `start` (or a seeded permutation), one at a time: flat memory."""
+        order = np.random.default_rng(seed).permutation(len(self)) if seed is not None else range(len(self))
+        for k in range(start, len(self)):
+            yield self.row(int(order[k]))
+
+
+def cache_key(source: str, tokenizer, cfg=None, split: str = "train", add_eos: bool = True) -> str:
+    from .cache import fingerprint, tokenizer_fingerprint
+    d = cfg.data if cfg is not None else None
+    settings = {"add_eos": add_eos, "format": getattr(d, "format", None), "text_column": getattr(d, "text_column", None),
+                "document_separator": getattr(d, "document_separator", None), "split": split, "v": FORMAT}
+    return fingerprint(source_fingerprint(source), tokenizer_fingerprint(tokenizer), settings)
+
+
+def cache_root() -> Path:
+    from ..zoo import cache_dir
+    root = cache_dir() / "tokens"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _plain_backend(tokenizer):
+    """The Rust tokenizer without truncation or padding (a loaded tokenizer.json may carry them)."""
+    from tokenizers import Tokenizer
+    bt = getattr(tokenizer, "backend_tokenizer", None)
+    if bt is None:
+        return None
+    bt = Tokenizer.from_str(bt.to_str())
+    bt.no_truncation()
+    bt.no_padding()
+    return bt
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def build_token_cache(source: str, tokenizer, cfg=None, split: str = "train", add_eos: bool = True,
+                      progress: bool = False, chunk: int = CHUNK_BYTES, checkpoint_bytes: int = CHECKPOINT_BYTES,
+                      stop_after_bytes: Optional[int] = None) -> tuple[TokenCache, bool]:
+    """Tokenize `source` into the on-disk cache (or find it there). Returns (cache, hit).
+
+    `stop_after_bytes` stops early leaving a resumable partial build (for tests of resumption).
+    """
+    key = cache_key(source, tokenizer, cfg, split, add_eos)
+    root = cache_root()
+    final = root / key
+    with open(root / f".lock-{key}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per key; other ranks wait, then hit
+        if (final / "meta.json").exists():
+            STATS["hits"] += 1
+            return TokenCache(final), True
+        STATS["misses"] += 1
+        partial = root / f".partial-{key}"
+        done = _build(source, tokenizer, cfg, split, add_eos, partial, progress, chunk, checkpoint_bytes,
+                      stop_after_bytes)
+        if not done:
+            return None, False  # type: ignore[return-value]
+        os.replace(partial, final)
+    return TokenCache(final), False
+
+
+def _build(source, tokenizer, cfg, split, add_eos, partial: Path, progress: bool, chunk: int,
+           checkpoint_bytes: int, stop_after_bytes: Optional[int]) -> bool:
+    vocab = len(tokenizer)
+    dtype = np.dtype(np.uint16 if vocab <= 65536 else np.uint32)
+    eos = tokenizer.eos_token_id
+    if add_eos and eos is None:
+        raise LmforgeError("the tokenizer has no eos token, so documents cannot be ended",
+                           "use a tokenizer with an eos token (or set one in its tokenizer_config.json)")
+    state = {"cursor": {"file": 0, "offset": 0}, "n_tokens": 0, "n_docs": 0, "bytes": 0, "seconds": 0.0,
+             "open_doc": False}
+    partial.mkdir(parents=True, exist_ok=True)
+    prog_file = partial / "progress.json"
+    if prog_file.exists():
+        state = json.loads(prog_file.read_text())
+        STATS["resumed"] += 1
+        log.info("resuming the token cache build of %s at %.0f MB (%d documents done)", source,
+                 state["bytes"] / 1e6, state["n_docs"])
+    tok_f = open(partial / "tokens.bin", "ab")
+    doc_f = open(partial / "docs.bin", "ab")
+    # drop anything written after the last progress record
+    tok_f.truncate(state["n_tokens"] * dtype.itemsize)
+    doc_f.truncate(state["n_docs"] * 8)
+    tok_f.seek(0, os.SEEK_END)
+    doc_f.seek(0, os.SEEK_END)
+    total = source_bytes(source) or None
+    backend = _plain_backend(tokenizer)
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        if backend is not None:
+            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=True)]
+        return tokenizer(texts, add_special_tokens=True, return_attention_mask=False)["input_ids"]
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+    bar = Progress(TextColumn("[bold]tokenizing {task.description}"), BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                   console=Console(stderr=True), disable=not progress)
+    start_t = time.perf_counter() - state["seconds"]
+    since_ckpt = 0
+    open_doc = state.get("open_doc", False)
+    finished = True
+    with bar, ThreadPoolExecutor(1) as pool:
+        task = bar.add_task(str(source)[-40:], total=total, completed=state["bytes"], info="")
+        pieces = read_pieces(source, cfg, split, state["cursor"], chunk)
+        pending = None  # (future, piece): encoding of the next piece overlaps writing of this one
+
+        def submit():
+            piece = next(pieces, None)
+            return (pool.submit(encode, piece.texts), piece) if piece is not None else None
+
+        pending = submit()
+        while pending is not None:
+            fut, piece = pending
+            pending = submit()
+            ids = fut.result()
+            n = len(ids)
+            if n:
+                lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
+                flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lens.sum()))
+                ends_flag = np.asarray(piece.ends, dtype=bool)
+                if add_eos:
+                    # EOS after each finished document, unless the tokenizer already put one there
+                    last = np.cumsum(lens) - 1
+                    has_eos = np.zeros(n, bool)
+                    ok = lens > 0
+                    has_eos[ok] = flat[last[ok]] == eos
+                    extra = ends_flag & ~has_eos
+                    out_lens = lens + extra
+                    out = np.empty(int(out_lens.sum()), dtype=np.int64)
+                    out_ends = np.cumsum(out_lens)
+                    mask = np.ones(out.shape[0], bool)
+                    mask[(out_ends - 1)[extra]] = False
+                    out[mask] = flat
+                    out[~mask] = eos
+                else:
+                    out, out_lens, out_ends = flat, lens, np.cumsum(lens)
+                tok_f.write(out.astype(dtype).tobytes())
+                doc_ends = (state["n_tokens"] + out_ends)[ends_flag]
+                doc_f.write(doc_ends.astype(np.int64).tobytes())
+                state["n_tokens"] += int(out_lens.sum())
+                state["n_docs"] += int(ends_flag.sum())
+                STATS["encoded_docs"] += n
+                open_doc = not bool(ends_flag[-1])
+            state["cursor"], state["bytes"] = piece.cursor, state["bytes"] + piece.nbytes
+            since_ckpt += piece.nbytes
+            bar.update(task, advance=piece.nbytes, info=f"{state['n_tokens']:,} tokens, {state['n_docs']:,} docs")
+            if since_ckpt >= checkpoint_bytes and not open_doc:
+                state["seconds"] = time.perf_counter() - start_t
+                tok_f.flush()
+                doc_f.flush()
+                os.fsync(tok_f.fileno())
+                os.fsync(doc_f.fileno())
+                state["open_doc"] = open_doc
+                _write_json_atomic(prog_file, state)
+                since_ckpt = 0
+            if stop_after_bytes is not None and state["bytes"] >= stop_after_bytes:
+                finished = False
+                break
+    tok_f.close()
+    doc_f.close()
+    if not finished:
+        return False
+    if state["n_tokens"] == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise LmforgeError(f"the corpus {source} is empty (no non-blank text)", "give a corpus with some text in it")
+    if open_doc:  # a last document without a proper end: close it
+        with open(partial / "docs.bin", "ab") as doc_f:
+            doc_f.write(np.asarray([state["n_tokens"]], dtype=np.int64).tobytes())
+        state["n_docs"] += 1
+    seconds = time.perf_counter() - start_t
+    meta = {"format": FORMAT, "source": str(source), "split": split, "dtype": dtype.name,
+            "n_tokens": state["n_tokens"], "n_docs": state["n_docs"], "bytes": state["bytes"],
+            "vocab_size": vocab, "eos_token_id": eos, "add_eos": add_eos, "seconds": round(seconds, 3),
+            "mb_per_s": round(state["bytes"] / 1e6 / max(seconds, 1e-9), 2),
+            "tokens_per_s": round(state["n_tokens"] / max(seconds, 1e-9), 1)}
+    prog_file.unlink(missing_ok=True)
+    _write_json_atomic(partial / "meta.json", meta)
+    return True
+
+
+# ----------------------------------------------------------------------------------- for the tasks
+def _marker(source: str) -> Path:
+    from .cache import fingerprint
+    return cache_root() / f"prepared-{fingerprint(source_fingerprint(source))}.json"
+
+
+def was_prepared(source: Optional[str]) -> bool:
+    """True when `lmforge prepare` built a token cache for this exact data."""
+    return bool(source) and _marker(source).exists()
+
+
+def use_streaming(cfg, source: Optional[str]) -> tuple[bool, str]:
+    """should_stream, plus: a cache prepared by `lmforge prepare` for this data is used when streaming is not set."""
+    on, why = should_stream(cfg, source)
+    if not on and cfg.data.streaming is None and was_prepared(source):
+        return True, "a token cache prepared by `lmforge prepare` exists for this data"
+    return on, why
+
+
+def streamed_split(source: str, tokenizer, cfg, block_size: int, keep_remainder: bool = False,
+                   split: str = "train", progress: bool = False):
+    """(rows, lengths, info, hit, key) of a source's token cache cut into blocks, like corpus.pack."""
+    cache, hit = build_token_cache(source, tokenizer, cfg, split, progress=progress)
+    blocks = cache.blocks(block_size, keep_remainder)
+    info = {"total_tokens": cache.n_tokens, "dropped_tokens": blocks.dropped_tokens, "truncated_docs": 0,
+            "documents": cache.n_docs, "cache": str(cache.path)}
+    if hit:
+        log.info("data.streaming: reusing the token cache %s (%s tokens, %s documents)", cache.path,
+                 f"{cache.n_tokens:,}", f"{cache.n_docs:,}")
+    else:
+        m = cache.meta
+        log.info("data.streaming: tokenized %s into %s (%s tokens, %s documents, %.0f MB in %.1f s = %.1f MB/s)",
+                 source, cache.path, f"{cache.n_tokens:,}", f"{cache.n_docs:,}", m["bytes"] / 1e6, m["seconds"],
+                 m["mb_per_s"])
+    return blocks, blocks.lengths(), info, hit, cache.path.name
+
+
+def sample_documents(blocks: "Blocks", tokenizer, n: int = 3, max_tokens: int = 64) -> list[str]:
+    """The openings of the first documents that start in `blocks` (for sample prompts)."""
+    out = []
+    for i in range(min(len(blocks), 50)):
+        row = blocks.row(i)
+        pos = np.asarray(row["position_ids"])
+        ids = np.asarray(row["input_ids"])
+        for st in np.flatnonzero(pos == 0)[1:]:
+            text = tokenizer.decode(ids[st:st + max_tokens].tolist(), skip_special_tokens=True).strip()
+            if text:
+                out.append(text)
+            if len(out) >= n:
+                return out
+    return out
+
+
+def prepare(cfg, progress: bool = False) -> dict:
+    """Build the token caches of a config's data (training the tokenizer first if the config says so)."""
+    from ..tokenizer import tokenizer_for_config
+    if not cfg.data.train:
+        raise LmforgeError("no training data given", "set data.train in the config")
+    if cfg.task not in ("causal-lm",):
+        raise LmforgeError(f"lmforge prepare builds token caches for causal-lm, not {cfg.task}",
+                           "for other tasks lmforge train caches its tokenization itself")
+    t0 = time.perf_counter()
+    tokenizer = tokenizer_for_config(cfg, log)
+    out = {"tokenizer_seconds": round(time.perf_counter() - t0, 2), "vocab_size": len(tokenizer), "splits": {}}
+    # Only the training data is cached here: eval and test sets are small and lmforge train
+    # tokenizes them in memory (cached as well).
+    for split, source in (("train", cfg.data.train),):
+        t = time.perf_counter()
+        cache, hit = build_token_cache(source, tokenizer, cfg, "train" if split == "train" else split,
+                                       progress=progress)
+        out["splits"][split] = {"source": str(source), "tokens": cache.n_tokens, "documents": cache.n_docs,
+                                "bytes": cache.meta["bytes"], "seconds": round(time.perf_counter() - t, 2),
+                                "build_seconds": cache.meta["seconds"], "mb_per_s": cache.meta["mb_per_s"],
+                                "cache_hit": hit, "path": str(cache.path)}
+        if split == "train":
+            _write_json_atomic(_marker(source), {"source": str(source), "cache": str(cache.path)})
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
