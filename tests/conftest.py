@@ -104,6 +104,10 @@ def toy_csvs(tmp_path):
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session gets its own lmforge cache (tokenized data, FLOP/s probe)."""
+    _use_test_cache(tmp_path_factory, monkeypatch)
+
+
+def _use_test_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "lmforge-cache"
     monkeypatch.setenv("LMFORGE_CACHE", str(cache))
     peak = cache / "peak_flops.json"
@@ -124,3 +128,17 @@ def cls_config(train, test, out, model, **train_kw) -> dict:
     return {"task": "classification", "model": {"name": str(model)},
             "data": {"train": str(train), "eval": str(test), "text_column": "text", "label_column": "label"},
             "train": tr, "output": {"output_dir": str(out)}}
+
+
+@pytest.fixture(scope="session")
+def tiny_cls_run(tiny_bert, tmp_path_factory) -> Path:
+    """A finished tiny classification run (6 steps, evaluated every 3) for report and serve tests."""
+    from lmforge import api
+    d = tmp_path_factory.mktemp("tiny-cls-run")
+    train = write_csv(d / "train.csv", toy_sentiment_rows(96, seed=0))
+    test = write_csv(d / "test.csv", toy_sentiment_rows(40, seed=5))
+    cfg = cls_config(train, test, d / "run", tiny_bert, eval_strategy="steps", eval_steps=3)
+    cfg["data"]["test"] = str(test)
+    with pytest.MonkeyPatch.context() as mp:
+        _use_test_cache(tmp_path_factory, mp)
+        return api.train(cfg, progress=False).run_dir

@@ -314,6 +314,65 @@ def datasets():
         print(f"{name:12s} {desc}")
 
 
+@app.command()
+def report(runs: List[str] = typer.Argument(..., help="One run folder, or several to compare."),
+           output: Optional[str] = typer.Option(None, "--output", "-o",
+                                                help="Where to write (default: RUN/report.html, or compare.html)."),
+           open_browser: bool = typer.Option(False, "--open", help="Open the page in a web browser.")):
+    """Rebuild a run's report.html (and loss.png); with several runs, write a page comparing them."""
+    from .report import build_reports
+    out = build_reports(runs, output)
+    console.print(f"[green]wrote[/green] {out}")
+    if open_browser:
+        import webbrowser
+        webbrowser.open(out.resolve().as_uri())
+
+
+@app.command("runs")
+def runs_cmd(folder: str = typer.Argument("runs", help="Folder holding run folders."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table.")):
+    """List runs: task, model, data, status (finished / running / crashed / failed), best metric, duration."""
+    from rich.table import Table
+    from .report import format_duration, list_runs
+    rows = list_runs(folder)
+    if as_json:
+        for r in rows:
+            print(json.dumps(r, default=str))
+        return
+    if not rows:
+        console.print(f"no runs in {folder}")
+        return
+    colors = {"finished": "green", "running": "yellow", "crashed": "red", "failed": "red", "interrupted": "magenta"}
+    table = Table(title=f"runs in {folder}")
+    for col in ("run", "task", "model", "data", "status", "best", "duration", "started"):
+        table.add_column(col, justify="right" if col in ("best", "duration") else "left",
+                         overflow="fold", no_wrap=col in ("status", "best", "duration", "started", "task"))
+    for r in rows:
+        best = f"{r['best_metric']} {r['best']:.4f}" if isinstance(r["best"], (int, float)) else "-"
+        c = colors.get(r["status"], "white")
+        name = os.path.relpath(r["run"], folder) if not os.path.relpath(r["run"], folder).startswith("..") else r["run"]
+        table.add_row(name, r["task"], r["model"], r["data"], f"[{c}]{r['status']}[/{c}]", best,
+                      format_duration(r["duration_s"]), (r["started"] or "")[5:16].replace("T", " "))
+    Console(width=max(120, Console().width)).print(table)
+
+
+@app.command()
+def serve(model: str = typer.Argument(..., help="Run folder, model folder or built-in alias."),
+          host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes it to the network."),
+          port: int = typer.Option(8000, "--port", "-p", help="TCP port."),
+          max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Cap on max_new_tokens per request."),
+          max_chars: int = typer.Option(8000, "--max-chars", help="Cap on characters per text."),
+          max_queue: int = typer.Option(16, "--max-queue", help="Requests that may wait for the model; more get 503.")):
+    """Serve a model over HTTP: JSON endpoints (/v1/classify, /v1/generate, /v1/fill-mask) and a web page at /."""
+    from .serve import Limits, serve as run_server
+    for name, v in (("--max-new-tokens", max_new_tokens), ("--max-chars", max_chars), ("--max-queue", max_queue)):
+        if v <= 0:
+            raise LmforgeError(f"{name} must be positive, got {v}")
+    run_server(model, host=host, port=port, limits=Limits(max_new_tokens=max_new_tokens, max_chars=max_chars,
+                                                          max_body_bytes=max(64 * 1024, 8 * max_chars),
+                                                          max_queue=max_queue))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     import click
     try:

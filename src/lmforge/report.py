@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import yaml
 
@@ -677,6 +677,63 @@ def build_reports(runs: Sequence[str], out: Optional[str] = None) -> Path:
         except Exception as e:
             log.warning("could not rebuild %s/report.html: %s", p, e)
     return write_comparison(paths, Path(out))
+
+
+# ----------------------------------------------------------------------------------- runs overview
+def _short_source(src) -> str:
+    if not src:
+        return "-"
+    p = Path(str(src))
+    return p.name if p.is_absolute() or len(str(src)) > 40 else str(src)
+
+
+def list_runs(root: Union[str, Path] = "runs") -> list[dict]:
+    """One row per run folder under `root` (searched two levels deep), newest first (`lmforge runs`)."""
+    root = Path(root)
+    if not root.exists():
+        raise LmforgeError(f"folder not found: {root}", "give the folder that holds your runs (default: runs)")
+    found = [p.parent for p in sorted(set(root.glob("manifest.json")) | set(root.glob("*/manifest.json"))
+                                      | set(root.glob("*/*/manifest.json")))]
+    rows = []
+    for d in found:
+        m = read_json(d / "manifest.json", {}) or {}
+        if not isinstance(m, dict) or "status" not in m:
+            continue
+        cfg = {}
+        if (d / "config.yaml").exists():
+            try:
+                cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
+            except yaml.YAMLError:
+                cfg = {}
+        status = run_status(d, m)
+        metrics = read_json(d / "metrics.json", {}) or {}
+        name = best_metric_name(cfg or {"task": m.get("task")})
+        best = (metrics.get("train") or {}).get("best_metric")
+        if best is None:  # not finished: the best evaluation logged so far
+            evals = [r.get(f"eval_{name}") for r in LogWriter(d / "log.jsonl").read() if _scalar(r.get(f"eval_{name}"))]
+            if evals:
+                best = max(evals) if name not in ("loss", "perplexity", "perplexity_per_word") else min(evals)
+        duration = m.get("duration_s")
+        if duration is None and m.get("started_unix"):
+            end = time.time() if status == "running" else max(
+                (f.stat().st_mtime for f in (d / "log.jsonl", d / "manifest.json") if f.exists()), default=None)
+            duration = round(end - m["started_unix"], 1) if end else None
+        data = m.get("data") or (cfg.get("data") or {})
+        rows.append({"run": str(d), "task": m.get("task", "?"), "model": _short_source(m.get("model")),
+                     "data": _short_source(data.get("train")), "status": status,
+                     "best_metric": name, "best": best, "duration_s": duration, "started": m.get("started", ""),
+                     "error": m.get("error")})
+    rows.sort(key=lambda r: r["started"] or "", reverse=True)
+    return rows
+
+
+def format_duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    mnt, sec = divmod(rem, 60)
+    return f"{h}h{mnt:02d}m" if h else f"{mnt}m{sec:02d}s" if mnt else f"{sec}s"
 
 
 # ----------------------------------------------------------------------------------- model card

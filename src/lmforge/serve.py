@@ -1,0 +1,451 @@
+"""Serve a trained model over HTTP: JSON endpoints and a small web page to try it.
+
+    lmforge serve runs/sentiment-minilm              # http://127.0.0.1:8000
+    curl -s localhost:8000/v1/classify -d '{"text": "great coffee"}' -H 'content-type: application/json'
+
+Endpoints: GET / (the playground page), GET /health, GET /info, POST /v1/classify,
+POST /v1/generate (``"stream": true`` gives one JSON object per line as tokens arrive),
+POST /v1/fill-mask. One model, one lock: concurrent requests wait their turn (up to
+``max_queue`` waiting; more get 503), so memory never doubles. Request bodies, text lengths
+and ``max_new_tokens`` are capped; mistakes get a 4xx JSON error ``{"error": {...}}``, never
+a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import LmforgeError
+
+log = logging.getLogger("lmforge")
+
+ENDPOINT = {"classification": "/v1/classify", "causal-lm": "/v1/generate", "masked-lm": "/v1/fill-mask"}
+
+
+@dataclass
+class Limits:
+    """What one request may ask for."""
+    max_body_bytes: int = 64 * 1024
+    max_chars: int = 8000  # per text
+    max_texts: int = 64  # per classify request
+    max_new_tokens: int = 256
+    max_top_k: int = 50  # fill-mask candidates
+    max_queue: int = 16  # requests waiting for the model; more get 503
+
+
+class ApiError(Exception):
+    """A request the server refuses: HTTP status + a message for the client."""
+
+    def __init__(self, status: int, message: str, kind: str = "bad_request"):
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+class ModelSlot:
+    """One loaded model and the lock that serialises its use; counts what waits."""
+
+    def __init__(self, max_queue: int):
+        self.lock = threading.Lock()
+        self.max_queue = max_queue
+        self._count_lock = threading.Lock()
+        self.waiting = 0
+        self.busy = 0
+        self.max_busy_seen = 0
+        self.served = 0
+
+    def enter(self) -> None:
+        with self._count_lock:
+            if self.waiting >= self.max_queue:
+                raise ApiError(503, f"the server is busy ({self.waiting} requests waiting); try again shortly", "busy")
+            self.waiting += 1
+        self.lock.acquire()
+        with self._count_lock:
+            self.waiting -= 1
+            self.busy += 1
+            self.max_busy_seen = max(self.max_busy_seen, self.busy)
+
+    def leave(self) -> None:
+        with self._count_lock:
+            self.busy -= 1
+            self.served += 1
+        self.lock.release()
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        self.enter()
+        try:
+            return fn()
+        finally:
+            self.leave()
+
+
+# ----------------------------------------------------------------------------------- requests
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassifyIn(_Strict):
+    text: Optional[str] = Field(None, description="One text to classify.")
+    texts: Optional[list[str]] = Field(None, description="Several texts (at most max_texts).")
+    text_pair: Optional[str] = Field(None, description="Second text of a pair, for pair classification.")
+    text_pairs: Optional[list[str]] = Field(None, description="Second texts, one per text.")
+
+
+class GenerateIn(_Strict):
+    prompt: str = Field(..., description="Text to continue.")
+    max_new_tokens: int = Field(64, ge=1, description="Tokens to generate (capped by the server).")
+    temperature: float = Field(1.0, ge=0.0, le=10.0, description="0 = greedy.")
+    top_k: int = Field(0, ge=0, le=100000, description="0 = no top-k filter.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    do_sample: Optional[bool] = Field(None, description="Default: sample when temperature > 0.")
+    seed: Optional[int] = Field(None, ge=0, description="Fix the sampling randomness.")
+    stream: bool = Field(False, description="One JSON line per token as it arrives.")
+
+
+class FillMaskIn(_Strict):
+    text: str = Field(..., description="Text with [MASK] (or the model's mask token) where words go.")
+    top_k: int = Field(5, ge=1, description="Candidates per mask (capped by the server).")
+
+
+# ----------------------------------------------------------------------------------- backends
+class Backend:
+    """Loads the model for its task and answers requests (called under the slot's lock)."""
+
+    def __init__(self, model_dir: Path, task: str):
+        self.model_dir, self.task = model_dir, task
+        self.model = self.tokenizer = None
+        self.generate_error: Optional[str] = None
+        if task == "classification":
+            from .tasks.classification import load_classifier
+            self.model, self.tokenizer = load_classifier(model_dir)
+        elif task == "masked-lm":
+            from .tasks.masked_lm import load_masked_lm
+            self.model, self.tokenizer, _ = load_masked_lm(model_dir)
+        elif task == "causal-lm":
+            self._load_causal()
+        from .infer import inference_device
+        if self.model is not None:
+            self.model.to(inference_device())
+            self.model.eval()
+
+    def _load_causal(self) -> None:
+        try:
+            from . import generate as gen  # noqa: F401  (issue 3)
+        except ImportError:
+            self.generate_error = "text generation is not available in this version of lmforge"
+            return
+        loader = getattr(gen, "load_causal_lm", None)
+        if loader is None:
+            self.generate_error = "text generation is not available in this version of lmforge"
+            return
+        loaded = loader(self.model_dir)
+        self.model, self.tokenizer = loaded[0], loaded[1]
+
+    def generate(self, params: dict, on_token: Optional[Callable[[str], None]] = None,
+                 stop: Optional[threading.Event] = None) -> dict:
+        raise ApiError(501, self.generate_error or "text generation is not available", "not_implemented")
+
+    def info(self) -> dict:
+        cfg = getattr(self.model, "config", None)
+        out: dict = {"task": self.task, "model_dir": str(self.model_dir), "endpoint": ENDPOINT.get(self.task)}
+        if cfg is not None:
+            out.update(model_type=cfg.model_type, architectures=list(cfg.architectures or []),
+                       parameters=sum(p.numel() for p in self.model.parameters()))
+        if self.task == "classification" and cfg is not None:
+            out["labels"] = [cfg.id2label[i] for i in range(len(cfg.id2label))]
+        if self.task == "masked-lm" and self.tokenizer is not None:
+            out["mask_token"] = self.tokenizer.mask_token
+        if self.generate_error:
+            out["unavailable"] = self.generate_error
+        return out
+
+    def classify(self, texts: list[str], pairs: Optional[list[str]]) -> list[dict]:
+        from .infer import classify
+        rows = classify(self.model_dir, texts=texts, pairs=pairs, progress=False, batch_size=32,
+                        model_and_tokenizer=(self.model, self.tokenizer))
+        return [{k: v for k, v in r.items() if k not in ("text", "text_pair")} for r in rows]
+
+    def fill_mask(self, text: str, top_k: int) -> dict:
+        from .fillmask import fill_mask_with
+        return fill_mask_with(self.model, self.tokenizer, [text], top_k=top_k)[0]
+
+
+# ----------------------------------------------------------------------------------- app
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _error_body(status: int, message: str, kind: str) -> dict:
+    return {"error": {"status": status, "type": kind, "message": message}}
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse request bodies over the limit (413) before anything reads them."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_big = f"request body over {self.limit} bytes"
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                size = -1
+            if size < 0 or size > self.limit:
+                return await self._reply(send, 413 if size > self.limit else 400,
+                                         too_big if size > self.limit else "bad Content-Length header",
+                                         "too_large" if size > self.limit else "bad_request")
+        seen = 0
+
+        async def counted():  # chunked bodies have no Content-Length: count as they arrive
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    from fastapi import HTTPException
+                    raise HTTPException(413, too_big)
+            return message
+        return await self.app(scope, counted, send)
+
+    async def _reply(self, send, status: int, message: str, kind: str):
+        body = json.dumps(_error_body(status, message, kind)).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(model: Union[str, Path], limits: Optional[Limits] = None, backend: Optional[Backend] = None):
+    """The FastAPI app serving one model (a run folder, model folder or built-in alias)."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+
+    from . import __version__
+    from .api import quiet_libraries, resolve_model_dir, task_of
+
+    limits = limits or Limits()
+    if backend is None:
+        quiet_libraries()
+        model_dir = resolve_model_dir(model)
+        backend = Backend(model_dir, task_of(model_dir))
+    slot = ModelSlot(limits.max_queue)
+    started = time.time()
+
+    app = FastAPI(title="lmforge", version=__version__, docs_url="/docs", redoc_url=None)
+    app.state.slot, app.state.backend, app.state.limits = slot, backend, limits
+
+    # ---- errors: always JSON, never a traceback
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, e: ApiError):
+        return JSONResponse(_error_body(e.status, e.message, e.kind), status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, e: HTTPException):
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(e.status_code, "bad_request")
+        return JSONResponse(_error_body(e.status_code, str(e.detail), kind), status_code=e.status_code)
+
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        errs = e.errors()
+        parts = []
+        for err in errs[:5]:
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            if err.get("type") == "json_invalid":
+                parts.append(f"the body is not valid JSON (error at character {loc or '?'})")
+            elif not loc and err.get("type") in ("model_attributes_type", "dict_type"):
+                parts.append("the body must be a JSON object (send it with content-type: application/json)")
+            else:
+                parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+        status = 400 if any(err.get("type") == "json_invalid" for err in errs) else 422
+        return JSONResponse(_error_body(status, "; ".join(parts) or "invalid request", "invalid_request"),
+                            status_code=status)
+
+    @app.exception_handler(LmforgeError)
+    async def _user_error(request: Request, e: LmforgeError):
+        msg = e.message + (f" — {e.hint}" if e.hint else "")
+        return JSONResponse(_error_body(400, msg, "bad_request"), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception):
+        log.exception("error serving %s", request.url.path)
+        return JSONResponse(_error_body(500, f"internal error ({type(e).__name__}); see the server log", "internal"),
+                            status_code=500)
+
+    def need(task: str, endpoint: str) -> None:
+        if backend.task != task:
+            raise ApiError(400, f"this server runs a {backend.task} model; {endpoint} needs a {task} model "
+                           f"(use {ENDPOINT.get(backend.task)})", "wrong_task")
+
+    def check_text(text: str, what: str) -> None:
+        if not text.strip():
+            raise ApiError(422, f"{what} is empty", "invalid_request")
+        if len(text) > limits.max_chars:
+            raise ApiError(413, f"{what} has {len(text)} characters; this server accepts at most {limits.max_chars}",
+                           "too_large")
+
+    # ---- endpoints
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "task": backend.task, "uptime_s": round(time.time() - started, 1),
+                "waiting": slot.waiting, "busy": slot.busy, "served": slot.served,
+                "max_concurrent_seen": slot.max_busy_seen}
+
+    @app.get("/info")
+    def info():
+        return {**backend.info(), "lmforge": __version__, "limits": asdict(limits)}
+
+    @app.post("/v1/classify")
+    def classify(req: ClassifyIn):
+        need("classification", "/v1/classify")
+        if (req.text is None) == (req.texts is None):
+            raise ApiError(422, "give exactly one of 'text' or 'texts'", "invalid_request")
+        texts = [req.text] if req.text is not None else list(req.texts or [])
+        pairs = [req.text_pair] if req.text_pair is not None else req.text_pairs
+        if not texts:
+            raise ApiError(422, "'texts' is empty", "invalid_request")
+        if len(texts) > limits.max_texts:
+            raise ApiError(413, f"{len(texts)} texts in one request; at most {limits.max_texts}", "too_large")
+        if pairs is not None and len(pairs) != len(texts):
+            raise ApiError(422, f"{len(pairs)} text pairs for {len(texts)} texts", "invalid_request")
+        for i, t in enumerate(texts):
+            check_text(t, "text" if len(texts) == 1 else f"texts[{i}]")
+        t0 = time.perf_counter()
+        results = slot.run(lambda: backend.classify(texts, pairs))
+        return {"results": results, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
+
+    @app.post("/v1/fill-mask")
+    def fill_mask(req: FillMaskIn):
+        need("masked-lm", "/v1/fill-mask")
+        check_text(req.text, "text")
+        if req.top_k > limits.max_top_k:
+            raise ApiError(422, f"top_k {req.top_k} is above this server's cap of {limits.max_top_k}", "invalid_request")
+        t0 = time.perf_counter()
+        out = slot.run(lambda: backend.fill_mask(req.text, req.top_k))
+        return {**out, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
+
+    @app.post("/v1/generate")
+    def generate(req: GenerateIn):
+        if backend.task == "causal-lm" and backend.generate_error:
+            raise ApiError(501, backend.generate_error, "not_implemented")
+        need("causal-lm", "/v1/generate")
+        check_text(req.prompt, "prompt")
+        if req.max_new_tokens > limits.max_new_tokens:
+            raise ApiError(422, f"max_new_tokens {req.max_new_tokens} is above this server's cap of "
+                           f"{limits.max_new_tokens}", "invalid_request")
+        params = req.model_dump(exclude={"stream"})
+        if not req.stream:
+            t0 = time.perf_counter()
+            out = slot.run(lambda: backend.generate(params))
+            return {**out, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
+        slot.enter()  # queue here, so a full queue is a 503 and not a broken stream
+        return StreamingResponse(_stream(slot, backend, params), media_type="application/x-ndjson")
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        return HTMLResponse(_static("index.html"))
+
+    return _BodyLimit(app, limits.max_body_bytes)
+
+
+def _stream(slot: ModelSlot, backend: Backend, params: dict) -> Iterator[bytes]:
+    """NDJSON lines {"token": ...} as they come, then {"done": true, ...}; the slot is held
+    (entered by the caller) until generation ends or the client goes away."""
+    stop = threading.Event()
+    q: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+
+    def work():
+        try:
+            out = backend.generate(params, on_token=lambda piece: q.put(("token", piece)), stop=stop)
+            q.put(("done", out))
+        except LmforgeError as e:
+            q.put(("error", e.message + (f" — {e.hint}" if e.hint else "")))
+        except Exception as e:  # a bug: log it, tell the client without a traceback
+            log.exception("error while generating")
+            q.put(("error", f"internal error ({type(e).__name__}); see the server log"))
+        finally:
+            slot.leave()
+
+    def lines():
+        thread = threading.Thread(target=work, daemon=True)
+        t0 = time.perf_counter()
+        thread.start()
+        try:
+            while True:
+                kind, value = q.get()
+                if kind == "token":
+                    yield (json.dumps({"token": value}, ensure_ascii=False) + "\n").encode()
+                elif kind == "done":
+                    yield (json.dumps({"done": True, **value, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)},
+                                      ensure_ascii=False) + "\n").encode()
+                    return
+                else:
+                    yield (json.dumps({"done": True, "error": {"message": value}}) + "\n").encode()
+                    return
+        finally:
+            stop.set()  # the client left early: stop generating, free the model
+    return lines()
+
+
+def _static(name: str) -> str:
+    import importlib.resources
+    return (importlib.resources.files("lmforge") / "static" / name).read_text(encoding="utf-8")
+
+
+def serve(model: Union[str, Path], host: str = "127.0.0.1", port: int = 8000, limits: Optional[Limits] = None,
+          log_level: str = "info") -> None:
+    """Load the model and serve it until Ctrl-C (`lmforge serve`)."""
+    import uvicorn
+    if not _is_loopback(host):
+        log.warning("serving on %s: anyone who can reach this machine on port %d can use the model "
+                    "(there is no authentication)", host, port)
+    _check_port(host, port)
+    app = create_app(model, limits)
+    backend = app.app.state.backend
+    shown = f"[{host}]" if ":" in host else host
+    log.info("serving %s (%s) on http://%s:%d — open it in a browser to try the model", backend.model_dir,
+             backend.task, shown, port)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug",
+                timeout_graceful_shutdown=5)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before loading the model when the address cannot be bound (port taken, bad host)."""
+    import socket
+    if not 0 < port < 65536:
+        raise LmforgeError(f"--port must be between 1 and 65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise LmforgeError(f"cannot resolve --host {host}: {e}", "use 127.0.0.1 (this machine only) or 0.0.0.0") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise LmforgeError(f"cannot listen on {host}:{port}: {e.strerror or e}",
+                               "choose another --port, or stop the server already using it") from None

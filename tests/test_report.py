@@ -1,0 +1,183 @@
+"""report.html, the comparison page, the model card and `lmforge runs` on a tiny finished run."""
+
+import base64
+import json
+import re
+import shutil
+import struct
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from lmforge import report
+from lmforge.cli import main
+
+SECTIONS = ("overview", "config", "data", "metrics", "curves", "throughput", "confusion", "samples", "environment")
+
+
+def pngs(html: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)]
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def section(html: str, sid: str) -> str:
+    m = re.search(rf"<section id='{sid}'>(.*?)</section>", html, re.S)
+    assert m, f"section {sid} missing"
+    return m.group(1)
+
+
+@pytest.fixture(scope="module")
+def page(tiny_cls_run):
+    return (tiny_cls_run / "report.html").read_text()
+
+
+def test_report_has_every_section_and_valid_embedded_pngs(page, tiny_cls_run):
+    for sid in SECTIONS:
+        section(page, sid)
+    images = pngs(page)
+    # loss+lr, eval metrics, throughput+memory, label balance, length histogram, confusion matrix
+    assert len(images) == 6
+    import matplotlib.image as mpimg
+    import io
+    for data in images:
+        w, h = png_size(data)
+        assert 300 <= w <= 1300 and 200 <= h <= 1100
+        pixels = mpimg.imread(io.BytesIO(data), format="png")  # decodes: not a truncated or fake PNG
+        assert pixels.shape[:2] == (h, w) and pixels.std() > 0.01
+    # self-contained: nothing fetched from anywhere
+    assert not re.search(r"""(src|href)=['"]?(https?:|//)""", page)
+    assert "<link" not in page and "<script" not in page
+
+
+def test_report_numbers_match_the_run(page, tiny_cls_run):
+    metrics = json.loads((tiny_cls_run / "metrics.json").read_text())
+    manifest = json.loads((tiny_cls_run / "manifest.json").read_text())
+    m = section(page, "metrics")
+    for split in ("before", "eval", "test"):
+        assert f"{metrics[split]['accuracy']:.4f}" in m
+    delta = metrics["eval"]["loss"] - metrics["before"]["loss"]
+    assert f"{delta:+.4f}" in m
+    cm = metrics["test"]["confusion_matrix"]
+    cells = [int(x) for x in re.findall(r"<td class='num'>(\d+)</td>", section(page, "confusion"))]
+    assert cells == [c for row in cm for c in row]
+    # misclassified examples are recomputed with the saved model: as many as the confusion matrix says
+    wrong = sum(cm[i][j] for i in range(len(cm)) for j in range(len(cm)) if i != j)
+    n = metrics["test"]["n_examples"]
+    assert f"{wrong} of the first {n} test rows are misclassified" in section(page, "samples")
+    assert section(page, "samples").count("<tr>") == (1 + min(wrong, 12) if wrong else 0)
+    # data summary: the histogram in the manifest covers every training row
+    hist = manifest["data_summary"]["length_histogram"]
+    assert sum(hist["counts"]) == manifest["data_summary"]["train_rows"] == hist["n"]
+    assert hist["min"] <= hist["mean"] <= hist["max"]
+    assert abs(hist["mean"] - manifest["data_summary"]["mean_tokens"]) < 0.01
+    env = section(page, "environment")
+    assert manifest["versions"]["torch"] in env and manifest["versions"]["transformers"] in env
+
+
+def test_length_histogram_counts_and_percentiles():
+    lengths = [3] * 51 + [10] * 45 + [200] * 4
+    h = report.length_histogram(lengths, bins=10)
+    assert sum(h["counts"]) == 100 and h["min"] == 3 and h["max"] == 200
+    assert h["p50"] == 3 and h["p95"] == 10 and h["mean"] == pytest.approx((153 + 450 + 800) / 100)
+    assert h["counts"][0] == 96 and h["counts"][-1] == 4 and len(h["edges"]) == 11
+    assert report.length_histogram([])["n"] == 0
+
+
+def test_model_card_front_matter(tiny_cls_run):
+    card = (tiny_cls_run / "model" / "README.md").read_text()
+    assert card.startswith("---\n")
+    front = yaml.safe_load(card.split("---", 2)[1])
+    for key in ("license", "base_model", "datasets", "metrics", "pipeline_tag", "library_name", "model-index"):
+        assert key in front, key
+    assert front["pipeline_tag"] == "text-classification" and front["datasets"] == ["train.csv", "test.csv"]
+    metrics = json.loads((tiny_cls_run / "metrics.json").read_text())
+    result = front["model-index"][0]["results"][0]
+    assert result["dataset"]["split"] == "test"
+    values = {m["type"]: m["value"] for m in result["metrics"]}
+    assert values["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
+    assert set(front["metrics"]) == set(values)
+    body = card.split("---", 2)[2]
+    for heading in ("## Intended use", "## How to use", "## Training data", "## Hyper-parameters", "## Results",
+                    "## Limitations"):
+        assert heading in body
+    assert "`neg`, `pos`" in body and "learning_rate: 0.003" in body
+    assert (tiny_cls_run / "README.md").read_text() == card
+
+
+def test_model_card_takes_the_base_models_license(tiny_cls_run, tiny_bert, tmp_path):
+    from lmforge.config import load_config
+    base = tmp_path / "base"
+    shutil.copytree(tiny_bert, base)
+    (base / "README.md").write_text("---\nlicense: mit\nlanguage: en\n---\n# a base model\n")
+    cfg = load_config(tiny_cls_run / "config.yaml")
+    cfg.model.name = str(base)
+    card = report.model_card(cfg, {"eval": {"accuracy": 0.75, "loss": 0.5}}, {"labels": ["a", "b"]}, [])
+    front = yaml.safe_load(card.split("---", 2)[1])
+    assert front["license"] == "mit" and front["base_model"] == str(base)
+    assert front["model-index"][0]["results"][0]["dataset"]["split"] == "eval"
+    assert "| accuracy | 0.7500 |" in card
+
+
+def test_report_cli_rebuilds_and_compares(tiny_cls_run, tmp_path, capsys):
+    a = tmp_path / "runs" / "a"
+    b = tmp_path / "runs" / "b"
+    shutil.copytree(tiny_cls_run, a)
+    shutil.copytree(tiny_cls_run, b)
+    (a / "report.html").unlink()
+    cfg = yaml.safe_load((b / "config.yaml").read_text())
+    cfg["train"]["learning_rate"] = 0.001
+    (b / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["report", str(a)]) == 0
+    assert "<section id='confusion'>" in (a / "report.html").read_text()
+    assert main(["report", str(a), str(b)]) == 0
+    page = (tmp_path / "runs" / "compare.html").read_text()
+    table = section(page, "comparison-metrics")
+    assert ">a</a>" in table and ">b</a>" in table
+    test_acc = json.loads((a / "metrics.json").read_text())["test"]["accuracy"]
+    assert table.count(f"{test_acc:.4f}") >= 2
+    diff = section(page, "comparison-config")
+    assert "train.learning_rate" in diff and "0.001" in diff and "0.003" in diff
+    assert "train.seed" not in diff
+    assert len(pngs(page)) == 2  # losses overlaid, eval accuracy overlaid
+    # a folder that is not a run: one clear line, exit 2
+    capsys.readouterr()
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_runs_lists_status_metric_and_duration(tiny_cls_run, tmp_path, capsys):
+    import os
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_cls_run, root / "done", ignore=shutil.ignore_patterns("model", "checkpoints"))
+    base = json.loads((tiny_cls_run / "manifest.json").read_text())
+    for name, status, pid in (("killed", "running", _dead_pid()), ("live", "running", os.getpid()),
+                              ("broken", "failed", 1)):
+        (root / name).mkdir()
+        (root / name / "manifest.json").write_text(json.dumps({**base, "status": status, "pid": pid,
+                                                                 "duration_s": None, "started_unix": 1e9}))
+        (root / name / "log.jsonl").write_text(json.dumps({"step": 3, "eval_accuracy": 0.625}) + "\n" +
+                                               json.dumps({"step": 6, "eval_accuracy": 0.5}) + "\n")
+    rows = {r["run"].split("/")[-1]: r for r in report.list_runs(root)}
+    assert {k: v["status"] for k, v in rows.items()} == {"done": "finished", "killed": "crashed", "live": "running",
+                                                         "broken": "failed"}
+    metrics = json.loads((tiny_cls_run / "metrics.json").read_text())
+    assert rows["done"]["best"] == metrics["train"]["best_metric"] and rows["done"]["best_metric"] == "accuracy"
+    assert rows["done"]["duration_s"] == base["duration_s"]
+    assert rows["killed"]["best"] == 0.625  # best evaluation so far, from log.jsonl
+    assert rows["live"]["duration_s"] > 1e8
+    assert main(["runs", str(root)]) == 0
+    out = capsys.readouterr().out
+    for word in ("finished", "crashed", "running", "failed", "accuracy", "done", "killed"):
+        assert word in out
