@@ -222,3 +222,58 @@ def test_serve_cli_refuses_a_taken_port(tiny_cls_run, capsys):
     err = capsys.readouterr().err
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
     assert main(["serve", str(tiny_cls_run), "--max-new-tokens", "0"]) == 2
+
+
+@pytest.fixture(scope="module")
+def gen_server(tmp_path_factory):
+    from test_causal_lm import make_tiny
+    path = make_tiny(tmp_path_factory.mktemp("tiny-gpt2-serve"), "gpt2")
+    live = Live(path)
+    yield live, path
+    live.stop()
+
+
+def stream_lines(live, body) -> list[dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=60)
+    conn.request("POST", "/v1/generate", body=json.dumps({**body, "stream": True}),
+                 headers={"content-type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("content-type").startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in resp.read().decode().splitlines() if line.strip()]
+    conn.close()
+    return lines
+
+
+def test_generate_endpoint_plain_and_streaming(gen_server):
+    from lmforge.generate import generate_texts
+    from lmforge.tasks.causal_lm import load_for_use
+    live, path = gen_server
+    model, tok = load_for_use(path)
+    prompt = "the food was"
+    greedy = generate_texts(model, tok, [prompt], max_new_tokens=12)[0][0]
+    status, out = live.post("/v1/generate", {"prompt": prompt, "max_new_tokens": 12})
+    assert status == 200 and out["completion"] == greedy and out["greedy"]
+    lines = stream_lines(live, {"prompt": prompt, "max_new_tokens": 12})
+    assert lines[-1]["done"] is True and lines[-1]["completion"] == greedy
+    pieces = [x["token"] for x in lines[:-1]]
+    assert all("token" in x for x in lines[:-1]) and "".join(pieces) == greedy
+    # sampling: the seed makes it repeatable; another seed gives another text
+    body = {"prompt": prompt, "max_new_tokens": 16, "temperature": 1.5, "top_k": 50, "seed": 3}
+    a, b = live.post("/v1/generate", body)[1], live.post("/v1/generate", body)[1]
+    c = live.post("/v1/generate", {**body, "seed": 4})[1]
+    assert a["completion"] == b["completion"] != c["completion"] and not a["greedy"]
+    assert "".join(x.get("token", "") for x in stream_lines(live, body)[:-1]) == a["completion"]
+
+
+def test_generate_limits(gen_server):
+    live, _ = gen_server
+    status, err = live.post("/v1/generate", {"prompt": "the", "max_new_tokens": 33})
+    assert status == 422 and "cap of 32" in err["error"]["message"]
+    status, err = live.post("/v1/generate", {"prompt": "zqxj" * 70, "max_new_tokens": 8, "stream": True})  # context: 128 tokens
+    assert status == 413 and "context is 128 tokens" in err["error"]["message"]
+    status, err = live.post("/v1/generate", {"prompt": "the", "temperature": -1})
+    assert status == 422 and "temperature" in err["error"]["message"]
+    slot = live.app.app.state.slot
+    assert slot.busy == 0 and slot.waiting == 0  # refused requests gave the model back
+    status, _ = live.post("/v1/generate", {"prompt": "the", "max_new_tokens": 2})
+    assert status == 200

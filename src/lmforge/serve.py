@@ -103,13 +103,14 @@ class ClassifyIn(_Strict):
 
 class GenerateIn(_Strict):
     prompt: str = Field(..., description="Text to continue.")
-    max_new_tokens: int = Field(64, ge=1, description="Tokens to generate (capped by the server).")
-    temperature: float = Field(1.0, ge=0.0, le=10.0, description="0 = greedy.")
-    top_k: int = Field(0, ge=0, le=100000, description="0 = no top-k filter.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    do_sample: Optional[bool] = Field(None, description="Default: sample when temperature > 0.")
+    max_new_tokens: int = Field(32, ge=1, description="Tokens to generate (capped by the server).")
+    temperature: Optional[float] = Field(None, ge=0.0, le=10.0, description="Sampling temperature; none or 0 = greedy.")
+    top_k: Optional[int] = Field(None, ge=0, le=100000, description="Sample from the k likeliest tokens; 0 = off.")
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass; 1 = off.")
+    repetition_penalty: Optional[float] = Field(None, gt=0.0, le=10.0, description="1 = none.")
     seed: Optional[int] = Field(None, ge=0, description="Fix the sampling randomness.")
-    stream: bool = Field(False, description="One JSON line per token as it arrives.")
+    chat: bool = Field(False, description="Wrap the prompt in the model's chat template.")
+    stream: bool = Field(False, description="One JSON line per piece of text as it arrives.")
 
 
 class FillMaskIn(_Strict):
@@ -124,7 +125,6 @@ class Backend:
     def __init__(self, model_dir: Path, task: str):
         self.model_dir, self.task = model_dir, task
         self.model = self.tokenizer = None
-        self.generate_error: Optional[str] = None
         if task == "classification":
             from .tasks.classification import load_classifier
             self.model, self.tokenizer = load_classifier(model_dir)
@@ -139,21 +139,34 @@ class Backend:
             self.model.eval()
 
     def _load_causal(self) -> None:
-        try:
-            from . import generate as gen  # noqa: F401  (issue 3)
-        except ImportError:
-            self.generate_error = "text generation is not available in this version of lmforge"
-            return
-        loader = getattr(gen, "load_causal_lm", None)
-        if loader is None:
-            self.generate_error = "text generation is not available in this version of lmforge"
-            return
-        loaded = loader(self.model_dir)
-        self.model, self.tokenizer = loaded[0], loaded[1]
+        from .tasks.causal_lm import load_for_use
+        self.model, self.tokenizer = load_for_use(self.model_dir)
+
+    def check_prompt(self, params: dict) -> None:
+        """Refuse prompts the model cannot continue before a stream starts (a 4xx, not a broken stream)."""
+        from .generate import encode_prompt
+        from .tasks.causal_lm import context_length
+        ids = encode_prompt(self.tokenizer, params["prompt"], bool(params.get("chat")))
+        limit = context_length(self.model.config)
+        if limit and len(ids) >= limit:
+            raise ApiError(413, f"the prompt is {len(ids)} tokens; this model's context is {limit} tokens",
+                           "too_large")
 
     def generate(self, params: dict, on_token: Optional[Callable[[str], None]] = None,
                  stop: Optional[threading.Event] = None) -> dict:
-        raise ApiError(501, self.generate_error or "text generation is not available", "not_implemented")
+        """Continue params["prompt"]; with on_token, call it with each piece of text as it comes."""
+        from .generate import generate_texts
+        sink = _TokenSink(on_token, stop, skip_first=not params.get("chat")) if on_token else None
+        top_k = params.get("top_k") or None
+        top_p = params.get("top_p") if params.get("top_p") not in (None, 1.0) else None
+        try:
+            out = generate_texts(self.model, self.tokenizer, [params["prompt"]], max_new_tokens=params["max_new_tokens"],
+                                 temperature=params.get("temperature"), top_k=top_k, top_p=top_p,
+                                 repetition_penalty=params.get("repetition_penalty"), seed=params.get("seed"),
+                                 chat=bool(params.get("chat")), stream=sink)
+        except _Stopped:
+            return {"completion": sink.text if sink else "", "stopped": True}
+        return {"completion": out[0][0], "greedy": not (params.get("temperature") or top_k or top_p)}
 
     def info(self) -> dict:
         cfg = getattr(self.model, "config", None)
@@ -165,8 +178,8 @@ class Backend:
             out["labels"] = [cfg.id2label[i] for i in range(len(cfg.id2label))]
         if self.task == "masked-lm" and self.tokenizer is not None:
             out["mask_token"] = self.tokenizer.mask_token
-        if self.generate_error:
-            out["unavailable"] = self.generate_error
+        if self.task == "causal-lm" and self.tokenizer is not None:
+            out["chat_template"] = bool(getattr(self.tokenizer, "chat_template", None))
         return out
 
     def classify(self, texts: list[str], pairs: Optional[list[str]]) -> list[dict]:
@@ -178,6 +191,39 @@ class Backend:
     def fill_mask(self, text: str, top_k: int) -> dict:
         from .fillmask import fill_mask_with
         return fill_mask_with(self.model, self.tokenizer, [text], top_k=top_k)[0]
+
+
+class _Stopped(Exception):
+    """The client went away: stop generating."""
+
+
+class _TokenSink:
+    """A file-like stream for generate_texts: passes generated text on as it comes. It skips the
+    prompt (written first when not in chat mode) and the newline written after the end."""
+
+    def __init__(self, on_token: Callable[[str], None], stop: Optional[threading.Event], skip_first: bool):
+        self.on_token, self.stop, self.skip_first = on_token, stop, skip_first
+        self.pending = ""
+        self.text = ""
+
+    def write(self, piece: str) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise _Stopped()
+        if self.skip_first:
+            self.skip_first = False
+            return
+        if self.pending:
+            self.text += self.pending
+            self.on_token(self.pending)
+            self.pending = ""
+        if piece == "\n":  # maybe the end-of-output newline: hold it until more text comes
+            self.pending = piece
+        elif piece:
+            self.text += piece
+            self.on_token(piece)
+
+    def flush(self) -> None:
+        pass
 
 
 # ----------------------------------------------------------------------------------- app
@@ -349,19 +395,25 @@ def create_app(model: Union[str, Path], limits: Optional[Limits] = None, backend
 
     @app.post("/v1/generate")
     def generate(req: GenerateIn):
-        if backend.task == "causal-lm" and backend.generate_error:
-            raise ApiError(501, backend.generate_error, "not_implemented")
         need("causal-lm", "/v1/generate")
         check_text(req.prompt, "prompt")
         if req.max_new_tokens > limits.max_new_tokens:
             raise ApiError(422, f"max_new_tokens {req.max_new_tokens} is above this server's cap of "
                            f"{limits.max_new_tokens}", "invalid_request")
         params = req.model_dump(exclude={"stream"})
-        if not req.stream:
-            t0 = time.perf_counter()
-            out = slot.run(lambda: backend.generate(params))
-            return {**out, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
+        t0 = time.perf_counter()
         slot.enter()  # queue here, so a full queue is a 503 and not a broken stream
+        try:
+            backend.check_prompt(params)
+        except BaseException:
+            slot.leave()
+            raise
+        if not req.stream:
+            try:
+                out = backend.generate(params)
+            finally:
+                slot.leave()
+            return {**out, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
         return StreamingResponse(_stream(slot, backend, params), media_type="application/x-ndjson")
 
     @app.get("/", response_class=HTMLResponse)
