@@ -83,9 +83,20 @@ def train(ctx: typer.Context,
         config = None
     overrides, resume = _split_resume(list(ctx.args))
     _permissions(allow_pickle, trust_remote_code)
-    result = api.train(config, overrides=overrides, resume=resume, overwrite=overwrite, progress=not no_progress)
+    try:
+        result = api.train(config, overrides=overrides, resume=resume, overwrite=overwrite, progress=not no_progress)
+    except KeyboardInterrupt as e:  # typer would swallow the message: print it here
+        _print_interrupted(e)
+        raise typer.Exit(130)
     _print_metrics(result.metrics)
     console.print(f"[green]done[/green]: run folder {result.run_dir}")
+
+
+def _print_interrupted(e: BaseException) -> None:
+    msg = getattr(e, "message", None) or str(e)
+    hint = getattr(e, "hint", None)
+    console.print("interrupted" + (f": {msg}" if msg else "") + (f" — {hint}" if hint else ""),
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -376,8 +387,8 @@ def serve(model: str = typer.Argument(..., help="Run folder, model folder or bui
 def main(argv: Optional[list[str]] = None) -> int:
     import click
     try:
-        app(args=argv, standalone_mode=False)
-        return 0
+        rv = app(args=argv, standalone_mode=False)
+        return rv if isinstance(rv, int) else 0  # typer returns the code of typer.Exit / an interrupt
     except LmforgeError as e:
         if STATE["debug"]:
             console.print_exception()
@@ -393,10 +404,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         console.print("aborted")
         return 130
     except KeyboardInterrupt as e:
-        msg = getattr(e, "message", None) or (str(e) if str(e) else "")
-        hint = getattr(e, "hint", None)
-        console.print("interrupted" + (f": {msg}" if msg else "") + (f" — {hint}" if hint else ""),
-                      markup=False, highlight=False, soft_wrap=True)
+        _print_interrupted(e)
         return 130
 
 
