@@ -75,7 +75,9 @@ def train(ctx: typer.Context,
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in output_dir."),
           allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) model weights."),
           trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the Hub."),
-          no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
+          no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+          num_processes: Optional[int] = typer.Option(None, "--num-processes", help="Launch N processes (GPUs, or CPU processes) with accelerate."),
+          accelerate_config: Optional[str] = typer.Option(None, "--accelerate-config", help="accelerate config file (DDP/FSDP/DeepSpeed, several machines); see examples/accelerate/.")):
     """Train a model. Extra --section.key value pairs override the config; --resume [CKPT] continues a run."""
     from . import api
     if config and config.startswith("--"):
@@ -83,6 +85,14 @@ def train(ctx: typer.Context,
         config = None
     overrides, resume = _split_resume(list(ctx.args))
     _permissions(allow_pickle, trust_remote_code)
+    from .launch import inside_launcher
+    if (num_processes or accelerate_config) and not inside_launcher():
+        from .launch import launch
+        api._as_config(config, overrides)  # a config mistake: one error here, not one per process
+        args = ([config] if config else []) + list(ctx.args) + [flag for flag, on in (
+            ("--overwrite", overwrite), ("--allow-pickle", allow_pickle), ("--trust-remote-code", trust_remote_code),
+            ("--no-progress", no_progress)) if on]
+        raise typer.Exit(launch(args, num_processes, accelerate_config, debug=STATE["debug"]))
     try:
         result = api.train(config, overrides=overrides, resume=resume, overwrite=overwrite, progress=not no_progress)
     except KeyboardInterrupt as e:  # typer would swallow the message: print it here

@@ -72,13 +72,19 @@ def evaluate_split(model, split: EncodedSplit, prep: Prepared, batch_size: int, 
     device = accelerator.device if accelerator else next(model.parameters()).device
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
-    batches = eval_batches(split.lengths, batch_size)[rank::world]
+    all_batches = eval_batches(split.lengths, batch_size)
+    batches = all_batches[rank::world]
+    # Every process runs the same number of forward passes: a DDP/FSDP-wrapped model communicates in
+    # forward (buffer sync, all-gathers), so an uneven share would hang. Padding passes are discarded.
+    n_pad = (-(-len(all_batches) // world) - len(batches)) if world > 1 and all_batches else 0
     was_training = model.training
     model.eval()
     acc: dict[str, list] = {}
     task_id = progress.add_eval(desc, len(batches)) if progress else None
     autocast = accelerator.autocast() if accelerator else nullcontext()
     with autocast:
+        for _ in range(n_pad):
+            prep.eval_step(model, to_device(prep.collate(split.take(all_batches[0])), device))
         for idx in batches:
             out = prep.eval_step(model, to_device(prep.collate(split.take(idx)), device))
             for k, v in out.items():
@@ -92,7 +98,8 @@ def evaluate_split(model, split: EncodedSplit, prep: Prepared, batch_size: int, 
     if world > 1:
         from accelerate.utils import gather_object
         parts = gather_object([cat])
-        cat = {k: torch.cat([p[k] for p in parts]) for k in cat}
+        keys = dict.fromkeys(k for p in parts for k in p)  # a process with no batches sends nothing
+        cat = {k: torch.cat([p[k] for p in parts if k in p]) for k in keys}
     model.train(was_training)
     return prep.finalize(cat)
 
