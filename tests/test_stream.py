@@ -167,3 +167,44 @@ def test_prepare_then_train_starts_from_the_cache(tmp_path, capsys):
     assert stream.STATS["encoded_docs"] == encoded and stream.STATS["hits"] == hits + 1
     assert res.metrics["train"]["steps"] == 8
     assert res.metrics["eval"]["loss"] < res.metrics["before"]["loss"]
+
+
+TRICKY = ["naïve café 🙂 — Ünïcode\ttabs\n\nand  double  spaces   ", "   lead", "数字 123 ²³ x_y __init__ it's I'M we'll",
+          "a\u00a0b\u2003c", "<|endoftext|> inside a text", " ", "\r\n", "end.'s 'll", "ok" * 300]
+
+
+def test_fast_byte_level_encoder_is_exact(tok):
+    from lmforge.data import fastbpe
+    assert fastbpe.supported(tok)
+    enc = fastbpe.ByteLevelEncoder(tok.backend_tokenizer.to_str())
+    texts = TRICKY + make_text(300, seed=13)
+    for _ in range(2):  # cold and warm word table
+        flat, lens = enc.encode(texts)
+        ref = [tok(t)["input_ids"] for t in texts]
+        assert lens.tolist() == [len(r) for r in ref]
+        assert flat.tolist() == [t for r in ref for t in r]
+    bpe = train_tokenizer("bpe", texts=make_text(), vocab_size=200, min_frequency=1).tokenizer
+    wp = train_tokenizer("wordpiece", texts=make_text(), vocab_size=200, min_frequency=1).tokenizer
+    assert not fastbpe.supported(bpe) and not fastbpe.supported(wp)  # other pipelines: the Rust encoder
+
+
+def test_rust_encoder_path_matches_in_memory(tmp_path):
+    bpe = train_tokenizer("unigram", texts=make_text(), vocab_size=200, min_frequency=1).tokenizer
+    src = tmp_path / "c.txt"
+    src.write_text("\n".join(make_text(300, seed=14)) + "\n")
+    cfg = _cfg(src)
+    cache, _ = stream.build_token_cache(str(src), bpe, cfg, chunk=4000)
+    _, flat = _in_memory(src, bpe, cfg)
+    np.testing.assert_array_equal(np.asarray(cache.tokens), flat)
+
+
+def test_worker_processes_give_the_same_cache(tmp_path, tok, monkeypatch):
+    src = tmp_path / "c.txt"
+    src.write_text("\n".join(make_text(1500, seed=15)) + "\n")
+    cfg = _cfg(src, num_proc=2)
+    monkeypatch.setattr(stream, "POOL_MIN_BYTES", 0)
+    cache, _ = stream.build_token_cache(str(src), tok, cfg, chunk=5000)
+    assert stream._encoder(tok, cfg, 10)[1] == 2
+    _, flat = _in_memory(src, tok, cfg)
+    np.testing.assert_array_equal(np.asarray(cache.tokens), flat)
+    assert cache.n_docs == 1500
