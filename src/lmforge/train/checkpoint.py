@@ -205,7 +205,8 @@ def rotate(root: Path, limit: Optional[int], keep: set[Path] = frozenset()) -> N
     if not limit or limit <= 0:
         return
     ckpts = list_checkpoints(root)
-    removable = [p for p in ckpts if p not in keep]
+    # The newest is never removed (it is what --resume needs), nor one in keep (the best model's).
+    removable = [p for p in ckpts[:-1] if p not in keep]
     excess = len(ckpts) - limit
     for p in removable[:max(0, excess)]:
         shutil.rmtree(p, ignore_errors=True)
