@@ -403,3 +403,33 @@ def test_errors_causal_model_and_model_without_mask_token(tmp_path, mlm_data, to
     cfg_path.write_text(json.dumps(tc))
     with pytest.raises(LmforgeError, match="has no mask token"):
         masked_lm.setup(build_config(mlm_config(mlm_data, nomask, tmp_path / "r2")))
+
+
+def test_the_issue_config_works_as_written(tmp_path, mlm_data, tiny_bert):
+    import yaml
+    from lmforge.config import load_config
+    text = f"""
+task: masked-lm
+model: {{name: {tiny_bert}}}
+data: {{train: {mlm_data / 'train.txt'}, eval: {mlm_data / 'valid.txt'}, block_size: 128, masking: whole-word, mlm_probability: 0.15}}
+train: {{max_steps: 300, learning_rate: 5.0e-5, per_device_train_batch_size: 32, seed: 1}}
+output: {{output_dir: {tmp_path / 'mlm'}}}
+"""
+    (tmp_path / "c.yaml").write_text(text)
+    cfg = load_config(tmp_path / "c.yaml")
+    assert yaml.safe_load(text)["data"]["masking"] == cfg.data.masking == "whole-word"
+    prep = masked_lm.setup(cfg)
+    assert prep.summary["block_size"] == 128 and max(prep.train.lengths) == 128
+    batch = prep.train_collate(prep.train.take(list(range(4))), 0)
+    assert batch["input_ids"].shape == (4, 128) and batch["n_items"] > 0
+
+
+def test_masked_lm_from_config_with_a_tokenizer_folder(tmp_path, mlm_data, tokenizers):
+    tokenizers["wordpiece"].save_pretrained(tmp_path / "tok")
+    cfg = mlm_config(mlm_data, tmp_path, tmp_path / "scratch")
+    cfg["model"] = {"from_config": {"architecture": "bert", "num_hidden_layers": 1, "hidden_size": 32,
+                                    "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}}
+    cfg["tokenizer"] = {"name": str(tmp_path / "tok")}
+    cfg["train"].update(max_steps=20, learning_rate=5e-3)
+    res = api.train(cfg, progress=False)
+    assert res.metrics["eval"]["loss"] < res.metrics["before"]["loss"] - 0.5

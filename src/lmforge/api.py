@@ -208,10 +208,10 @@ def train(config: Union[str, Path, Config, dict, None] = None, overrides: Option
             write_metrics(run_dir, metrics)
             plot_losses(run_dir)
             (run_dir / "README.md").write_text(card)
-            _write_report(run_dir)
             manifest.update(status="finished", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             duration_s=round(time.time() - manifest["started_unix"], 1))
             write_json(run_dir / "manifest.json", manifest)
+            _write_report(run_dir)  # after the manifest: the report shows the run as finished
         accelerator.wait_for_everyone()
         ok = True
         return TrainResult(run_dir, metrics, cfg)
@@ -242,9 +242,10 @@ def train(config: Union[str, Path, Config, dict, None] = None, overrides: Option
 def _write_report(run_dir: Path) -> None:
     """The HTML report, when the report module provides one."""
     from . import report
-    fn = getattr(report, "write_html_report", None)
-    if fn:
-        fn(run_dir)
+    try:
+        report.write_html_report(run_dir)
+    except Exception as e:  # the run itself succeeded; `lmforge report RUN` can retry
+        log.warning("could not write %s/report.html: %s", run_dir, e)
 
 
 def _short(m: dict) -> str:

@@ -289,7 +289,7 @@ def load_model_and_tokenizer(cfg: Config):
                                "start from a pretrained encoder with model.name (e.g. minilm-l6)")
         model, tokenizer = build(cfg, AutoModelForMaskedLM)
         check_mask_token(tokenizer, "the from-config model")
-        return model, tokenizer, {n for n, _ in model.named_parameters()}, "a from-config model"
+        return model, tokenizer, set(), "a from-config model"  # all new: one learning rate for all
     path = model_source(cfg)
     model_cfg = AutoConfig.from_pretrained(path, revision=cfg.model.revision,
                                            trust_remote_code=cfg.model.trust_remote_code)
