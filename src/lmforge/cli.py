@@ -318,6 +318,43 @@ def prepare(ctx: typer.Context, config: str = typer.Argument(..., help="YAML con
     print(f"time: {res['seconds']:.1f} s (tokenizer {res['tokenizer_seconds']:.1f} s, vocab {res['vocab_size']:,})")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sweep(ctx: typer.Context,
+          config: Optional[str] = typer.Argument(None, help="YAML config; none = the built-in default recipe."),
+          param: List[str] = typer.Option(..., "--param", "-p", help="section.key=loguniform:LO:HI | uniform:LO:HI | int:LO:HI | choice:A,B,..."),
+          trials: int = typer.Option(10, "--trials", "-n", help="Number of trials."),
+          metric: str = typer.Option("eval.loss", "--metric", help="What to optimise: eval.<metric> or test.<metric>."),
+          direction: Optional[str] = typer.Option(None, "--direction", help="maximize or minimize (default: from the metric)."),
+          output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Sweep folder (default runs/sweep-...); reuse it to add trials."),
+          pruner: str = typer.Option("median", "--pruner", help="median (stop trials below the median) or none."),
+          seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed (default: train.seed)."),
+          allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) model weights."),
+          trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the Hub.")):
+    """Hyper-parameter search (Optuna): one run folder per trial, a summary table and best_config.yaml."""
+    from .sweep import sweep as run_sweep
+    if config and config.startswith("--"):
+        ctx.args.insert(0, config)
+        config = None
+    if pruner not in ("median", "none"):
+        raise LmforgeError(f"--pruner must be median or none, got '{pruner}'")
+    _permissions(allow_pickle, trust_remote_code)
+    res = run_sweep(config, param, trials=trials, metric=metric, direction=direction, output_dir=output_dir,
+                    overrides=list(ctx.args) or None, pruner=pruner, seed=seed)
+    from rich.table import Table
+    table = Table(title=f"sweep {res.sweep_dir}")
+    cols = [c for c in (res.rows[0] if res.rows else {}) if c != "run_dir"]
+    for c in cols:
+        table.add_column(c, justify="right")
+    for r in res.rows:
+        table.add_row(*[("-" if r[c] is None else f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])) for c in cols])
+    Console().print(table)
+    if res.best_run_dir:
+        console.print(f"[green]best[/green]: {res.best_run_dir} ({metric} {res.best_value:.4f}); "
+                      f"config in {res.sweep_dir / 'best_config.yaml'}")
+    else:
+        console.print("no trial finished")
+
+
 @app.command()
 def models():
     """List the built-in model aliases."""
