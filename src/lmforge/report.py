@@ -239,11 +239,11 @@ def _num(v) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if any(header) else ""
     body = "".join("<tr>" + "".join(
         f"<td class='num'>{_e(_num(c))}</td>" if isinstance(c, (int, float)) and not isinstance(c, bool)
         else f"<td>{c if isinstance(c, _Raw) else _e(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{head}{body}</table>"
 
 
 class _Raw(str):
@@ -671,11 +671,12 @@ def build_reports(runs: Sequence[str], out: Optional[str] = None) -> Path:
     if out is None:
         parents = {p.resolve().parent for p in paths}
         out = str((parents.pop() if len(parents) == 1 else Path.cwd()) / "compare.html")
-    for p in paths:  # each run's own page, linked from the table
-        try:
-            write_html_report(p)
-        except Exception as e:
-            log.warning("could not rebuild %s/report.html: %s", p, e)
+    for p in paths:  # each run's own page is linked from the table: write the missing ones
+        if not (p / "report.html").exists():
+            try:
+                write_html_report(p)
+            except Exception as e:
+                log.warning("could not write %s/report.html: %s", p, e)
     return write_comparison(paths, Path(out))
 
 

@@ -1,0 +1,155 @@
+"""End to end in a real browser: `lmforge serve` on a tiny trained model, driven by headless Chromium.
+
+Needs Debian's chromium + chromium-driver (`.ci/run` installs them) and selenium; skipped without.
+The screenshot lands in test-artifacts/ (git-ignored).
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+def _selenium():
+    try:
+        import selenium  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER and _selenium()),
+    reason="needs chromium, chromedriver (apt-get install chromium chromium-driver) and selenium (pip)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_cls_run, tmp_path_factory):
+    """The real command line, in its own process, as a user would start it."""
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LMFORGE_CACHE": str(tmp_path_factory.mktemp("serve-cache"))}
+    log = open(tmp_path_factory.mktemp("serve-log") / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "lmforge.cli", "serve", str(tiny_cls_run), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if json.load(r)["status"] == "ok":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            log.seek(0)
+            proc.kill()
+            pytest.fail(f"lmforge serve did not start:\n{log.read()[-3000:]}")
+        time.sleep(0.3)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-default-apps", "--no-first-run", "--window-size=1000,820"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def test_playground_classifies_what_the_user_types(server, browser, tiny_cls_run):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from lmforge import api
+
+    text = "good great tasty lovely food"
+    expected = api.predict(tiny_cls_run, texts=[text], progress=False)[0]
+    browser.get(server + "/")
+    wait = WebDriverWait(browser, 30)
+    button = wait.until(EC.element_to_be_clickable((By.ID, "run")))
+    assert button.text == "Classify"
+    assert "classification" in browser.find_element(By.ID, "model").text
+
+    # an empty box gets a message on the page, not a request
+    button.click()
+    assert "type some text" in wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#result .error"))).text
+
+    box = browser.find_element(By.ID, "input")
+    box.send_keys(text)
+    button.click()
+    label = wait.until(EC.visibility_of_element_located((By.ID, "label")))
+    assert label.text == expected["label"]
+    bars = browser.find_elements(By.CSS_SELECTOR, "#result .bar")
+    assert len(bars) == 2  # one per class, best first
+    names = [b.find_element(By.CLASS_NAME, "name").text for b in bars]
+    pcts = [float(b.find_element(By.CLASS_NAME, "pct").text.rstrip("%")) for b in bars]
+    assert names[0] == expected["label"] and set(names) == {"neg", "pos"}
+    assert pcts[0] == pytest.approx(100 * expected["score"], abs=0.051) and sum(pcts) == pytest.approx(100, abs=0.11)
+    width = bars[0].find_element(By.CLASS_NAME, "fill").value_of_css_property("width")
+    track = bars[0].find_element(By.CLASS_NAME, "track").value_of_css_property("width")
+    assert float(width.rstrip("px")) / float(track.rstrip("px")) == pytest.approx(pcts[0] / 100, abs=0.02)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "serve-classify.png"
+    browser.save_screenshot(str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+    # a request the server refuses shows its message, and the page still works afterwards
+    browser.execute_script("arguments[0].value = arguments[1]", box, "x" * 9000)  # over the 8000-character cap
+    button.click()
+    err = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#result .error")))
+    assert "at most 8000" in err.text
+    box.clear()
+    box.send_keys("awful stale bad")
+    button.click()
+    wait.until(EC.visibility_of_element_located((By.ID, "label")))
+    assert browser.find_element(By.ID, "label").text in ("neg", "pos")
+
+
+def test_report_opens_from_disk(browser, tiny_cls_run):
+    """report.html renders with no server: every image decodes in the browser."""
+    from selenium.webdriver.common.by import By
+    browser.get((tiny_cls_run / "report.html").as_uri())
+    images = browser.find_elements(By.TAG_NAME, "img")
+    assert len(images) == 6
+    for img in images:
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 300
+    titles = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
+    assert "Confusion matrix (test split)" in titles and "Environment" in titles
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.set_window_size(1000, 3000)
+    browser.save_screenshot(str(ARTIFACTS / "report.png"))
