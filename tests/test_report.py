@@ -181,3 +181,27 @@ def test_runs_lists_status_metric_and_duration(tiny_cls_run, tmp_path, capsys):
     out = capsys.readouterr().out
     for word in ("finished", "crashed", "running", "failed", "accuracy", "done", "killed"):
         assert word in out
+
+
+def test_report_of_a_language_model_run_cut_short(tmp_path):
+    """No metrics.json, no model (the run died): the page still renders what was logged."""
+    run = tmp_path / "lm"
+    run.mkdir()
+    (run / "config.yaml").write_text("task: causal-lm\nmodel:\n  name: tiny-gpt\n")
+    (run / "manifest.json").write_text(json.dumps({"status": "running", "pid": _dead_pid(), "task": "causal-lm",
+                                                   "model": "tiny-gpt", "started_unix": 1e9}))
+    lines = [{"step": s, "epoch": s / 10, "loss": 5 - s / 10, "lr": 1e-3, "tokens_per_s": 1000.0 + s,
+              "mfu": 0.01, "peak_mem_mb": 300.0} for s in range(1, 11)]
+    lines += [{"step": 5, "eval_loss": 4.6, "eval_perplexity": 99.5},
+              {"step": 5, "samples": [{"prompt": "In the beginning", "completion": " God <created>"}]},
+              {"step": 10, "samples": [{"text": "the [MASK] was", "top5": [["food", 0.5], ["taste", 0.25]]}]}]
+    (run / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    page = report.write_html_report(run).read_text()
+    assert "crashed" in section(page, "overview")
+    assert "<section id='confusion'>" not in page
+    samples = section(page, "samples")
+    assert "at step 5" in samples and "at step 10" in samples
+    assert "In the beginning" in samples and "God &lt;created&gt;" in samples  # escaped, not markup
+    assert "food 50.0%, taste 25.0%" in samples
+    assert "no metrics yet" in section(page, "metrics")
+    assert len(pngs(page)) == 3  # loss+lr, eval perplexity, throughput (no data summary)

@@ -219,7 +219,7 @@ th{background:#f2f4f7} td.num{text-align:right;font-variant-numeric:tabular-nums
 pre{background:#f2f4f7;padding:10px;border-radius:6px;overflow:auto;font-size:13px;max-height:420px}
 img{max-width:100%;height:auto} .row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 .good{color:#1a7f37} .bad{color:#c62828} .muted{color:#6b7480;font-size:13px}
-.badge{display:inline-block;padding:2px 8px;border-radius:10px;font-size:12px;background:#e7ecf3}
+.sample{white-space:pre-wrap} .badge{display:inline-block;padding:2px 8px;border-radius:10px;font-size:12px;background:#e7ecf3}
 .badge.finished{background:#d5f5dc} .badge.failed,.badge.crashed{background:#fbd9d9} .badge.running{background:#fff1c2}
 """
 
@@ -445,13 +445,25 @@ def _sec_confusion(run: dict) -> str:
                     f"<div>{table}</div></div>")
 
 
-def _render_sample(s) -> str:
-    if isinstance(s, dict):
-        return _table(["", ""], [(k, _Raw(f"<pre>{_e(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}</pre>")
-                                  if isinstance(v, (str, list, dict)) and len(str(v)) > 60 else
-                                  (v if isinstance(v, (int, float, str)) else json.dumps(v, ensure_ascii=False)))
-                                 for k, v in s.items()])
-    return f"<pre>{_e(s)}</pre>"
+def _cell(v) -> str:
+    """A sample value for a table cell: text as is, [token, score] lists as 'token 12.3%'."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list) and all(isinstance(x, (list, tuple)) and len(x) == 2 and _scalar(x[1]) for x in v):
+        return ", ".join(f"{x[0]} {100 * x[1]:.1f}%" for x in v)
+    return json.dumps(v, ensure_ascii=False)
+
+
+def _samples_table(samples: list) -> str:
+    dicts = [x for x in samples if isinstance(x, dict)]
+    out = "".join(f"<pre>{_e(x)}</pre>" for x in samples if not isinstance(x, dict))
+    if dicts:
+        keys: list[str] = []
+        for d in dicts:
+            keys += [k for k in d if k not in keys]
+        out += _table(keys, [[_Raw(f"<span class='sample'>{_e(_cell(d.get(k, '')))}</span>") for k in keys]
+                             for d in dicts])
+    return out
 
 
 def _sec_samples(run: dict) -> str:
@@ -460,7 +472,7 @@ def _sec_samples(run: dict) -> str:
     if logged:
         shown = [logged[0], logged[-1]] if len(logged) > 1 else logged
         for rec in shown:
-            parts.append(f"<h3>at step {rec['step']}</h3>" + "".join(_render_sample(s) for s in rec["samples"][:8]))
+            parts.append(f"<h3>at step {rec['step']}</h3>" + _samples_table(rec["samples"][:8]))
     task = run["manifest"].get("task") or run["cfg"].get("task")
     if task == "classification":
         parts.append(_misclassified_html(run))
