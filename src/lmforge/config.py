@@ -303,8 +303,11 @@ def _section_fields(model_cls: type[BaseModel], loc: tuple) -> list[str]:
         if field is None:
             break
         ann = field.annotation
+        inner = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             cls = ann
+        elif inner:  # Optional[Section]
+            cls = inner[0]
         else:
             break
     return list(cls.model_fields)
