@@ -73,6 +73,43 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class TreeMemory:
+    """Polls the resident memory of this process and all its children (worker processes) together."""
+
+    def __init__(self, every: float = 0.1):
+        import threading
+
+        import psutil
+        self.proc, self.peak, self.every = psutil.Process(), 0, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+        while not self._stop.is_set():
+            total = 0
+            for p in [self.proc] + self.proc.children(recursive=True):
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def cpu_seconds() -> float:
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
 def child_lmforge(corpus: str, tok_dir: str) -> dict:
     from transformers import AutoTokenizer
 
@@ -81,12 +118,14 @@ def child_lmforge(corpus: str, tok_dir: str) -> dict:
     tok = AutoTokenizer.from_pretrained(tok_dir)
     cfg = build_config({"task": "causal-lm", "data": {"train": corpus}})
     rss0 = peak_rss_mb()
-    t = time.perf_counter()
-    cache, hit = build_token_cache(corpus, tok, cfg)
-    dt = time.perf_counter() - t
+    t, c = time.perf_counter(), cpu_seconds()
+    with TreeMemory() as mem:
+        cache, hit = build_token_cache(corpus, tok, cfg)
+    dt, dc = time.perf_counter() - t, cpu_seconds() - c
     assert not hit
-    return {"seconds": dt, "tokens": cache.n_tokens, "documents": cache.n_docs, "bytes": cache.meta["bytes"],
-            "peak_rss_mb": peak_rss_mb(), "rss_after_imports_mb": rss0,
+    return {"seconds": dt, "cpu_seconds": dc, "tokens": cache.n_tokens, "documents": cache.n_docs,
+            "bytes": cache.meta["bytes"], "peak_rss_mb": peak_rss_mb(), "peak_tree_rss_mb": mem.peak / 2**20,
+            "rss_after_imports_mb": rss0,
             "cache_mb": (os.path.getsize(cache.path / "tokens.bin") + os.path.getsize(cache.path / "docs.bin")) / MB}
 
 
@@ -99,7 +138,8 @@ def child_hf(corpus: str, tok_dir: str, block_size: int) -> dict:
     datasets.disable_progress_bars()
     tok = AutoTokenizer.from_pretrained(tok_dir)
     rss0 = peak_rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    mem = TreeMemory().__enter__()
     raw = datasets.load_dataset("text", data_files={"train": corpus})["train"]
     t1 = time.perf_counter()
 
@@ -120,9 +160,11 @@ def child_hf(corpus: str, tok_dir: str, block_size: int) -> dict:
 
     lm = tokenized.map(group_texts, batched=True)
     t3 = time.perf_counter()
+    mem.__exit__()
+    dc = cpu_seconds() - c0
     n_tokens = sum(len(x) for x in tokenized.with_format("arrow")["input_ids"].to_pylist()) if len(tokenized) < 2e5 \
         else None
-    return {"seconds": t3 - t0, "load_seconds": t1 - t0, "tokenize_seconds": t2 - t1, "group_seconds": t3 - t2,
+    return {"seconds": t3 - t0, "cpu_seconds": dc, "peak_tree_rss_mb": mem.peak / 2**20, "load_seconds": t1 - t0, "tokenize_seconds": t2 - t1, "group_seconds": t3 - t2,
             "blocks": len(lm), "tokens": n_tokens or len(lm) * block_size, "documents": len(raw),
             "bytes": os.path.getsize(corpus), "peak_rss_mb": peak_rss_mb(), "rss_after_imports_mb": rss0}
 
@@ -195,10 +237,10 @@ def main() -> None:
         if not a.keep:
             corpus.unlink()
     (work / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"\n{'run':28s} {'MB':>6s} {'s':>8s} {'MB/s':>7s} {'Mtok/s':>7s} {'peak RSS MB':>12s}")
+    print(f"\n{'run':28s} {'MB':>6s} {'s':>8s} {'MB/s':>7s} {'Mtok/s':>7s} {'MB/cpu-s':>9s} {'peak RSS MB':>12s}")
     for r in results["runs"]:
         print(f"{r['kind']:28s} {r['size_mb']:6d} {r['seconds']:8.1f} {r['mb_per_s']:7.2f} "
-              f"{r['tokens_per_s'] / 1e6:7.3f} {r['peak_rss_mb']:12.0f}")
+              f"{r['tokens_per_s'] / 1e6:7.3f} {r['bytes'] / MB / r['cpu_seconds']:9.2f} {r['peak_tree_rss_mb']:12.0f}")
 
 
 if __name__ == "__main__":
