@@ -80,3 +80,40 @@ def test_predict_and_evaluate_accept_the_adapter_folder(lora_run):
     assert [p["label"] for p in via_adapter] == [p["label"] for p in via_merged]
     assert [p["score"] for p in via_adapter] == pytest.approx([p["score"] for p in via_merged], abs=1e-5)
     assert api.task_of(run / "adapter") == "classification"
+
+
+def test_lora_causal_lm_gpt2_adapter_merge_and_generate(tmp_path):
+    """LoRA on a causal LM (GPT-2's fused c_attn, a Conv1D): merged == base + adapter, generate takes either."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from lmforge import api
+    from lmforge.generate import generate
+    from lmforge.lora import load_model
+    from test_causal_lm import make_tiny, toy_docs
+
+    base = make_tiny(tmp_path / "gpt2", "gpt2")
+    (tmp_path / "train.txt").write_text("\n".join(toy_docs(120, seed=0)) + "\n")
+    (tmp_path / "valid.txt").write_text("\n".join(toy_docs(12, seed=9)) + "\n")
+    cfg = {"task": "causal-lm", "model": {"name": str(base)},
+           "data": {"train": str(tmp_path / "train.txt"), "eval": str(tmp_path / "valid.txt"), "block_size": 32},
+           "train": {"max_steps": 6, "learning_rate": 1e-2, "per_device_train_batch_size": 4, "logging_steps": 2,
+                     "eval_strategy": "no", "save_strategy": "no", "report_to": "none"},
+           "peft": {"r": 2, "alpha": 4, "dropout": 0.0, "merge": True}, "output": {"output_dir": str(tmp_path / "run")}}
+    run = api.train(cfg, progress=False).run_dir
+    info = json.loads((run / "manifest.json").read_text())["peft"]
+    assert info["target_modules"] == ["c_attn"] and info["modules_to_save"] == []
+    assert info["trainable_parameters"] == 2 * (2 * 32 + 96 * 2)  # 2 layers x (A: r x 32, B: 96 x r)
+
+    before, merged_sd = load_file(str(base / "model.safetensors")), load_file(str(run / "model" / "model.safetensors"))
+    changed = {k for k, v in merged_sd.items() if k in before and not torch.equal(v, before[k])}
+    assert changed == {f"transformer.h.{i}.attn.c_attn.weight" for i in range(2)}
+
+    ids = torch.tensor([[3, 17, 25, 40, 9, 11]])
+    merged = AutoModelForCausalLM.from_pretrained(run / "model").eval()
+    unmerged = load_model(AutoModelForCausalLM, run / "adapter", merge=False).eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, unmerged(input_ids=ids).logits, atol=1e-5)
+    a = generate(str(run / "adapter"), ["the food"], max_new_tokens=8)  # greedy by default
+    b = generate(str(run), ["the food"], max_new_tokens=8)
+    assert a[0]["completion"] == b[0]["completion"] and len(a[0]["completion"]) > 0

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -81,8 +80,9 @@ def apply(cfg: Config, prep, log=log) -> LoraState:
     # frozen: train them in full and save them with the adapter.
     new_modules = sorted({n.rsplit(".", 1)[0] for n in prep.new_param_names if "." in n})
     to_save = pc.modules_to_save if pc.modules_to_save is not None else new_modules
+    conv1d = any(type(m).__name__ == "Conv1D" for m in model.modules())  # GPT-2 stores weights transposed
     lcfg = LoraConfig(r=pc.r, lora_alpha=pc.alpha, lora_dropout=pc.dropout, target_modules=targets,
-                      modules_to_save=to_save or None)
+                      modules_to_save=to_save or None, fan_in_fan_out=conv1d)
     try:
         peft_model = get_peft_model(model, lcfg)
     except ValueError as e:
@@ -158,20 +158,30 @@ def load_model(auto_cls, model_dir: Path, merge: bool = True, **kwargs):
         check_weights_safe(str(model_dir))
         return auto_cls.from_pretrained(str(model_dir), **kwargs)
     from peft import PeftModel
-    from transformers import AutoConfig
 
     base = base_path(model_dir)
     check_weights_safe(base)
     extra = dict(kwargs)
-    cfg_file = model_dir / MODEL_CONFIG
-    if cfg_file.exists():
-        d = json.loads(cfg_file.read_text())
-        extra["config"] = AutoConfig.for_model(d.pop("model_type"), **d)
+    if (model_dir / MODEL_CONFIG).exists():
+        extra["config"] = model_config(model_dir)
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
-    model = auto_cls.from_pretrained(base, **extra)
+    loaded = auto_cls.from_pretrained(base, **extra)
+    model, info = loaded if extra.get("output_loading_info") else (loaded, None)
     model = PeftModel.from_pretrained(model, str(model_dir))
-    return model.merge_and_unload() if merge else model
+    model = model.merge_and_unload() if merge else model
+    if info is not None:  # the adapter carries the trained new modules: nothing is left uninitialised
+        return model, {**info, "missing_keys": []}
+    return model
+
+
+def model_config(model_dir: Path):
+    """The transformers config of a model folder or of an adapter folder (its fine-tuned config)."""
+    from transformers import AutoConfig
+    if is_adapter_dir(model_dir) and (Path(model_dir) / MODEL_CONFIG).exists():
+        d = json.loads((Path(model_dir) / MODEL_CONFIG).read_text())
+        return AutoConfig.for_model(d.pop("model_type"), **d)
+    return AutoConfig.from_pretrained(str(model_dir))
 
 
 def model_config_dict(model_dir: Path) -> dict:

@@ -579,11 +579,10 @@ def load_for_use(model_dir: Path):
     """A saved causal LM and its tokenizer, ready to evaluate or generate."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .common import check_weights_safe
-    check_weights_safe(str(model_dir))
-    check_causal(AutoConfig.from_pretrained(str(model_dir)), str(model_dir))
+    from ..lora import load_model, model_config
+    check_causal(model_config(model_dir), str(model_dir))  # a model folder or a LoRA adapter folder
     tokenizer = load_tokenizer(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model = load_model(AutoModelForCausalLM, model_dir, dtype=torch.float32)
     ensure_pad(tokenizer, model, str(model_dir))
     model.eval()
     return model, tokenizer

@@ -106,7 +106,7 @@ def head_note(model, new: set[str], source: str) -> Optional[str]:
             f"({sum(model.get_parameter(n).numel() for n in head):,} parameters) "
             f"{'are' if len(head) > 1 else 'is'} newly initialised"
             + ("; the output layer is tied to the input embeddings" if tied else "")
-            + ". Perplexity before training is that of a random head.")
+            + ", so the perplexity before training is that of an untrained head.")
 
 
 # ----------------------------------------------------------------------------------- data
@@ -397,13 +397,12 @@ def load_masked_lm(model_dir: Path):
     from transformers import AutoConfig, AutoModelForMaskedLM
     from transformers.utils import logging as hf_logging
 
-    from .common import check_weights_safe
+    from ..lora import load_model, model_config
     hf_logging.set_verbosity_error()
-    check_weights_safe(str(model_dir))
-    check_encoder(AutoConfig.from_pretrained(str(model_dir)), f"the model in {model_dir}")
+    check_encoder(model_config(model_dir), f"the model in {model_dir}")  # a model or a LoRA adapter folder
     tokenizer = load_tokenizer(str(model_dir))
     check_mask_token(tokenizer, str(model_dir))
-    model, info = AutoModelForMaskedLM.from_pretrained(str(model_dir), output_loading_info=True)
+    model, info = load_model(AutoModelForMaskedLM, model_dir, output_loading_info=True)
     model.eval()
     return model, tokenizer, set(info.get("missing_keys", []))
 
