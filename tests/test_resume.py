@@ -239,3 +239,50 @@ def test_first_signal_asks_to_stop_second_stops_at_once():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.5)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+# ----------------------------------------------------------------------------------- language-model tasks
+def _lm_model(task: str, tiny_bert: Path, d: Path) -> Path:
+    if task == "masked-lm":
+        return tiny_bert
+    test_causal_lm = pytest.importorskip("test_causal_lm")
+    out = test_causal_lm.make_tiny(d / "gpt2", "gpt2")
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.update(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)  # dropout draws from the RNG being restored
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+@pytest.mark.parametrize("task", ["masked-lm", "causal-lm"])
+def test_language_model_tasks_resume_exactly(task, tiny_bert, tmp_path, monkeypatch):
+    """A crash two steps after a checkpoint: masks (masked-lm), packing and generated samples
+    (causal-lm) and dropout replay exactly."""
+    from lmforge.tasks import TASKS
+    from lmforge.train import loop
+    from conftest import corpus_text
+    if task not in TASKS:
+        pytest.skip(f"no {task} task in this checkout")
+    model = _lm_model(task, tiny_bert, tmp_path)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(corpus_text())
+
+    def cfg(out):
+        return {"task": task, "model": {"name": str(model)}, "data": {"train": str(corpus), "test": None},
+                "train": {"max_steps": 12, "learning_rate": 2e-3, "per_device_train_batch_size": 4, "seed": 5,
+                          "gradient_accumulation_steps": 2, "logging_steps": 3, "eval_strategy": "steps",
+                          "eval_steps": 4, "save_strategy": "steps", "save_steps": 5},
+                "output": {"output_dir": str(out)}}
+    ref = api.train(cfg(tmp_path / "ref"), progress=False).run_dir
+    real = loop.Trainer._collate
+
+    def crash(self, indices, epoch, batch_index):
+        if self.step == 7:
+            raise KeyboardInterrupt("simulated crash")
+        return real(self, indices, epoch, batch_index)
+    monkeypatch.setattr(loop.Trainer, "_collate", crash)
+    with pytest.raises(KeyboardInterrupt):
+        api.train(cfg(tmp_path / "run"), progress=False)
+    monkeypatch.setattr(loop.Trainer, "_collate", real)
+    assert _last_step(tmp_path / "run") == 6  # logged past the checkpoint at 5: that line is replayed
+    api.train(cfg(tmp_path / "run"), resume=True, progress=False)
+    assert_same_run(ref, tmp_path / "run")
