@@ -208,6 +208,11 @@ def test_nan_stop_names_step_and_keeps_last_checkpoint(tiny_bert, tmp_path, monk
     assert is_complete(ck / "step-5")
     assert all(torch.isfinite(t).all() for t in load_weights(ck / "step-5").values())
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "failed"
+    # as the hint says: lower the learning rate and resume; the checkpoint's optimizer must not keep the old one
+    monkeypatch.undo()
+    assert main(["train", str(cfg), "--no-progress", "--resume", "--train.learning_rate", "1e-3"]) == 0
+    rec = [r for r in log_without_timing(tmp_path / "run") if r.get("step") == 6 and "lr" in r][0]
+    assert rec["lr"] == pytest.approx(1e-3 * 25 / 27)  # linear decay after 3 warmup steps of 30, at step index 5
 
 
 def test_nan_skip_skips_batches_and_caps_a_streak(tiny_bert, tmp_path, monkeypatch):

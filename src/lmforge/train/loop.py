@@ -196,8 +196,19 @@ class Trainer:
         return path
 
     def resume(self, folder: Path) -> None:
+        fresh_lrs = list(self.scheduler.base_lrs)
         state = ckpt.load_training_state(folder, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
                                          scaler=getattr(self.acc, "scaler", None))
+        if [round(x, 12) for x in self.scheduler.base_lrs] != [round(x, 12) for x in fresh_lrs]:
+            # The checkpoint's optimizer carries its learning rates; a resume after lowering
+            # train.learning_rate (say, after a NaN) must use the new ones from here on.
+            log.info("learning rate changed since the checkpoint (%g -> %g): continuing with the new one",
+                     self.scheduler.base_lrs[0], fresh_lrs[0])
+            self.scheduler.base_lrs = fresh_lrs
+            for group, base, fn in zip(self.optimizer.param_groups, fresh_lrs, self.scheduler.lr_lambdas):
+                group["initial_lr"] = base
+                group["lr"] = base * fn(self.scheduler.last_epoch)
+            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         if state.get("world_size", 1) != self.acc.num_processes:
             raise LmforgeError(f"checkpoint {folder} was written with {state.get('world_size')} processes, "
                                f"this run has {self.acc.num_processes}", "resume with the same number of processes")
