@@ -284,10 +284,23 @@ class CausalLMLoss:
         return inputs
 
     def hidden_and_head(self, model, batch: dict):
-        base = model.base_model
-        out = base(**self.model_inputs(batch), use_cache=False)
-        head = model.get_output_embeddings()
-        return out.last_hidden_state, head
+        """Final hidden states (B, L, H) and the LM head, without the full logits.
+
+        The model's own forward runs (so DDP and other wrappers see a normal call) with
+        logits_to_keep=1, and a hook on its base model takes the last hidden state.
+        """
+        inner = getattr(model, "module", model)  # DDP / accelerate wrappers
+        box = {}
+
+        def grab(module, args, out):
+            box["h"] = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+        handle = inner.base_model.register_forward_hook(grab)
+        try:
+            model(**self.model_inputs(batch), use_cache=False, logits_to_keep=1)
+        finally:
+            handle.remove()
+        return box["h"], inner.get_output_embeddings()
 
     def shifted(self, batch: dict) -> torch.Tensor:
         return batch["labels"][:, 1:]
