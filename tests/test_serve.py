@@ -277,3 +277,55 @@ def test_generate_limits(gen_server):
     assert slot.busy == 0 and slot.waiting == 0  # refused requests gave the model back
     status, _ = live.post("/v1/generate", {"prompt": "the", "max_new_tokens": 2})
     assert status == 200
+
+
+def slow_pieces(pieces, delay):
+    """A stand-in for generate_texts that writes its pieces to the stream `delay` s apart."""
+    def fake(model, tokenizer, prompts, stream=None, chat=False, **kw):
+        if stream is not None and not chat:
+            stream.write(prompts[0])
+        for p in pieces:
+            time.sleep(delay)
+            if stream is not None:
+                stream.write(p)
+        if stream is not None:
+            stream.write("\n")
+        return [["".join(pieces)]]
+    return fake
+
+
+def test_stream_arrives_piece_by_piece_and_stops_when_the_client_leaves(gen_server, monkeypatch):
+    import lmforge.generate
+    live, _ = gen_server
+    pieces = ["one ", "two ", "three\n", "four"]
+    monkeypatch.setattr(lmforge.generate, "generate_texts", slow_pieces(pieces, 0.4))
+    conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=30)
+    conn.request("POST", "/v1/generate", body=json.dumps({"prompt": "count", "stream": True}),
+                 headers={"content-type": "application/json"})
+    resp = conn.getresponse()
+    arrivals = []
+    while True:
+        line = resp.readline()
+        if not line:
+            break
+        arrivals.append((time.perf_counter(), json.loads(line)))
+    conn.close()
+    got = [x for _, x in arrivals]
+    assert [x["token"] for x in got[:-1]] == pieces  # not the prompt, not the closing newline
+    assert got[-1]["done"] and got[-1]["completion"] == "".join(pieces)
+    gaps = [b[0] - a[0] for a, b in zip(arrivals, arrivals[1:4])]
+    assert min(gaps) > 0.2  # each piece was sent when it was made, not all at the end
+
+    # a client that hangs up mid-stream frees the model for the next request
+    monkeypatch.setattr(lmforge.generate, "generate_texts", slow_pieces(["x "] * 50, 0.1))
+    sock = socket.create_connection(("127.0.0.1", live.port))
+    body = json.dumps({"prompt": "go", "stream": True}).encode()
+    sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                 b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert b'"token"' in sock.recv(4096) or b'"token"' in sock.recv(4096)
+    sock.close()
+    slot = live.app.app.state.slot
+    t0 = time.time()
+    while slot.busy and time.time() < t0 + 10:
+        time.sleep(0.02)
+    assert slot.busy == 0 and time.time() - t0 < 2.0  # well before the 5 s the 50 pieces would take

@@ -285,7 +285,7 @@ def create_app(model: Union[str, Path], limits: Optional[Limits] = None, backend
     """The FastAPI app serving one model (a run folder, model folder or built-in alias)."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from fastapi.responses import HTMLResponse, JSONResponse
 
     from . import __version__
     from .api import quiet_libraries, resolve_model_dir, task_of
@@ -414,7 +414,8 @@ def create_app(model: Union[str, Path], limits: Optional[Limits] = None, backend
             finally:
                 slot.leave()
             return {**out, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
-        return StreamingResponse(_stream(slot, backend, params), media_type="application/x-ndjson")
+        stop = threading.Event()
+        return _GenerationStream(_stream(slot, backend, params, stop), stop)
 
     @app.get("/", response_class=HTMLResponse)
     def page():
@@ -423,10 +424,32 @@ def create_app(model: Union[str, Path], limits: Optional[Limits] = None, backend
     return _BodyLimit(app, limits.max_body_bytes)
 
 
-def _stream(slot: ModelSlot, backend: Backend, params: dict) -> Iterator[bytes]:
+def _generation_stream_class():
+    from starlette.responses import StreamingResponse
+
+    class GenerationStream(StreamingResponse):
+        """Streams NDJSON; however the response ends (done, client gone, server shutting down),
+        it tells the generating thread to stop, so a departed client does not keep the model busy."""
+
+        def __init__(self, content, stop: threading.Event):
+            super().__init__(content, media_type="application/x-ndjson")
+            self.stop = stop
+
+        async def __call__(self, scope, receive, send):
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                self.stop.set()
+    return GenerationStream
+
+
+def _GenerationStream(content, stop: threading.Event):
+    return _generation_stream_class()(content, stop)
+
+
+def _stream(slot: ModelSlot, backend: Backend, params: dict, stop: threading.Event) -> Iterator[bytes]:
     """NDJSON lines {"token": ...} as they come, then {"done": true, ...}; the slot is held
     (entered by the caller) until generation ends or the client goes away."""
-    stop = threading.Event()
     q: "queue.Queue[tuple[str, Any]]" = queue.Queue()
 
     def work():
