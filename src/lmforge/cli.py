@@ -86,7 +86,7 @@ def train(ctx: typer.Context,
     overrides, resume = _split_resume(list(ctx.args))
     _permissions(allow_pickle, trust_remote_code)
     from .launch import inside_launcher
-    if (num_processes or accelerate_config) and not inside_launcher():
+    if ((num_processes or 1) > 1 or accelerate_config) and not inside_launcher():
         from .launch import launch
         api._as_config(config, overrides)  # a config mistake: one error here, not one per process
         args = ([config] if config else []) + list(ctx.args) + [flag for flag, on in (
