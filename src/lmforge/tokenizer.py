@@ -262,10 +262,16 @@ def train_tokenizer(kind: str = "byte-level-bpe", *, files: Optional[Sequence[st
         batches = (_iter_file_lines(paths, max_bytes, advance) if files is not None
                    else _iter_texts(list(texts), max_bytes, advance))
 
+        sample_bytes = [0]
+
         def feed() -> Iterator[list[str]]:
             for b in batches:
-                if len(sample) < sample_size:
-                    sample.extend(b[: sample_size - len(sample)])
+                # the summary's sample: the first texts, at most sample_size of them and about 1 MB
+                for t in b:
+                    if len(sample) >= sample_size or sample_bytes[0] >= 1_000_000:
+                        break
+                    sample.append(t[:1_000_000 - sample_bytes[0]])
+                    sample_bytes[0] += len(sample[-1])
                 yield b
             bar.update(task, completed=total, description=f"computing the vocabulary ({kind}, vocab {vocab_size})")
 
