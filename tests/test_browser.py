@@ -153,3 +153,56 @@ def test_report_opens_from_disk(browser, tiny_cls_run):
     ARTIFACTS.mkdir(exist_ok=True)
     browser.set_window_size(1000, 3000)
     browser.save_screenshot(str(ARTIFACTS / "report.png"))
+
+
+def test_playground_streams_generation_and_fills_masks(browser, tiny_bert, tmp_path_factory, monkeypatch):
+    """The generate page appends text as the pieces arrive; the fill-mask page shows candidates."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    import lmforge.generate
+    from test_causal_lm import make_tiny
+    from test_serve import Live, slow_pieces
+
+    pieces = ["In ", "the ", "beginning ", "was ", "the ", "word."]
+    monkeypatch.setattr(lmforge.generate, "generate_texts", slow_pieces(pieces, 0.25))
+    live = Live(make_tiny(tmp_path_factory.mktemp("gpt2-browser"), "gpt2"))
+    try:
+        browser.get(f"http://127.0.0.1:{live.port}/")
+        wait = WebDriverWait(browser, 30)
+        button = wait.until(EC.element_to_be_clickable((By.ID, "run")))
+        assert button.text == "Generate"
+        labels = [x.text for x in browser.find_elements(By.CSS_SELECTOR, "#params label")]
+        assert any("temperature" in x for x in labels) and any("top-p" in x for x in labels)
+        browser.find_element(By.ID, "input").send_keys("Genesis:")
+        # count how often the output text changes while it streams
+        browser.execute_script("""
+            window.__updates = 0;
+            new MutationObserver(() => { const o = document.querySelector('#result .out');
+                                         if (o && o.textContent) window.__updates++; })
+              .observe(document.getElementById('result'), {subtree: true, childList: true, characterData: true});""")
+        button.click()
+        wait.until(lambda d: "characters" in d.find_element(By.CSS_SELECTOR, "#result .meta").text)
+        assert browser.find_element(By.CSS_SELECTOR, "#result .out").text == "".join(pieces).strip()
+        assert browser.find_element(By.CSS_SELECTOR, "#result .prompt").text == "Genesis:"
+        assert browser.execute_script("return window.__updates") >= len(pieces) - 1  # piece by piece
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "serve-generate.png"))
+    finally:
+        live.stop()
+
+    live = Live(tiny_bert)
+    try:
+        browser.get(f"http://127.0.0.1:{live.port}/")
+        wait = WebDriverWait(browser, 30)
+        button = wait.until(EC.element_to_be_clickable((By.ID, "run")))
+        assert button.text == "Fill masks"
+        browser.find_element(By.ID, "input").send_keys("the food was [MASK] and [MASK]")
+        button.click()
+        wait.until(EC.visibility_of_element_located((By.ID, "label")))
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#result h3")) == 2
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#result .bar")) == 2 * 5  # default 5 per mask
+        browser.save_screenshot(str(ARTIFACTS / "serve-fill-mask.png"))
+    finally:
+        live.stop()
