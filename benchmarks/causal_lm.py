@@ -10,10 +10,11 @@ seed, and the same budget of real (non-pad) training tokens:
   group_texts transformers.Trainer, lines tokenized, concatenated, cut into 256-token blocks
   lmforge     packed 256-token blocks (EOS after each book, attention kept inside books), chunked loss
   lmforge-full-logits   the same with the model's full-vocabulary logits (the chunked-loss lever)
+  lmforge-1thread       lmforge with torch.set_num_threads(1) (the thread-settings lever)
 Each recipe runs in its own child process, one after the other, so its peak RSS is its own.
 All trained models are scored by the same evaluation: the first --eval-blocks packed 256-token
-blocks of the 4 held-out books (kjv:test). MFU = 6 x matmul params x real tokens/s / the
-measured fp32 matmul peak (lmforge.train.perf, cached per machine).
+blocks of the 4 held-out books (kjv:test). MFU = 6 x matmul params x real tokens/s / the fp32
+2048x2048 matmul peak measured by this run at its start (2 threads), the same for every recipe.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def run_trainer(mode: str, args, queue) -> None:
     model.eval()
     metrics = heldout_eval(model, tok, args.eval_blocks)
     tok_s = counts["real"] / train_s
-    peak = device_peak_flops(torch.device("cpu"))
+    peak = args.peak_flops
     queue.put({"recipe": mode, "steps": steps, "real_tokens": counts["real"],
                "pad_share": 1 - counts["real"] / max(1, counts["total"]), "train_s": train_s,
                "real_tokens_per_s": tok_s, "mfu": 6 * matmul_params(model) * tok_s / peak,
@@ -157,6 +158,8 @@ def run_lmforge(mode: str, args, queue) -> None:
 
     if mode == "lmforge-full-logits":
         clm.probe_chunked_loss = lambda model: False
+    if mode == "lmforge-1thread":
+        torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = {"task": "causal-lm", "model": {"name": "smollm2-135m"},
                "data": {"train": "kjv", "eval": "kjv:test", "block_size": BLOCK, "packing": "pack",
@@ -170,14 +173,19 @@ def run_lmforge(mode: str, args, queue) -> None:
             res = api.train(cfg, progress=False)
         tr = res.metrics["train"]
         real = tr["tokens_per_s"] * tr["runtime_s"]
+        from lmforge.train.perf import matmul_params
+        from transformers import AutoConfig, AutoModelForCausalLM
+        with torch.device("meta"):
+            n_flop = matmul_params(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(res.run_dir / "model")))
         queue.put({"recipe": mode, "steps": tr["steps"], "real_tokens": round(real), "pad_share": 0.0,
-                   "train_s": tr["runtime_s"], "real_tokens_per_s": tr["tokens_per_s"], "mfu": tr["mfu"],
+                   "train_s": tr["runtime_s"], "real_tokens_per_s": tr["tokens_per_s"],
+                   "mfu": 6 * n_flop * tr["tokens_per_s"] / args.peak_flops, "mfu_logged": tr["mfu"],
                    "peak_rss_mb": rss.peak / 2**20, "eval_loss": res.metrics["eval"]["loss"],
                    "eval_ppl": res.metrics["eval"]["perplexity"],
                    "eval_ppl_word": res.metrics["eval"].get("perplexity_per_word"),
                    "before_ppl": res.metrics["before"]["perplexity"],
                    "before_ppl_word": res.metrics["before"].get("perplexity_per_word"),
-                   "peak_flops": device_peak_flops(torch.device("cpu"))})
+                   "peak_flops": args.peak_flops})
 
 
 def child(mode, args, queue):
@@ -191,11 +199,16 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--eval-blocks", type=int, default=16)
-    p.add_argument("--recipes", default="padded,group_texts,lmforge,lmforge-full-logits")
+    p.add_argument("--recipes", default="padded,group_texts,lmforge,lmforge-full-logits,lmforge-1thread")
     p.add_argument("--out", default="benchmarks/causal_lm_results.json")
     args = p.parse_args(argv)
     from lmforge.zoo import resolve_model
     resolve_model("smollm2-135m")  # convert once, outside the timed runs
+    import torch
+    from lmforge.train.perf import measure_cpu_peak
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    args.peak_flops = measure_cpu_peak(seconds=3.0)
+    print(f"fp32 matmul peak now: {args.peak_flops / 1e9:.0f} GFLOP/s", flush=True)
     ctx = mp.get_context("spawn")
     rows = []
     for mode in args.recipes.split(","):

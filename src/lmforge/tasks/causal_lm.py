@@ -206,6 +206,10 @@ def block_diagonal_mask(position_ids: torch.Tensor, dtype=torch.float32) -> torc
 
 
 # ----------------------------------------------------------------------------------- loss
+# fp32 logits values per chunk: 16M = 64 MB (341 rows of smollm2's 49,152-token vocabulary).
+CHUNK_BUDGET = 16 * 2**20
+
+
 class ChunkedLMHeadLoss(torch.autograd.Function):
     """Sum of token cross entropies of ``hidden @ weight.T (+ bias)`` without keeping the logits.
 
@@ -228,7 +232,8 @@ class ChunkedLMHeadLoss(torch.autograd.Function):
             keep = lab != IGNORE
             if not bool(keep.any()):
                 continue
-            rows = keep.nonzero().squeeze(1) + s
+            # all rows targets (the usual case with packing): plain slices, no gather / scatter
+            rows = slice(s, s + len(lab)) if bool(keep.all()) else keep.nonzero().squeeze(1) + s
             h = hidden[rows].float()
             logits = h @ w32.t()
             if bias is not None:
@@ -259,8 +264,8 @@ class ChunkedLMHeadLoss(torch.autograd.Function):
         return gh, gw, gb, None, None
 
 
-def chunk_rows_for(vocab: int, budget: int = 8 * 2**20) -> int:
-    """Rows per chunk so that a chunk's fp32 logits hold about `budget` values (32 MB)."""
+def chunk_rows_for(vocab: int, budget: int = CHUNK_BUDGET) -> int:
+    """Rows per chunk so that a chunk's fp32 logits hold about `budget` values."""
     return max(16, budget // max(1, vocab))
 
 
