@@ -329,3 +329,9 @@ def test_stream_arrives_piece_by_piece_and_stops_when_the_client_leaves(gen_serv
     while slot.busy and time.time() < t0 + 10:
         time.sleep(0.02)
     assert slot.busy == 0 and time.time() - t0 < 2.0  # well before the 5 s the 50 pieces would take
+
+
+def test_openapi_schema_and_no_cdn_docs(cls_server):
+    status, schema = cls_server.request("GET", "/openapi.json")
+    assert status == 200 and {"/v1/classify", "/v1/generate", "/v1/fill-mask", "/health", "/info"} <= set(schema["paths"])
+    assert cls_server.request("GET", "/docs")[0] == 404  # Swagger UI would fetch scripts from a CDN

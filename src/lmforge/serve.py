@@ -16,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -298,7 +297,8 @@ def create_app(model: Union[str, Path], limits: Optional[Limits] = None, backend
     slot = ModelSlot(limits.max_queue)
     started = time.time()
 
-    app = FastAPI(title="lmforge", version=__version__, docs_url="/docs", redoc_url=None)
+    # No /docs: Swagger UI loads its scripts from a CDN, and lmforge works offline. /openapi.json stays.
+    app = FastAPI(title="lmforge", version=__version__, docs_url=None, redoc_url=None)
     app.state.slot, app.state.backend, app.state.limits = slot, backend, limits
 
     # ---- errors: always JSON, never a traceback
