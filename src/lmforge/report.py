@@ -28,9 +28,9 @@ log = logging.getLogger("lmforge")
 
 PIPELINE_TAGS = {"classification": "text-classification", "causal-lm": "text-generation",
                  "masked-lm": "fill-mask"}
-# Built-in aliases -> the Hub id the weights came from (for the model card's base_model).
-HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
-           "smollm2-135m": "HuggingFaceTB/SmolLM2-135M", "smollm2": "HuggingFaceTB/SmolLM2-135M"}
+# Built-in aliases -> (the Hub id the weights came from, its license), for the model card.
+BASE_MODELS = {"minilm-l6": ("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0"),
+               "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
 MAX_MISCLASSIFIED_ROWS = 256  # rows re-classified to show misclassified examples
 
 
@@ -759,8 +759,9 @@ def _base_model_facts(cfg) -> tuple[Optional[str], Optional[str]]:
     name = cfg.model.name
     if not name:
         return None, None
-    hub = HUB_IDS.get(name)
-    license_ = None
+    if name in BASE_MODELS:  # known: no need to locate (which may convert weights)
+        return BASE_MODELS[name]
+    hub, license_ = None, None
     try:
         from .zoo import MODELS, looks_like_path
         folder = Path(MODELS[name].locate()) if name in MODELS else Path(name).expanduser()
@@ -769,7 +770,7 @@ def _base_model_facts(cfg) -> tuple[Optional[str], Optional[str]]:
             text = card.read_text(encoding="utf-8", errors="replace")
             if text.startswith("---"):
                 front = yaml.safe_load(text.split("---", 2)[1]) or {}
-                license_ = front.get("license")
+                license_ = front.get("license") or license_
         if hub is None and not looks_like_path(name) and not folder.exists():
             hub = name  # a Hub id
     except Exception:
