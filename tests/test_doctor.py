@@ -160,13 +160,13 @@ def test_memory_advice_is_concrete():
                                 evaluation=10 * mb, batch_size=32, seq_len=512, device="cpu",
                                 available=900 * mb, already_used=100 * mb, per_example_activation=50 * mb,
                                 per_token_activation=50 * mb / 512)
-    assert est.total == pytest.approx(1.1 * (400 + 1600) * mb)
+    assert est.total == pytest.approx((100 + 200 + 100 + 1600) * mb)
     assert est.fits is False
     tips = memory.advise(est, accum=1, max_length=None)
-    # room = 1000 - 1.1 * 400 = 560 MB -> 560 / 1.1 / 50 = 10 examples per micro-batch
-    assert tips[0] == ("train.per_device_train_batch_size 10 with train.gradient_accumulation_steps 4 "
+    # room = 1000 available - 400 fixed = 600 MB -> 600 / 50 = 12 examples per micro-batch
+    assert tips[0] == ("train.per_device_train_batch_size 12 with train.gradient_accumulation_steps 3 "
                        "(about the same effective batch)")
-    assert tips[1].startswith("data.max_length 162 ")  # 560 / 1.1 / (32 x 50 MB / 512 tokens) = 162.9
+    assert tips[1].startswith("data.max_length 192 ")  # 600 MB / (32 x 50 MB / 512 tokens)
     assert "gradient_checkpointing" in tips[2]
 
 
