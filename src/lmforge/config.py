@@ -172,6 +172,12 @@ class TrainConfig(Section):
     report_to: Union[list[str], str] = ["tensorboard"]
     """Experiment trackers: a list of tensorboard, mlflow, wandb, trackio, or none."""
 
+    @field_validator("eval_strategy", "save_strategy", mode="before")
+    @classmethod
+    def _no_is_not_false(cls, value):
+        # YAML reads a bare `no` as False: `eval_strategy: no` means the strategy "no".
+        return "no" if value is False else value
+
     @field_validator("report_to", mode="after")
     @classmethod
     def _trackers(cls, value):
