@@ -433,3 +433,13 @@ def test_masked_lm_from_config_with_a_tokenizer_folder(tmp_path, mlm_data, token
     cfg["train"].update(max_steps=20, learning_rate=5e-3)
     res = api.train(cfg, progress=False)
     assert res.metrics["eval"]["loss"] < res.metrics["before"]["loss"] - 0.5
+
+
+def test_error_when_the_corpus_is_shorter_than_one_block(tmp_path, mlm_data, bert_dir):
+    from lmforge.config import build_config
+    (tmp_path / "short.txt").write_text("kalo mire\nsati\n")
+    cfg = mlm_config(mlm_data, bert_dir, tmp_path / "r", train=str(tmp_path / "short.txt"))
+    with pytest.raises(LmforgeError, match="shorter than one block of 32 tokens"):
+        masked_lm.setup(build_config(cfg))
+    cfg["data"]["remainder"] = "pad"  # keeping the short block makes it trainable
+    assert len(masked_lm.setup(build_config(cfg)).train) == 1

@@ -105,7 +105,7 @@ def fill_mask(model_dir: Path, texts: Optional[Sequence[str]] = None, input_file
     note = head_note(model, missing, str(model_dir))
     if note:
         log.warning("%s Its predictions are not meaningful until it is trained (lmforge train with task: masked-lm).",
-                    note.replace(" Perplexity before training is that of a random head.", ""))
+                    note.split(", so the perplexity")[0] + ".")
     model.to(inference_device())
     rows = fill_mask_with(model, tokenizer, list(texts), top_k=top_k, batch_size=batch_size, where=where)
     if output:

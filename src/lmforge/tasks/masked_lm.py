@@ -125,12 +125,22 @@ def encode_cached(texts: list[str], tokenizer, block_size: int, remainder: str):
         h.update(b"\x1e")
     key = fingerprint(h.hexdigest(), tokenizer_fingerprint(tokenizer), block_size, remainder, "mlm-v1")
 
+    class Empty(Exception):  # an empty Arrow table cannot be saved and reloaded: not cached
+        pass
+
     def build():
         ids, words, stats = masking.encode_blocks(texts, tokenizer, block_size, remainder)
-        info = datasets.DatasetInfo(description=json.dumps(stats))
-        return datasets.Dataset.from_dict({"input_ids": ids, "word_ids": words}, info=info)
+        if not ids:
+            raise Empty(stats)
+        features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
+                                      "word_ids": datasets.Sequence(datasets.Value("int32"))})
+        info = datasets.DatasetInfo(description=json.dumps(stats), features=features)
+        return datasets.Dataset.from_dict({"input_ids": ids, "word_ids": words}, features=features, info=info)
 
-    ds, hit = cached_dataset(key, build, kind="mlm")
+    try:
+        ds, hit = cached_dataset(key, build, kind="mlm")
+    except Empty as e:
+        return datasets.Dataset.from_dict({"input_ids": [], "word_ids": []}), e.args[0], False, key
     try:
         stats = json.loads(ds.info.description or "{}")
     except ValueError:
