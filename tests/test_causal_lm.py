@@ -289,6 +289,20 @@ def test_greedy_equals_stepwise_argmax_and_seeded_sampling_is_deterministic(tiny
         generate_texts(model, tok, [prompt], num_return_sequences=2)
 
 
+def test_streaming_and_chat_template(tiny_llama):
+    import io
+
+    from lmforge.generate import encode_prompt, generate_texts
+    model, tok = load(tiny_llama)
+    buf = io.StringIO()
+    out = generate_texts(model, tok, ["the food was"], max_new_tokens=6, stream=buf)[0][0]
+    assert buf.getvalue() == "the food was" + out + "\n"  # the prompt, then the tokens as they came
+    with pytest.raises(LmforgeError, match="no chat template"):
+        encode_prompt(tok, "hi", chat=True)
+    tok.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% endfor %} [assistant]"
+    assert tok.decode(encode_prompt(tok, "good food", chat=True)) == "[user] good food [assistant]"
+
+
 # ----------------------------------------------------------------------------------- end to end
 def lm_config(train, eval_, out, model, **train_kw) -> dict:
     tr = {"max_steps": 20, "learning_rate": 3e-3, "per_device_train_batch_size": 4, "seed": 1,
