@@ -331,9 +331,10 @@ def _sec_overview(run: dict) -> str:
     tr = met.get("train") or {}
     rows = [("task", m.get("task") or run["cfg"].get("task", "?")), ("model", m.get("model", "?")),
             ("status", _Raw(f"<span class='badge {status}'>{_e(status)}</span>")),
-            ("started", m.get("started", "?")), ("duration (s)", m.get("duration_s", "-")),
+            ("started", m.get("started", "?")), ("duration", format_duration(m.get("duration_s"))),
             ("optimizer steps", tr.get("steps", m.get("total_steps", "-"))), ("epochs", tr.get("epochs", "-")),
-            ("parameters", m.get("parameters", "-")), ("effective batch size", m.get("effective_batch_size", "-"))]
+            ("parameters", f"{m['parameters']:,}" if isinstance(m.get("parameters"), int) else "-"),
+            ("effective batch size", m.get("effective_batch_size", "-"))]
     if tr.get("best_step") is not None:
         rows.append((f"best {best_metric_name(run['cfg'])}", f"{_num(tr.get('best_metric'))} at step {tr['best_step']}"))
     if m.get("error"):
