@@ -291,3 +291,18 @@ def test_language_model_tasks_resume_exactly(task, tiny_bert, tmp_path, monkeypa
     assert _last_step(tmp_path / "run") == 6  # logged past the checkpoint at 5: that line is replayed
     api.train(cfg(tmp_path / "run"), resume=True, progress=False)
     assert_same_run(ref, tmp_path / "run")
+
+
+def test_resume_refuses_while_the_previous_process_still_runs(tmp_path):
+    from lmforge.train.recovery import previous_run, resolve_resume
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "manifest.json").write_text(json.dumps({"status": "running", "pid": live.pid}))
+        assert previous_run(tmp_path)["status"] == "alive"
+        with pytest.raises(LmforgeError) as e:
+            resolve_resume(tmp_path, True)
+        assert f"pid {live.pid}" in e.value.message and f"kill {live.pid}" in e.value.hint
+    finally:
+        live.kill()
+        live.wait()
+    assert previous_run(tmp_path)["status"] == "crashed"  # the same manifest once the process is gone
