@@ -335,3 +335,19 @@ def test_openapi_schema_and_no_cdn_docs(cls_server):
     status, schema = cls_server.request("GET", "/openapi.json")
     assert status == 200 and {"/v1/classify", "/v1/generate", "/v1/fill-mask", "/health", "/info"} <= set(schema["paths"])
     assert cls_server.request("GET", "/docs")[0] == 404  # Swagger UI would fetch scripts from a CDN
+
+
+def test_a_bug_is_a_500_json_without_traceback(cls_server, monkeypatch):
+    backend = cls_server.app.app.state.backend
+
+    def broken(texts, pairs):
+        raise RuntimeError("secret internals /home/user/model")
+    monkeypatch.setattr(backend, "classify", broken)
+    status, err = cls_server.post("/v1/classify", {"text": "good"})
+    assert status == 500 and err["error"]["type"] == "internal"
+    assert "RuntimeError" in err["error"]["message"] and "secret" not in json.dumps(err)
+    assert "Traceback" not in json.dumps(err)
+    slot = cls_server.app.app.state.slot
+    assert slot.busy == 0 and not slot.lock.locked()  # the lock was released
+    monkeypatch.undo()
+    assert cls_server.post("/v1/classify", {"text": "good"})[0] == 200
