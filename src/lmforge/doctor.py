@@ -436,8 +436,20 @@ def check_prepared(out: _Out, cfg, probe: bool, report: DoctorReport) -> None:
             out.info(f"probe: 3 steps, {per_step:.3f} s per step (median) -> about "
                      f"{_duration(per_step * total)} for {total:,} steps, without evaluation; "
                      f"peak memory {peak_memory_mb(acc.device):,.0f} MB")
+            load, cores = _load()
+            if acc.device.type == "cpu" and load is not None and load > cores:
+                out.warn(f"the machine is busy (load average {load:.1f} on {cores} cores): the time per step "
+                         "above is inflated; probe again when it is idle")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load() -> tuple[Optional[float], int]:
+    import os
+    try:
+        return os.getloadavg()[0], os.cpu_count() or 1
+    except (OSError, AttributeError):
+        return None, os.cpu_count() or 1
 
 
 def _duration(s: float) -> str:
