@@ -251,8 +251,9 @@ class Trainer:
             import shutil
             shutil.rmtree(best, ignore_errors=True)
             if self.best_step is not None:
-                log.warning("the best model's weights (step %s) did not survive the crash: the final model will be "
-                            "the best one evaluated from now on, or the last one", self.best_step)
+                log.warning("best/ held the weights of step %s of the cut-off run and those of step %s (the best at "
+                            "the checkpoint) were rotated away: the final model will be the best one evaluated from "
+                            "now on if one beats step %s, else the last one", held, self.best_step, self.best_step)
 
     # -------------------------------------------------------------------------------- eval
     def evaluate(self, progress=None, split: Optional[EncodedSplit] = None, desc="eval") -> dict:
