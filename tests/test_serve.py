@@ -262,6 +262,8 @@ def test_generate_endpoint_plain_and_streaming(gen_server):
     a, b = live.post("/v1/generate", body)[1], live.post("/v1/generate", body)[1]
     c = live.post("/v1/generate", {**body, "seed": 4})[1]
     assert a["completion"] == b["completion"] != c["completion"] and not a["greedy"]
+    zero = live.post("/v1/generate", {**body, "temperature": 0, "top_p": 0.9, "max_new_tokens": 12})[1]  # page-like
+    assert zero["completion"] == greedy and zero["greedy"]
     assert "".join(x.get("token", "") for x in stream_lines(live, body)[:-1]) == a["completion"]
 
 

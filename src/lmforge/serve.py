@@ -103,7 +103,8 @@ class ClassifyIn(_Strict):
 class GenerateIn(_Strict):
     prompt: str = Field(..., description="Text to continue.")
     max_new_tokens: int = Field(32, ge=1, description="Tokens to generate (capped by the server).")
-    temperature: Optional[float] = Field(None, ge=0.0, le=10.0, description="Sampling temperature; none or 0 = greedy.")
+    temperature: Optional[float] = Field(None, ge=0.0, le=10.0,
+                                         description="Sampling temperature; 0 = greedy; none = greedy unless top_k/top_p.")
     top_k: Optional[int] = Field(None, ge=0, le=100000, description="Sample from the k likeliest tokens; 0 = off.")
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass; 1 = off.")
     repetition_penalty: Optional[float] = Field(None, gt=0.0, le=10.0, description="1 = none.")
@@ -158,6 +159,8 @@ class Backend:
         sink = _TokenSink(on_token, stop, skip_first=not params.get("chat")) if on_token else None
         top_k = params.get("top_k") or None
         top_p = params.get("top_p") if params.get("top_p") not in (None, 1.0) else None
+        if params.get("temperature") == 0:  # temperature 0 means greedy, whatever top-k / top-p say
+            top_k = top_p = None
         try:
             out = generate_texts(self.model, self.tokenizer, [params["prompt"]], max_new_tokens=params["max_new_tokens"],
                                  temperature=params.get("temperature"), top_k=top_k, top_p=top_p,
