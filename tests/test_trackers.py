@@ -160,3 +160,27 @@ def test_wandb_is_offline_unless_logged_in_and_gets_the_scalars(tmp_path, monkey
     monkeypatch.setenv("WANDB_API_KEY", "x")
     trackers.open_trackers(["wandb"], run_dir, {})
     assert calls["init"]["mode"] == "online"
+
+
+@pytest.mark.skipif(not HAS_MLFLOW, reason="mlflow is not installed (pip install mlflow)")
+def test_a_resumed_run_continues_the_same_mlflow_run(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from lmforge.trackers import open_trackers
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = {"task": "classification", "train": {"learning_rate": 1e-3}}
+    first = open_trackers(["mlflow"], run_dir, cfg)
+    first({"step": 1, "loss": 0.9, "lr": 1e-3})
+    first.close(ok=False)  # the crash
+    second = open_trackers(["mlflow"], run_dir, cfg, resume_step=1)
+    second({"step": 2, "loss": 0.7, "lr": 1e-3})
+    second.close(ok=True)
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("lmforge").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    history = client.get_metric_history(runs[0].info.run_id, "train/loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.9), (2, 0.7)]
