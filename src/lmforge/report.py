@@ -392,7 +392,7 @@ def _sec_metrics(run: dict) -> str:
     rows = []
     for k in keys:
         row = [k] + [met[s].get(k, "-") for s in splits]
-        if has_delta and _scalar(met["before"].get(k)) and _scalar(met["eval"].get(k)) and k != "n_examples":
+        if has_delta and _scalar(met["before"].get(k)) and _scalar(met["eval"].get(k)) and not k.startswith("n_"):
             d = met["eval"][k] - met["before"][k]
             better = (d < 0) if k in ("loss", "perplexity", "perplexity_per_word", "bits_per_byte") else (d > 0)
             row.append(_Raw(f"<span class='{'good' if better else 'bad' if d else ''}'>{d:+.4f}</span>"))
