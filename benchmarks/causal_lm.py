@@ -121,13 +121,17 @@ def run_trainer(mode: str, args, queue) -> None:
         steps = args.steps
     counts = {"real": 0, "total": 0}
 
-    def collate(features):
-        batch = base(features)
-        counts["real"] += int(batch["attention_mask"].sum())
-        counts["total"] += int(batch["attention_mask"].numel())
-        return batch
+    def count_tokens(module, args, kwargs):
+        # Counted at the model's forward, not in the collator: the data loader prefetches batches
+        # that are never trained on.
+        if module.training:
+            mask = kwargs["attention_mask"]
+            counts["real"] += int(mask.sum())
+            counts["total"] += int(mask.numel())
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.register_forward_pre_hook(count_tokens, with_kwargs=True)
+    collate = base
     with tempfile.TemporaryDirectory() as tmp:
         targs = TrainingArguments(output_dir=tmp, per_device_train_batch_size=args.batch, max_steps=steps,
                                   learning_rate=args.lr, lr_scheduler_type="cosine", weight_decay=0.01,
