@@ -14,9 +14,10 @@ with DataCollatorForLanguageModeling(mlm_probability=0.15), Trainer with learnin
 weight_decay 0.01, batch 32.
 
 lmforge variants (all: task masked-lm, defaults otherwise, learning_rate 5e-5):
-  lmforge               the default recipe: new output bias at log unigram frequencies, head LR 20x
+  lmforge               the default recipe: new output bias at log unigram frequencies, head LR 100x
   lmforge-no-head-lr    train.head_learning_rate = learning_rate (the head-LR lever off)
   lmforge-no-bias-init  model.init_output_bias: false (the bias-init lever off)
+  lmforge-head-lr-20x   train.head_learning_rate = 20 x learning_rate (any lmforge-head-lr-<N>x)
   lmforge-whole-word    the issue's config: data.masking whole-word
 """
 
@@ -136,6 +137,8 @@ def run_lmforge(variant: str, steps: int, batch: int, block: int, seed: int, n_e
            "output": {"output_dir": str(workdir / variant), "overwrite": True}}
     if variant == "lmforge-no-head-lr":
         cfg["train"]["head_learning_rate"] = 5e-5
+    elif variant.startswith("lmforge-head-lr-"):  # e.g. lmforge-head-lr-100x: head LR = 100 x 5e-5
+        cfg["train"]["head_learning_rate"] = 5e-5 * float(variant.removeprefix("lmforge-head-lr-").rstrip("x"))
     elif variant == "lmforge-no-bias-init":
         cfg["model"]["init_output_bias"] = False
     elif variant == "lmforge-whole-word":

@@ -49,7 +49,7 @@ def fill_mask_with(model, tokenizer, texts: Sequence[str], top_k: int = 5, batch
         if tokenizer.mask_token_id not in ids:
             label = where[i] if where else f"text {i + 1}"
             raise LmforgeError(f"{label} has no mask token: {texts[i][:80]!r}",
-                               f"write {mask} (or [MASK] / <mask>) where a word should be filled in")
+                               f"write {' or '.join(dict.fromkeys((mask,) + MASK_SPELLINGS))} where a word should be filled in")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -36,7 +36,7 @@ log = logging.getLogger("lmforge")
 # Newly initialised parameters (e.g. an MLM head missing from a sentence-embedding checkpoint)
 # train this many times faster than the pretrained body unless train.head_learning_rate is set.
 # Measured in benchmarks/masked_lm.py (docs/results.md).
-HEAD_LR_FACTOR = 20.0
+HEAD_LR_FACTOR = 100.0
 
 
 # ----------------------------------------------------------------------------------- model checks
