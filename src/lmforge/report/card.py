@@ -1,0 +1,149 @@
+"""The Hugging Face model card a run leaves next to its model, and the base-model facts it cites."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from .runs import _scalar
+
+PIPELINE_TAGS = {"classification": "text-classification", "causal-lm": "text-generation",
+                 "masked-lm": "fill-mask"}
+# Built-in aliases -> (the Hub id the weights came from, its license), for the model card.
+BASE_MODELS = {"minilm-l6": ("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0"),
+               "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _base_model_facts(cfg) -> tuple[Optional[str], Optional[str]]:
+    """(Hub id or name of the base model, its license if its own model card says)."""
+    name = cfg.model.name
+    if not name:
+        return None, None
+    if name in BASE_MODELS:  # known: no need to locate (which may convert weights)
+        return BASE_MODELS[name]
+    hub, license_ = None, None
+    try:
+        from ..zoo import MODELS, looks_like_path
+        folder = Path(MODELS[name].locate()) if name in MODELS else Path(name).expanduser()
+        card = folder / "README.md"
+        if card.exists():
+            text = card.read_text(encoding="utf-8", errors="replace")
+            if text.startswith("---"):
+                front = yaml.safe_load(text.split("---", 2)[1]) or {}
+                license_ = front.get("license") or license_
+        if hub is None and not looks_like_path(name) and not folder.exists():
+            hub = name  # a Hub id
+    except Exception:
+        pass
+    return hub or name, license_ if isinstance(license_, str) else None
+
+
+def _dataset_names(cfg) -> list[str]:
+    """Dataset names for the front matter: built-in names and Hub ids as given, files by file name
+    (a card may be published; a local path would leak the author's directory layout)."""
+    out = []
+    for src in (cfg.data.train, cfg.data.eval, cfg.data.test):
+        if not src:
+            continue
+        p = Path(src).expanduser()
+        name = p.name if p.exists() or "/" in src and Path(src).suffix else src.split(":")[0]
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def model_card(cfg, metrics: dict, summary: dict, notes: list[str]) -> str:
+    """A Hugging Face model card: YAML front matter (license, base_model, datasets, metrics,
+    model-index), then intended use, how to use, training data, hyper-parameters, results and limitations."""
+    task = cfg.task
+    name = Path(cfg.output.output_dir or "model").name
+    base, base_license = _base_model_facts(cfg)
+    license_ = getattr(cfg.output, "license", None) or base_license or "other"
+    final_split = "test" if metrics.get("test") else "eval"
+    final = metrics.get(final_split) or {}
+    scalars = {k: v for k, v in final.items() if _scalar(v) and k != "n_examples"}
+    datasets = _dataset_names(cfg)
+    front = {
+        "license": license_,
+        "base_model": base or "none (trained from scratch)",
+        "library_name": "transformers",
+        "pipeline_tag": PIPELINE_TAGS[task],
+        "datasets": datasets,
+        "metrics": list(scalars),
+        "tags": ["lmforge", task],
+    }
+    front["model-index"] = [{"name": name, "results": [{
+        "task": {"type": PIPELINE_TAGS[task], "name": task},
+        "dataset": {"name": datasets[-1] if datasets else "unknown", "type": datasets[-1] if datasets else "unknown",
+                    "split": final_split},
+        "metrics": [{"type": k, "value": round(v, 6), "name": f"{final_split} {k}"} for k, v in scalars.items()]}]}]
+    tr = metrics.get("train") or {}
+    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
+             f"# {name}", "",
+             f"A `{task}` model fine-tuned with [lmforge](https://pypi.org/project/lmforge/) from "
+             f"`{base or 'a model built from a config'}`"
+             + (f" for {tr['steps']} optimizer steps ({tr.get('epochs', '?')} epochs)." if tr.get("steps") else "."), "",
+             "## Intended use", "",
+             {"classification": "Classify texts into the labels seen in training: "
+                                + ", ".join(f"`{x}`" for x in summary.get("labels", [])) + ".",
+              "causal-lm": "Generate text in the style of the training corpus.",
+              "masked-lm": "Fill masked words, or serve as an encoder adapted to the training domain."}[task],
+             "", "## How to use", "", "```python", "from transformers import pipeline",
+             f"pipe = pipeline(\"{PIPELINE_TAGS[task]}\", model=\"{cfg.output.output_dir or '.'}/model\")",
+             {"classification": "print(pipe(\"a text to classify\"))",
+              "causal-lm": "print(pipe(\"Once upon a time\", max_new_tokens=40))",
+              "masked-lm": "print(pipe(f\"Paris is the {pipe.tokenizer.mask_token} of France.\"))"}[task],
+             "```", "", "or try it in a browser: `lmforge serve " + str(cfg.output.output_dir or "RUN") + "`.",
+             "", "## Training data", ""]
+    for key in ("train", "eval", "test"):
+        src = getattr(cfg.data, key)
+        if src:
+            lines.append(f"- {key}: `{src}` ({summary.get(f'{key}_rows', '?')} rows)")
+    if not cfg.data.eval and summary.get("eval_rows"):
+        lines.append(f"- eval: {summary['eval_rows']} rows held out from the training data "
+                     f"({100 * cfg.data.validation_split:.0f}%, seed {cfg.train.seed})")
+    if "label_counts" in summary:
+        lines.append(f"- label counts (train): " + ", ".join(f"`{k}` {v}" for k, v in summary["label_counts"].items()))
+    if "mean_tokens" in summary:
+        lines.append(f"- mean length {summary['mean_tokens']:.1f} tokens; max_length {summary.get('max_length', '?')}"
+                     + (f"; {100 * summary['truncated_train_share']:.1f}% of train rows truncated"
+                        if "truncated_train_share" in summary else ""))
+    hp = {"model": {k: v for k, v in cfg.model.model_dump().items() if v not in (None, False)},
+          "data": {k: v for k, v in cfg.data.model_dump(exclude_defaults=True).items() if k not in ("train", "eval", "test")},
+          "train": cfg.train.model_dump()}
+    lines += ["", "## Hyper-parameters", "", "```yaml", yaml.safe_dump(hp, sort_keys=False).strip(), "```", ""]
+    if tr:
+        lines += ["Training took " + f"{tr.get('runtime_s', '?')} s at {tr.get('tokens_per_s', '?')} tokens/s "
+                  f"(peak memory {tr.get('peak_mem_mb', '?')} MB).", ""]
+    splits = [s for s in ("before", "eval", "test") if metrics.get(s)]
+    lines += ["## Results", ""]
+    if splits:
+        keys: list[str] = []
+        for s in splits:
+            keys += [k for k, v in metrics[s].items() if _scalar(v) and k != "n_examples" and k not in keys]
+        lines += ["| metric | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+        lines += [f"| {k} | " + " | ".join(_fmt(metrics[s].get(k, "-")) for s in splits) + " |" for k in keys]
+        sizes = ", ".join(f"{s} {metrics[s]['n_examples']}" for s in splits if "n_examples" in metrics[s])
+        lines += ["", "`before` is the model before fine-tuning, measured on the eval data."
+                  + (f" Examples per split: {sizes}." if sizes else "")]
+    else:
+        lines.append("No evaluation data was given, so there are no held-out metrics.")
+    lines += ["", "## Limitations", "",
+              "Trained on a small dataset for a short time; check it on your own data before relying on it. "
+              "Metrics are measured on the evaluation data named above only, and inherit its biases."]
+    counts = summary.get("label_counts") or {}
+    if counts and max(counts.values()) > 2 * max(1, min(counts.values())):
+        lines.append(f"The training labels are imbalanced ({min(counts.values())} to {max(counts.values())} "
+                     "examples per label): rare labels are likely recognised less well.")
+    if summary.get("truncated_train_share", 0) > 0.05:
+        lines.append(f"{100 * summary['truncated_train_share']:.0f}% of the training texts were cut at "
+                     f"{summary.get('max_length')} tokens; longer inputs are truncated the same way.")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
