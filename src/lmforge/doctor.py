@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 
 from rich.console import Console
 
+from .doctor_data import check_data
 from .errors import LmforgeError
 
 log = logging.getLogger("lmforge")
@@ -82,123 +83,6 @@ class _Collect(logging.Handler):
 
     def emit(self, record):
         self.records.append(record)
-
-
-# ----------------------------------------------------------------------------------- data
-def _check_table(out: _Out, source: str, cfg, split: str) -> Optional[dict]:
-    """Rows, empty texts, duplicates and labels of one table split (classification)."""
-    from .data import sources
-    df = sources.read_table(source, cfg.data.format, split)
-    d = cfg.data
-    text_col = sources.pick_column(df, d.text_column, sources.TEXT_NAMES, "text", source, "data.text_column")
-    label_col = sources.pick_column(df, d.label_column, sources.LABEL_NAMES, "label", source, "data.label_column")
-    pair_col = d.text_pair_column if d.text_pair_column in df.columns else None
-    n = len(df)
-    texts = df[text_col]
-    empty = texts.isna() | texts.astype(str).str.strip().eq("")
-    info = {"rows": n, "source": source}
-    out.ok(f"{split}: {source}: {n:,} rows, text column '{text_col}', label column '{label_col}'")
-    if empty.any():
-        rows = [int(i) + 1 for i in empty.to_numpy().nonzero()[0][:5]]
-        out.problem(f"{split} ({source}): {int(empty.sum())} rows with empty text (rows {', '.join(map(str, rows))}) "
-                    "— remove or fill them")
-    key = texts.astype(str) + ("\x1f" + df[pair_col].astype(str) if pair_col else "")
-    dup = key[~empty].duplicated()
-    if dup.any():
-        out.warn(f"{split} ({source}): {int(dup.sum())} duplicate texts ({100 * dup.mean():.1f}%) — "
-                 "duplicates weigh those examples more; drop them unless intended")
-    labels = df[label_col]
-    bad = labels.isna() | labels.astype(str).str.strip().eq("") | labels.astype(str).str.lower().eq("nan")
-    if bad.any():
-        rows = [int(i) + 1 for i in bad.to_numpy().nonzero()[0][:5]]
-        out.problem(f"{split} ({source}): {int(bad.sum())} rows with a missing or NaN label (rows "
-                    f"{', '.join(map(str, rows))}) — fill or drop them")
-    good = labels[~bad]
-    kinds = {type(v).__name__ for v in good.tolist()}
-    numeric = all(isinstance(v, int) or (isinstance(v, float) and float(v).is_integer()) for v in good.tolist())
-    if len(kinds) > 1 and not numeric:
-        out.problem(f"{split} ({source}): column '{label_col}' mixes label types ({', '.join(sorted(kinds))}) — "
-                    "use either all strings or all integers")
-    as_text = [str(int(v)) if numeric and not isinstance(v, str) else str(v) for v in good.tolist()]
-    counts: dict[str, int] = {}
-    for v in as_text:
-        counts[v] = counts.get(v, 0) + 1
-    info["labels"] = counts
-    if pair_col is None:
-        conflicting = df[~bad & ~empty].groupby(texts.astype(str))[label_col].nunique()
-        n_conf = int((conflicting > 1).sum())
-        if n_conf:
-            out.warn(f"{split} ({source}): {n_conf} texts appear with different labels — check the labelling")
-    info["texts"] = set(key[~empty].tolist())
-    return info
-
-
-def _label_balance(out: _Out, train: dict, others: list[dict]) -> None:
-    counts = train["labels"]
-    total = sum(counts.values()) or 1
-    shown = sorted(counts.items(), key=lambda kv: -kv[1])
-    out.info("label balance (train): " + ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in shown[:12])
-             + (f", ... ({len(shown)} labels)" if len(shown) > 12 else ""))
-    if len(counts) < 2:
-        out.problem(f"train ({train['source']}): only one class ({next(iter(counts), 'none')!r}) — a classifier "
-                    "needs at least two")
-    elif shown[0][1] / max(1, shown[-1][1]) >= 10:
-        out.warn(f"train: labels are imbalanced ({shown[0][0]!r} {shown[0][1]} vs {shown[-1][0]!r} {shown[-1][1]}) "
-                 "— watch f1_macro / mcc rather than accuracy")
-    for o in others:
-        unseen = sorted(set(o["labels"]) - set(counts))
-        if unseen:
-            out.problem(f"{o['split']} ({o['source']}): label(s) {', '.join(map(repr, unseen[:5]))} never appear in "
-                        "the training data — fix the labels or add training rows")
-        overlap = len(o["texts"] & train["texts"])
-        if overlap:
-            out.warn(f"{o['split']} ({o['source']}): {overlap} texts also appear in the training data "
-                     "(evaluation leaks into training)")
-
-
-def _check_corpus(out: _Out, source: str, cfg, split: str) -> Optional[dict]:
-    """Documents of a language-model corpus split."""
-    from .data.corpus import read_corpus
-    docs = read_corpus(source, cfg, split)
-    n_dup = len(docs) - len(set(docs))
-    out.ok(f"{split}: {source}: {len(docs):,} documents, {sum(len(x) for x in docs):,} characters")
-    if n_dup:
-        out.warn(f"{split} ({source}): {n_dup} duplicate documents ({100 * n_dup / len(docs):.1f}%) — "
-                 "duplicates are learnt by heart; deduplicate unless intended")
-    return {"rows": len(docs), "source": source, "texts": set(docs)}
-
-
-def check_data(out: _Out, cfg) -> bool:
-    """Returns True when the data could be read (the task's setup can run)."""
-    d = cfg.data
-    if not d.train:
-        out.problem("no training data given — set data.train (a file, folder or built-in dataset)")
-        return False
-    found, readable = {}, True
-    for split, source in (("train", d.train), ("eval", d.eval), ("test", d.test)):
-        if not source:
-            continue
-        try:
-            info = (_check_table if cfg.task == "classification" else _check_corpus)(out, source, cfg, split)
-        except LmforgeError as e:
-            out.problem(_err(e))
-            readable = False
-            continue
-        except ImportError as e:
-            out.warn(f"{split}: cannot check this data here ({e})")
-            continue
-        info["split"] = split
-        found[split] = info
-    if cfg.task == "classification" and "train" in found:
-        _label_balance(out, found["train"], [found[s] for s in ("eval", "test") if s in found])
-    elif "train" in found:
-        for s in ("eval", "test"):
-            if s in found and found[s]["texts"] & found["train"]["texts"]:
-                out.warn(f"{s}: {len(found[s]['texts'] & found['train']['texts'])} documents also appear in the "
-                         "training data (evaluation leaks into training)")
-    if not d.eval and "train" in found:
-        out.info(f"no eval data: {100 * d.validation_split:.0f}% of train is held out (seed {cfg.train.seed})")
-    return readable
 
 
 # ----------------------------------------------------------------------------------- model, tokenizer
