@@ -85,7 +85,7 @@ def run_trainer(mode: str, args, queue) -> None:
         path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=l2i)
     targs = TrainingArguments(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64,
-        learning_rate=args.lr, num_train_epochs=args.epochs, warmup_ratio=0.1, weight_decay=0.01, seed=1,
+        learning_rate=args.lr, num_train_epochs=args.epochs, warmup_steps=0.1, weight_decay=0.01, seed=1,  # a float < 1 is a ratio in transformers 5
         report_to=[], save_strategy="no", eval_strategy="no", logging_steps=10, use_cpu=True,
         disable_tqdm=True, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=targs, train_dataset=train_ds, data_collator=collate)
