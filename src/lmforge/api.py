@@ -327,14 +327,6 @@ def predict(model: Union[str, Path], texts: Optional[Sequence[str]] = None, inpu
                     progress=progress)
 
 
-def fill_mask(model: Union[str, Path], texts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,
-              output: Optional[str] = None, top_k: int = 5, batch_size: int = 32,
-              text_column: Optional[str] = None) -> list[dict]:
-    """Top-k fillers (token, score) at every mask of each text, for a masked LM run, folder or alias."""
-    from .fillmask import fill_mask as _fill
-    quiet_libraries()
-    return _fill(resolve_model_dir(model), texts=texts, input_file=input_file, output=output, top_k=top_k,
-                 batch_size=batch_size, text_column=text_column)
 def generate(model: Union[str, Path], prompts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,
              output: Optional[str] = None, **kwargs) -> list[dict]:
     """Continuations of prompts by a causal LM (run, folder or alias): greedy, or sampling with
@@ -344,3 +336,11 @@ def generate(model: Union[str, Path], prompts: Optional[Sequence[str]] = None, i
     return _generate(str(model), prompts=prompts, input_file=input_file, output=output, **kwargs)
 
 
+def fill_mask(model: Union[str, Path], texts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,
+              output: Optional[str] = None, top_k: int = 5, batch_size: int = 32,
+              text_column: Optional[str] = None) -> list[dict]:
+    """Top-k fillers (token, score) at every mask of each text, for a masked LM run, folder or alias."""
+    from .fillmask import fill_mask as _fill
+    quiet_libraries()
+    return _fill(resolve_model_dir(model), texts=texts, input_file=input_file, output=output, top_k=top_k,
+                 batch_size=batch_size, text_column=text_column)

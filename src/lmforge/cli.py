@@ -287,24 +287,6 @@ def doctor(ctx: typer.Context,
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def doctor(ctx: typer.Context,
-           config: Optional[str] = typer.Argument(None, help="YAML config; none = the built-in default recipe."),
-           allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) model weights."),
-           trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the Hub."),
-           no_probe: bool = typer.Option(False, "--no-probe", help="Skip the 3-step timing probe.")):
-    """Check a config before training: config, data, tokenizer, memory, time per step, offline files."""
-    from .doctor import run_doctor
-    if config and config.startswith("--"):
-        ctx.args.insert(0, config)
-        config = None
-    overrides, _ = _split_resume(list(ctx.args))
-    _permissions(allow_pickle, trust_remote_code)
-    report = run_doctor(config, overrides, probe=not no_probe)
-    if report.problems:
-        raise typer.Exit(2)
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def prepare(ctx: typer.Context, config: str = typer.Argument(..., help="YAML config (causal-lm)."),
             no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
     """Tokenize a config's training data into the on-disk token cache; `lmforge train` then starts at once."""
