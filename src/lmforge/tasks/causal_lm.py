@@ -69,11 +69,7 @@ def load_model(cfg: Config):
 
     from . import common
     if cfg.model.from_config and not cfg.model.name:
-        build = getattr(common, "model_from_config", None)
-        if build is None:
-            raise LmforgeError("model.from_config is not supported for causal-lm in this version",
-                               "start from a pretrained model: set model.name")
-        model, tokenizer = build(cfg, "causal-lm")
+        model, tokenizer = common.model_from_config(cfg, "causal-lm")
         return model, tokenizer, "from_config"
     path = common.model_source(cfg)
     model_cfg = AutoConfig.from_pretrained(path, revision=cfg.model.revision,

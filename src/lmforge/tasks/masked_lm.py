@@ -292,12 +292,8 @@ def load_model_and_tokenizer(cfg: Config):
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     if cfg.model.from_config and not cfg.model.name:
-        from . import common
-        build = getattr(common, "model_from_config", None)
-        if build is None:
-            raise LmforgeError("model.from_config is not supported for masked-lm in this version",
-                               "start from a pretrained encoder with model.name (e.g. minilm-l6)")
-        model, tokenizer = build(cfg, AutoModelForMaskedLM)
+        from .common import model_from_config
+        model, tokenizer = model_from_config(cfg, AutoModelForMaskedLM)
         check_mask_token(tokenizer, "the from-config model")
         return model, tokenizer, set(), "a from-config model"  # all new: one learning rate for all
     path = model_source(cfg)
