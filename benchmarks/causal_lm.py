@@ -8,7 +8,9 @@ seed, and the same budget of real (non-pad) training tokens:
   padded      transformers.Trainer, each line truncated and padded to max_length=64, pad = eos
               (DataCollatorForLanguageModeling(mlm=False)); steps chosen to see the same real tokens
   group_texts transformers.Trainer, lines tokenized, concatenated, cut into 256-token blocks
-  lmforge     packed 256-token blocks (EOS after each book, attention kept inside books), chunked loss
+  lmforge     packed 256-token blocks (EOS after each book, attention kept inside books), chunked loss,
+              fused AdamW, decoder layers torch.compile'd (train.compile: auto)
+  lmforge-eager         the same with train.compile: false (the torch.compile lever)
   lmforge-full-logits   the same with the model's full-vocabulary logits (the chunked-loss lever)
   lmforge-1thread       lmforge with torch.set_num_threads(1) (the thread-settings lever)
 Each recipe runs in its own child process, one after the other, so its peak RSS is its own.
@@ -162,6 +164,7 @@ def run_lmforge(mode: str, args, queue) -> None:
 
     if mode == "lmforge-full-logits":
         clm.probe_chunked_loss = lambda model: False
+    compile_flag = False if mode == "lmforge-eager" else "auto"
     if mode == "lmforge-1thread":
         torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,7 +173,7 @@ def run_lmforge(mode: str, args, queue) -> None:
                         "max_eval_samples": args.eval_blocks},
                "train": {"max_steps": args.steps, "learning_rate": args.lr, "lr_scheduler_type": "cosine",
                          "per_device_train_batch_size": args.batch, "per_device_eval_batch_size": 8,
-                         "seed": args.seed, "eval_strategy": "no", "save_strategy": "no",
+                         "seed": args.seed, "eval_strategy": "no", "save_strategy": "no", "compile": compile_flag,
                          "logging_steps": max(1, args.steps // 5), "load_best_model_at_end": False},
                "output": {"output_dir": str(Path(tmp) / "run")}}
         with RssSampler() as rss:
@@ -203,7 +206,7 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--eval-blocks", type=int, default=16)
-    p.add_argument("--recipes", default="padded,group_texts,lmforge,lmforge-full-logits,lmforge-1thread")
+    p.add_argument("--recipes", default="padded,group_texts,lmforge,lmforge-eager")
     p.add_argument("--out", default="benchmarks/causal_lm_results.json")
     args = p.parse_args(argv)
     from lmforge.zoo import resolve_model

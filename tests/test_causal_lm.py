@@ -440,3 +440,49 @@ def test_real_smollm2_converts_loads_and_knows_paris():
     model, tok = clm.load_for_use(__import__("pathlib").Path(path))
     text = generate_texts(model, tok, ["The capital of France is"], max_new_tokens=12)[0][0]
     assert "Paris" in text, text
+
+
+# ----------------------------------------------------------------------------------- torch.compile
+def test_compile_decision_rules(monkeypatch):
+    from lmforge.train import compiling
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(compiling, "compiler_available", lambda: "/usr/bin/g++")
+    assert compiling.decide("auto", "causal-lm", "pack", 200, cpu, False)[0]
+    assert not compiling.decide("auto", "causal-lm", "pack", compiling.AUTO_MIN_STEPS - 1, cpu, False)[0]
+    assert not compiling.decide("auto", "causal-lm", "truncate", 200, cpu, False)[0]
+    assert not compiling.decide("auto", "classification", None, 200, cpu, False)[0]
+    assert not compiling.decide("auto", "causal-lm", "pack", 200, cpu, True)[0]
+    assert compiling.decide(True, "classification", None, 2, cpu, False)[0]
+    assert not compiling.decide(False, "causal-lm", "pack", 200, cpu, False)[0]
+    monkeypatch.setattr(compiling, "compiler_available", lambda: None)
+    on, why = compiling.decide(True, "causal-lm", "pack", 200, cpu, False)
+    assert not on and "C++" in why
+
+
+@pytest.mark.skipif(not hasattr(torch, "compile"), reason="no torch.compile")
+def test_compiled_layers_train_like_eager(tiny_llama, tmp_path):
+    """train.compile: true compiles the decoder layers; the logged losses match the eager run."""
+    from lmforge.train import compiling
+    if compiling.compiler_available() is None:
+        pytest.skip("no C++ compiler for inductor")
+    (tmp_path / "train.txt").write_text("\n".join(toy_docs(200, seed=0)) + "\n")
+    (tmp_path / "valid.txt").write_text("\n".join(toy_docs(20, seed=9)) + "\n")
+    runs = {}
+    for flag in (False, True):
+        cfg = lm_config(tmp_path / "train.txt", tmp_path / "valid.txt", tmp_path / f"run-{flag}", tiny_llama,
+                        max_steps=6, logging_steps=1, eval_steps=3, compile=flag)
+        runs[flag] = api.train(cfg, progress=False)
+    blocks = compiling.repeated_blocks(torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]))
+    assert len(blocks) == 2
+
+    def losses(res):
+        return [r["loss"] for r in map(json.loads, (res.run_dir / "log.jsonl").read_text().splitlines())
+                if "tokens_per_s" in r]
+    assert "torch.compile (train.compile: true): the 2 LlamaDecoderLayer layers" in \
+        (runs[True].run_dir / "train.log").read_text()
+    assert "torch.compile" not in (runs[False].run_dir / "train.log").read_text()
+    eager, comp = losses(runs[False]), losses(runs[True])
+    assert len(eager) == len(comp) >= 6
+    np.testing.assert_allclose(comp, eager, rtol=2e-4, atol=2e-4)
+    assert runs[True].metrics["eval"]["loss"] == pytest.approx(runs[False].metrics["eval"]["loss"], rel=1e-3)
+    assert runs[True].metrics["eval"]["loss"] < runs[True].metrics["before"]["loss"]

@@ -159,6 +159,8 @@ class TrainConfig(Section):
     """Batch examples of similar length together (less padding)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    compile: Union[Literal["auto"], bool] = "auto"
+    """torch.compile the model's repeated layers for training steps; auto: packed causal-lm runs of 30+ steps."""
     early_stopping_patience: Optional[int] = None
     """Stop after this many evaluations without improvement of the best metric."""
     dataloader_num_workers: int = 0

@@ -24,6 +24,7 @@ from ..errors import LmforgeError, TrainingInterrupted
 from ..runfolder import LogWriter
 from ..tasks.base import EncodedSplit, Prepared
 from . import checkpoint as ckpt
+from . import compiling
 from .perf import count_params, device_peak_flops, matmul_params, peak_memory_mb, release_memory
 from .progress import TrainProgress
 from .schedule import make_optimizer, make_scheduler
@@ -131,6 +132,8 @@ class Trainer:
         self.n_params = count_params(self.acc.unwrap_model(self.model))
         self.flop_params = matmul_params(self.acc.unwrap_model(self.model))
         self.peak_flops = device_peak_flops(self.acc.device) * self.acc.num_processes
+        self.compiled = compiling.setup(self.tc.compile, prep.task, getattr(cfg.data, "packing", None),
+                                        self.total_steps, self.acc, self.model, self.tc.gradient_checkpointing)
         # state that a checkpoint saves
         self.step = 0
         self.epoch = 0
@@ -148,6 +151,41 @@ class Trainer:
         self.step_times: list[float] = []  # seconds per optimizer step (excluding eval and saving)
         self.last_saved: Optional[Path] = None
         self.stop = StopRequest()
+
+    def _eager(self):
+        return self.compiled.eager() if self.compiled is not None and self.compiled.active else nullcontext()
+
+    def _forward_backward(self, micro: list[dict], items: float) -> tuple[torch.Tensor, int]:
+        """Forward and backward over the micro-batches of one step: (sum of losses, tokens)."""
+        acc, model = self.acc, self.model
+        step_loss = torch.zeros((), device=acc.device)
+        tokens = 0
+        for i, mb in enumerate(micro):
+            mb = to_device(mb, acc.device)
+            sync = nullcontext() if i == len(micro) - 1 else acc.no_sync(model)
+            with sync, acc.autocast():
+                loss_sum = self.prep.loss(model, mb)
+                # Normalise over the items of the whole step (all micro-batches, all processes);
+                # DDP averages gradients over processes, hence the factor num_processes.
+                acc.backward(loss_sum * (acc.num_processes / items))
+            step_loss += loss_sum.detach().float()
+            tokens += int(mb["n_tokens"])
+        return step_loss, tokens
+
+    def _step_grads(self, micro: list[dict], items: float) -> tuple[torch.Tensor, int]:
+        """_forward_backward; a compiled model that fails to compile falls back to eager once, with a warning."""
+        if self.compiled is None or not self.compiled.active:
+            return self._forward_backward(micro, items)
+        try:
+            return self._forward_backward(micro, items)
+        except Exception as e:  # noqa: BLE001 - only compile errors are handled, the rest re-raised
+            if not compiling.is_compile_error(e):
+                raise
+            log.warning("torch.compile failed (%s: %s); training on without it (train.compile: false skips "
+                        "the attempt)", type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+            self.compiled.disable()
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._forward_backward(micro, items)
 
     # -------------------------------------------------------------------------------- data
     def _batches(self, epoch: int) -> list[list[int]]:
@@ -258,8 +296,9 @@ class Trainer:
     # -------------------------------------------------------------------------------- eval
     def evaluate(self, progress=None, split: Optional[EncodedSplit] = None, desc="eval") -> dict:
         split = split or self.prep.eval
-        return evaluate_split(self.model, split, self.prep, self.tc.per_device_eval_batch_size, self.acc,
-                              progress=progress, desc=desc)
+        with self._eager():
+            return evaluate_split(self.model, split, self.prep, self.tc.per_device_eval_batch_size, self.acc,
+                                  progress=progress, desc=desc)
 
     def _improved(self, value: float) -> bool:
         if self.best is None or (value is not None and not math.isnan(value) and
@@ -292,7 +331,8 @@ class Trainer:
         else:
             self.bad_evals += 1
         if self.prep.samples and self.main:
-            samples = self.prep.samples(self.acc.unwrap_model(self.model))
+            with self._eager():
+                samples = self.prep.samples(self.acc.unwrap_model(self.model))
             if samples:
                 self.logw.write({"step": self.step, "samples": samples})
         patience = self.tc.early_stopping_patience
@@ -360,18 +400,9 @@ class Trainer:
                 if acc.num_processes > 1 else float(local_items)
             if items == 0:
                 continue
-            step_loss = torch.zeros((), device=acc.device)
-            for i, mb in enumerate(micro):
-                mb = to_device(mb, acc.device)
-                sync = nullcontext() if i == len(micro) - 1 else acc.no_sync(model)
-                with sync, acc.autocast():
-                    loss_sum = self.prep.loss(model, mb)
-                    # Normalise over the items of the whole step (all micro-batches, all processes);
-                    # DDP averages gradients over processes, hence the factor num_processes.
-                    acc.backward(loss_sum * (acc.num_processes / items))
-                step_loss += loss_sum.detach().float()
-                total_tokens += int(mb["n_tokens"])
-                win_tokens += int(mb["n_tokens"])
+            step_loss, n_tok = self._step_grads(micro, items)
+            total_tokens += n_tok
+            win_tokens += n_tok
             if tc.max_grad_norm:
                 grad_norm = acc.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
             else:

@@ -32,8 +32,17 @@ def param_groups(model: torch.nn.Module, tc: TrainConfig, new_params: set[str]) 
 
 
 def make_optimizer(model, tc: TrainConfig, new_params: set[str]) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, tc, new_params), lr=tc.learning_rate,
-                             betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_epsilon)
+    """AdamW, fused (one kernel over all parameters) where this torch supports it for the parameters."""
+    groups = param_groups(model, tc, new_params)
+    kwargs = dict(lr=tc.learning_rate, betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_epsilon)
+    params = [p for g in groups for p in g["params"]]
+    if params and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) and p.device.type in ("cpu", "cuda")
+                      for p in params):
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 def lr_lambda(kind: str, warmup: int, total: int):
