@@ -208,3 +208,22 @@ def test_worker_processes_give_the_same_cache(tmp_path, tok, monkeypatch):
     _, flat = _in_memory(src, tok, cfg)
     np.testing.assert_array_equal(np.asarray(cache.tokens), flat)
     assert cache.n_docs == 1500
+
+
+def test_fast_encoder_segment_path_matches_on_random_texts(tok):
+    """Random texts over an alphabet of the characters where the segment and regex paths could
+    disagree with the real tokenizer: spaces (single, double, leading, trailing), other
+    whitespace, apostrophes, digits, marks, separators, non-ASCII letters."""
+    import random as _random
+    from lmforge.data import fastbpe
+    alphabet = ["a", "b", "the", "LORD", " ", " ", " ", "  ", "'", "'s", "'ll", "1", "23", ",", ".", "-", "_", "\t",
+                "\n", "\xa0", "\x1c", "\x85", "\u2028", "é", "数", "²", "Ⅻ", "\u0301", "🙂", "\r"]
+    rng = _random.Random(5)
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(1500)]
+    texts += ["a b", " a", "a ", " ", "", "it's", "'s x", "x 's", "x\x1cy z", "Ⅻ x", "e\u0301 x"]
+    enc = fastbpe.ByteLevelEncoder(tok.backend_tokenizer.to_str())
+    for _ in range(2):
+        flat, lens = enc.encode(texts)
+        ref = [tok(t)["input_ids"] for t in texts]
+        assert lens.tolist() == [len(r) for r in ref]
+        assert flat.tolist() == [t for r in ref for t in r]

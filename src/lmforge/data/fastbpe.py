@@ -8,6 +8,13 @@ identical to ``tokenizer.encode(text).ids`` by construction: it is only used for
 whose pipeline is exactly "no normalizer, ByteLevel pre-tokenizer with the GPT-2 regex, BPE
 without dropout, no special tokens added", and a chunk that contains a special token's text
 goes to the real tokenizer instead.
+
+Most texts need no regex at all: in a text whose only whitespace is single spaces, every
+pre-token boundary the GPT-2 regex finds inside a space-delimited segment stays inside it, and
+each space starts the pre-token after it. So ``text.split(" ")`` cuts the text into segments whose
+ids (the ids of " " + segment, or of the bare first segment) concatenate to the ids of the whole
+text; those segments repeat as words do and are looked up in the table. Texts with other
+whitespace (tabs, newlines, runs of spaces, non-breaking spaces) take the regex path.
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ class ByteLevelEncoder:
         spec = json.loads(tokenizer_json)
         self.specials = [t["content"] for t in spec.get("added_tokens", [])]
         self.findall = regex.compile(GPT2_PATTERN).findall
+        # whitespace other than a single space (by the regex's own \s), or two spaces in a row
+        self.other_space = regex.compile(r"[^\S ]|  ").search
         self._reset()
 
     def _reset(self) -> None:
@@ -64,6 +73,7 @@ class ByteLevelEncoder:
         self.flat: list[int] = []
         self.starts: list[int] = []
         self.lens: list[int] = []
+        self._starts_np = self._lens_np = self._flat_np = np.zeros(0, np.int64)
 
     def _real(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         enc = self.tok.encode_batch_fast(list(texts), add_special_tokens=True)
@@ -77,11 +87,20 @@ class ByteLevelEncoder:
         if any(s in t for s in self.specials for t in texts):
             return self._real(texts)
         import pandas as pd
-        findall = self.findall
+        findall, other_space = self.findall, self.other_space
+        # Table keys: "\n" + first segment (encoded bare), other segments (encoded as " " + segment),
+        # "\t" + regex pre-token (encoded as is). A segment never contains whitespace, so the three
+        # kinds of key cannot collide.
         words: list[str] = []
         counts = np.empty(len(texts), dtype=np.int64)
         for i, t in enumerate(texts):
-            w = findall(t)
+            # (the str tests are a fast exact answer for ASCII text; the regex decides the rest)
+            if (t.isascii() and "  " not in t and "\n" not in t and "\t" not in t and "\r" not in t
+                    and "\x0b" not in t and "\x0c" not in t) or (not t.isascii() and other_space(t) is None):
+                w = t.split(" ")
+                w[0] = "\n" + w[0]
+            else:
+                w = ["\t" + x for x in findall(t)]
             counts[i] = len(w)
             words += w
         if len(self.word_id) > MAX_WORDS:
@@ -92,19 +111,24 @@ class ByteLevelEncoder:
         for k, u in enumerate(uniques):
             j = get(u)
             if j is None:
-                ids = self.tok.encode(u, add_special_tokens=False).ids
+                piece = u[1:] if u[:1] in ("\n", "\t") else " " + u
+                ids = self.tok.encode(piece, add_special_tokens=False).ids if piece else []
                 j = self.word_id[u] = len(self.starts)
                 self.starts.append(len(self.flat))
                 self.lens.append(len(ids))
                 self.flat.extend(ids)
             wid[k] = j
-        starts = np.asarray(self.starts, dtype=np.int64)[wid][codes]
-        lens = np.asarray(self.lens, dtype=np.int64)[wid][codes]
+        if len(self._starts_np) != len(self.starts):  # new words since the last batch
+            self._starts_np = np.asarray(self.starts, dtype=np.int64)
+            self._lens_np = np.asarray(self.lens, dtype=np.int64)
+            self._flat_np = np.asarray(self.flat, dtype=np.int64)
+        starts = self._starts_np[wid][codes]
+        lens = self._lens_np[wid][codes]
         total = int(lens.sum())
         # ragged gather: for word i, flat[starts[i] : starts[i] + lens[i]]
         offs = np.cumsum(lens) - lens
         idx = np.repeat(starts - offs, lens) + np.arange(total, dtype=np.int64)
-        flat = np.asarray(self.flat, dtype=np.int64)[idx] if total else np.zeros(0, np.int64)
+        flat = self._flat_np[idx] if total else np.zeros(0, np.int64)
         doc = np.repeat(np.arange(len(texts)), counts)
         per_text = np.bincount(doc, weights=lens, minlength=len(texts)).astype(np.int64)
         return flat, per_text

@@ -151,6 +151,7 @@ class Trainer:
         self.step_times: list[float] = []  # seconds per optimizer step (excluding eval and saving)
         self.last_saved: Optional[Path] = None
         self.stop = StopRequest()
+        self._last_shape: Optional[tuple] = None
 
     def _eager(self):
         return self.compiled.eager() if self.compiled is not None and self.compiled.active else nullcontext()
@@ -423,8 +424,10 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-            if acc.device.type == "cpu":
-                release_memory()
+            shape = tuple(micro[-1]["input_ids"].shape)
+            if acc.device.type == "cpu" and shape != self._last_shape:
+                release_memory()  # only when batch shapes vary (fixed shapes reuse the same memory)
+            self._last_shape = shape
             self.step += 1
             self.epoch, self.batch_pos = (epoch, pos) if pos < n_in_epoch else (epoch + 1, 0)
             self.last_loss = loss_val
