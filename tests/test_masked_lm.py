@@ -443,3 +443,15 @@ def test_error_when_the_corpus_is_shorter_than_one_block(tmp_path, mlm_data, ber
         masked_lm.setup(build_config(cfg))
     cfg["data"]["remainder"] = "pad"  # keeping the short block makes it trainable
     assert len(masked_lm.setup(build_config(cfg)).train) == 1
+
+
+def test_mfu_counts_the_output_layer_at_the_masked_share(tiny_bert):
+    """masked-lm runs its output layer only at masked positions: MFU's parameter count says so."""
+    from transformers import AutoModelForMaskedLM
+    from lmforge.config import build_config
+    from lmforge.train.perf import matmul_params, task_flop_params
+    model = AutoModelForMaskedLM.from_pretrained(tiny_bert)
+    head = model.get_output_embeddings().weight.numel()
+    cfg = build_config({"task": "masked-lm", "data": {"train": "x.txt", "mlm_probability": 0.2}})
+    assert task_flop_params(model, "masked-lm", cfg) == matmul_params(model) - round(head * 0.8)
+    assert task_flop_params(model, "classification", cfg) == matmul_params(model)

@@ -25,7 +25,7 @@ from ..runfolder import LogWriter
 from ..tasks.base import EncodedSplit, Prepared
 from . import checkpoint as ckpt
 from . import compiling
-from .perf import count_params, device_peak_flops, matmul_params, peak_memory_mb, release_memory
+from .perf import count_params, device_peak_flops, peak_memory_mb, release_memory, task_flop_params
 from .progress import TrainProgress
 from .schedule import make_optimizer, make_scheduler
 from .signals import StopRequest
@@ -130,7 +130,7 @@ class Trainer:
             max(1, math.ceil(self.tc.num_train_epochs * self.steps_per_epoch))
         self.scheduler = make_scheduler(self.optimizer, self.tc, self.total_steps)
         self.n_params = count_params(self.acc.unwrap_model(self.model))
-        self.flop_params = matmul_params(self.acc.unwrap_model(self.model))
+        self.flop_params = task_flop_params(self.acc.unwrap_model(self.model), prep.task, cfg)
         self.peak_flops = device_peak_flops(self.acc.device) * self.acc.num_processes
         self.compiled = compiling.setup(self.tc.compile, prep.task, getattr(cfg.data, "packing", None),
                                         self.total_steps, self.acc, self.model, self.tc.gradient_checkpointing)
