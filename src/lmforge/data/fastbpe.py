@@ -94,9 +94,12 @@ class ByteLevelEncoder:
         words: list[str] = []
         counts = np.empty(len(texts), dtype=np.int64)
         for i, t in enumerate(texts):
-            # (the str tests are a fast exact answer for ASCII text; the regex decides the rest)
-            if (t.isascii() and "  " not in t and "\n" not in t and "\t" not in t and "\r" not in t
-                    and "\x0b" not in t and "\x0c" not in t) or (not t.isascii() and other_space(t) is None):
+            # only single spaces? (str tests answer exactly and fast for ASCII; the regex for the rest)
+            if t.isascii():
+                spaced = not ("  " in t or "\n" in t or "\t" in t or "\r" in t or "\x0b" in t or "\x0c" in t)
+            else:
+                spaced = other_space(t) is None
+            if spaced:
                 w = t.split(" ")
                 w[0] = "\n" + w[0]
             else:

@@ -40,8 +40,9 @@ def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 def compiler_available() -> Optional[str]:
     """A C++ compiler for inductor's CPU kernels (None when there is none)."""
     for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        path = shutil.which(name) if name else None
+        if path:
+            return path
     return None
 
 

@@ -175,12 +175,10 @@ class Trainer:
 
     def _step_grads(self, micro: list[dict], items: float) -> tuple[torch.Tensor, int]:
         """_forward_backward; a compiled model that fails to compile falls back to eager once, with a warning."""
-        if self.compiled is None or not self.compiled.active:
-            return self._forward_backward(micro, items)
         try:
             return self._forward_backward(micro, items)
         except Exception as e:  # noqa: BLE001 - only compile errors are handled, the rest re-raised
-            if not compiling.is_compile_error(e):
+            if self.compiled is None or not self.compiled.active or not compiling.is_compile_error(e):
                 raise
             log.warning("torch.compile failed (%s: %s); training on without it (train.compile: false skips "
                         "the attempt)", type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")

@@ -109,15 +109,14 @@ def matmul_params(model: torch.nn.Module) -> int:
     return total
 
 
-def task_flop_params(model: torch.nn.Module, task: str, cfg=None) -> int:
+def task_flop_params(model: torch.nn.Module, task: str, cfg) -> int:
     """Matmul parameters per trained token for MFU. masked-lm runs its output layer only at the
     masked positions (a share mlm_probability of the tokens), so that layer counts at that share."""
     total = matmul_params(model)
     if task == "masked-lm":
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is not None and getattr(head, "weight", None) is not None:
-            p = getattr(getattr(cfg, "data", None), "mlm_probability", 0.15) or 0.15
-            total -= int(round(head.weight.numel() * (1 - p)))
+            total -= int(round(head.weight.numel() * (1 - cfg.data.mlm_probability)))
     return total
 
 
