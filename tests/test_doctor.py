@@ -26,6 +26,13 @@ def one_thread():
     torch.set_num_threads(old)
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """Default output folders (runs/...) resolve under tmp_path, not in a checkout where
+    `make demo` may already have left a finished run."""
+    monkeypatch.chdir(tmp_path)
+
+
 def doctor(*args, probe=False, config=None):
     buf = io.StringIO()
     report = run_doctor(config, list(args), probe=probe, console=Console(file=buf, width=250, soft_wrap=True))
