@@ -222,8 +222,14 @@ def test_fast_encoder_segment_path_matches_on_random_texts(tok):
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(1500)]
     texts += ["a b", " a", "a ", " ", "", "it's", "'s x", "x 's", "x\x1cy z", "Ⅻ x", "e\u0301 x"]
     enc = fastbpe.ByteLevelEncoder(tok.backend_tokenizer.to_str())
-    for _ in range(2):
-        flat, lens = enc.encode(texts)
-        ref = [tok(t)["input_ids"] for t in texts]
+    # a batch of only single-spaced texts is checked in one test of the whole batch: ASCII and not
+    spaced = [t for t in texts if not any(c in t for c in ("  ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x85",
+                                                              "\xa0", "\u2028"))]
+    ascii_spaced = [t for t in spaced if t.isascii()]
+    assert len(ascii_spaced) > 100 and len(spaced) > len(ascii_spaced) + 100
+    assert all(enc._spaced(spaced, "\x00".join(spaced))) and not all(enc._spaced(texts, "\x00".join(texts)))
+    for batch in (texts, texts, spaced, ascii_spaced):  # cold and warm word table
+        flat, lens = enc.encode(batch)
+        ref = [tok(t)["input_ids"] for t in batch]
         assert lens.tolist() == [len(r) for r in ref]
         assert flat.tolist() == [t for r in ref for t in r]

@@ -26,6 +26,7 @@ import numpy as np
 
 # The ByteLevel pre-tokenizer's regex (tokenizers, GPT-2).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+_ASCII_OTHER_SPACE = ("  ", "\n", "\t", "\r", "\x0b", "\x0c")  # whitespace other than single spaces
 MAX_WORDS = 1_000_000  # forget the word table beyond this many distinct words (bounded memory)
 
 
@@ -54,6 +55,24 @@ def supported(tokenizer) -> bool:
     return True
 
 
+class _Table(dict):
+    """word key -> row in the encoder's id table; a missing key is encoded with the real tokenizer."""
+
+    def __init__(self, owner: "ByteLevelEncoder"):
+        super().__init__()
+        self.owner = owner
+
+    def __missing__(self, key: str) -> int:
+        o = self.owner
+        piece = key[1:] if key[:1] in ("\n", "\t") else " " + key
+        ids = o.tok.encode(piece, add_special_tokens=False).ids if piece else []
+        j = self[key] = len(o.starts)
+        o.starts.append(len(o.flat))
+        o.lens.append(len(ids))
+        o.flat.extend(ids)
+        return j
+
+
 class ByteLevelEncoder:
     def __init__(self, tokenizer_json: str):
         import regex
@@ -69,7 +88,7 @@ class ByteLevelEncoder:
         self._reset()
 
     def _reset(self) -> None:
-        self.word_id: dict[str, int] = {}
+        self.word_id = _Table(self)
         self.flat: list[int] = []
         self.starts: list[int] = []
         self.lens: list[int] = []
@@ -82,58 +101,72 @@ class ByteLevelEncoder:
         flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lens.sum()))
         return flat, lens
 
+    def _spaced(self, texts: Sequence[str], joined: str) -> list[bool]:
+        """For each text: is a single space its only whitespace? (str tests answer exactly and fast
+        for ASCII, the regex for the rest; one test of the whole batch, `joined` by "\\x00" (not
+        whitespace), when all texts are.)"""
+        if joined.isascii():
+            if not any(x in joined for x in _ASCII_OTHER_SPACE):
+                return [True] * len(texts)
+        elif self.other_space(joined) is None:
+            return [True] * len(texts)
+        other_space = self.other_space
+        return [not ("  " in t or "\n" in t or "\t" in t or "\r" in t or "\x0b" in t or "\x0c" in t)
+                if t.isascii() else other_space(t) is None for t in texts]
+
+    def _words(self, texts: Sequence[str], joined: str) -> tuple[list[str], list[int]]:
+        """The table keys of a batch of texts, back to back, and how many belong to each text.
+
+        Keys: "\n" + first segment (encoded bare), other segments (encoded as " " + segment),
+        "\t" + regex pre-token (encoded as is). A segment never contains whitespace, so the three
+        kinds of key cannot collide. A run of spaced texts is split in one call: joined by " \n",
+        each text's first segment comes out with its "\n" already in front.
+        """
+        spaced, findall = self._spaced(texts, joined), self.findall
+        words: list[str] = []
+        counts: list[int] = []
+        i, n = 0, len(texts)
+        while i < n:
+            j = i + 1
+            while j < n and spaced[j] == spaced[i]:
+                j += 1
+            run = texts[i:j]
+            if spaced[i]:
+                words += ("\n" + " \n".join(run)).split(" ")
+                counts += [t.count(" ") + 1 for t in run]
+            else:
+                for t in run:
+                    w = ["\t" + x for x in findall(t)]
+                    words += w
+                    counts.append(len(w))
+            i = j
+        return words, counts
+
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(all token ids back to back, token count per text) for a batch of texts."""
-        if any(s in t for s in self.specials for t in texts):
+        joined = "\x00".join(texts)
+        if any(s in joined for s in self.specials):  # (a false alarm only costs speed)
             return self._real(texts)
-        import pandas as pd
-        findall, other_space = self.findall, self.other_space
-        # Table keys: "\n" + first segment (encoded bare), other segments (encoded as " " + segment),
-        # "\t" + regex pre-token (encoded as is). A segment never contains whitespace, so the three
-        # kinds of key cannot collide.
-        words: list[str] = []
-        counts = np.empty(len(texts), dtype=np.int64)
-        for i, t in enumerate(texts):
-            # only single spaces? (str tests answer exactly and fast for ASCII; the regex for the rest)
-            if t.isascii():
-                spaced = not ("  " in t or "\n" in t or "\t" in t or "\r" in t or "\x0b" in t or "\x0c" in t)
-            else:
-                spaced = other_space(t) is None
-            if spaced:
-                w = t.split(" ")
-                w[0] = "\n" + w[0]
-            else:
-                w = ["\t" + x for x in findall(t)]
-            counts[i] = len(w)
-            words += w
+        words, counts = self._words(texts, joined)
         if len(self.word_id) > MAX_WORDS:
             self._reset()
-        codes, uniques = pd.factorize(np.asarray(words, dtype=object)) if words else (np.zeros(0, np.int64), [])
-        wid = np.empty(len(uniques), dtype=np.int64)
-        get = self.word_id.get
-        for k, u in enumerate(uniques):
-            j = get(u)
-            if j is None:
-                piece = u[1:] if u[:1] in ("\n", "\t") else " " + u
-                ids = self.tok.encode(piece, add_special_tokens=False).ids if piece else []
-                j = self.word_id[u] = len(self.starts)
-                self.starts.append(len(self.flat))
-                self.lens.append(len(ids))
-                self.flat.extend(ids)
-            wid[k] = j
+        # word -> row of the table; a word not seen before is encoded once (_Table.__missing__)
+        wid = np.fromiter(map(self.word_id.__getitem__, words), dtype=np.int64, count=len(words))
         if len(self._starts_np) != len(self.starts):  # new words since the last batch
             self._starts_np = np.asarray(self.starts, dtype=np.int64)
             self._lens_np = np.asarray(self.lens, dtype=np.int64)
             self._flat_np = np.asarray(self.flat, dtype=np.int64)
-        starts = self._starts_np[wid][codes]
-        lens = self._lens_np[wid][codes]
+        starts = self._starts_np[wid]
+        lens = self._lens_np[wid]
         total = int(lens.sum())
         # ragged gather: for word i, flat[starts[i] : starts[i] + lens[i]]
-        offs = np.cumsum(lens) - lens
-        idx = np.repeat(starts - offs, lens) + np.arange(total, dtype=np.int64)
+        cum = np.zeros(len(lens) + 1, dtype=np.int64)
+        np.cumsum(lens, out=cum[1:])
+        idx = np.repeat(starts - cum[:-1], lens) + np.arange(total, dtype=np.int64)
         flat = self._flat_np[idx] if total else np.zeros(0, np.int64)
-        doc = np.repeat(np.arange(len(texts)), counts)
-        per_text = np.bincount(doc, weights=lens, minlength=len(texts)).astype(np.int64)
+        counts_np = np.asarray(counts, dtype=np.int64)
+        word_end = np.cumsum(counts_np)
+        per_text = cum[word_end] - cum[word_end - counts_np]
         return flat, per_text
 
 
