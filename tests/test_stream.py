@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lmforge.config import build_config
-from lmforge.data import stream
+from lmforge.data import encoders, stream
 from lmforge.data.corpus import pack, read_corpus, tokenize_documents
 from lmforge.tokenizer import train_tokenizer
 from test_tokenizer import make_text
@@ -202,12 +202,43 @@ def test_worker_processes_give_the_same_cache(tmp_path, tok, monkeypatch):
     src = tmp_path / "c.txt"
     src.write_text("\n".join(make_text(1500, seed=15)) + "\n")
     cfg = _cfg(src, num_proc=2)
-    monkeypatch.setattr(stream, "POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(encoders, "POOL_MIN_BYTES", 0)
     cache, _ = stream.build_token_cache(str(src), tok, cfg, chunk=5000)
-    assert stream._encoder(tok, cfg, 10)[1] == 2
+    assert encoders.choose(tok, cfg, 10)[1] == 2
     _, flat = _in_memory(src, tok, cfg)
     np.testing.assert_array_equal(np.asarray(cache.tokens), flat)
     assert cache.n_docs == 1500
+
+
+def test_worker_processes_do_not_rerun_an_unguarded_script(tmp_path, tok):
+    """A user script without `if __name__ == "__main__":` must not run again in each spawned
+    worker (it would re-run the whole job, and here wait forever on the cache lock)."""
+    import os
+    import subprocess
+    import sys
+    src, marker, tok_dir = tmp_path / "c.txt", tmp_path / "runs.txt", tmp_path / "tok"
+    src.write_text("\n".join(make_text(600, seed=16)) + "\n")
+    tok.save_pretrained(tok_dir)
+    script = tmp_path / "unguarded.py"
+    script.write_text(f"""
+import json
+open({str(marker)!r}, "a").write("ran\\n")
+from transformers import AutoTokenizer
+from lmforge.config import build_config
+from lmforge.data import encoders, stream
+encoders.POOL_MIN_BYTES = 0
+tok = AutoTokenizer.from_pretrained({str(tok_dir)!r})
+cfg = build_config({{"task": "causal-lm", "data": {{"train": {str(src)!r}, "num_proc": 2}}}})
+assert encoders.choose(tok, cfg, 10)[1] == 2
+cache, hit = stream.build_token_cache({str(src)!r}, tok, cfg, chunk=3000)
+print(json.dumps([int(x) for x in cache.tokens]))
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
+                         env=dict(os.environ, LMFORGE_CACHE=str(tmp_path / "cache")))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert marker.read_text() == "ran\n"  # once: the workers did not import the script
+    _, flat = _in_memory(src, tok, _cfg(src))
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == flat.tolist()
 
 
 def test_fast_encoder_segment_path_matches_on_random_texts(tok):

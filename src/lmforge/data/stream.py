@@ -31,13 +31,13 @@ import os
 import shutil
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
 
 from ..errors import LmforgeError
+from . import encoders
 from .stream_read import CHUNK_BYTES, read_pieces, text_files
 
 log = logging.getLogger("lmforge")
@@ -211,18 +211,6 @@ def cache_root() -> Path:
     return root
 
 
-def _plain_backend(tokenizer):
-    """The Rust tokenizer without truncation or padding (a loaded tokenizer.json may carry them)."""
-    from tokenizers import Tokenizer
-    bt = getattr(tokenizer, "backend_tokenizer", None)
-    if bt is None:
-        return None
-    bt = Tokenizer.from_str(bt.to_str())
-    bt.no_truncation()
-    bt.no_padding()
-    return bt
-
-
 def _write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
@@ -254,49 +242,6 @@ def build_token_cache(source: str, tokenizer, cfg=None, split: str = "train", ad
     return TokenCache(final), False
 
 
-def _rust_encoder(tokenizer):
-    backend = _plain_backend(tokenizer)
-
-    def encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        if backend is not None:
-            ids = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=True)]
-        else:
-            ids = tokenizer(texts, add_special_tokens=True, return_attention_mask=False)["input_ids"]
-        lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lens.sum()))
-        return flat, lens
-    return encode
-
-
-POOL_MIN_BYTES = 32 << 20  # below this, worker processes cost more than they save
-
-
-def _encoder(tokenizer, cfg, total: int):
-    """(encode function, parallel workers, description): the exact fast byte-level path in worker
-    processes for big inputs, in this process for small ones, else the Rust batch encoder."""
-    from . import fastbpe
-    workers = (getattr(cfg.data, "num_proc", None) if cfg is not None else None) or os.cpu_count() or 1
-    if fastbpe.supported(tokenizer):
-        if workers > 1 and total >= POOL_MIN_BYTES:
-            return fastbpe._work, workers, f"the byte-level fast path in {workers} processes"
-        enc = fastbpe.ByteLevelEncoder(tokenizer.backend_tokenizer.to_str())
-        return enc.encode, 1, "the byte-level fast path in this process"
-    return _rust_encoder(tokenizer), 1, "the Rust batch encoder (all cores)"
-
-
-def _executor(tokenizer, workers: int):
-    if workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        from . import fastbpe
-        # spawn: a fresh interpreter per worker, never a fork of a process holding threads (torch, rayon)
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=fastbpe._init_worker,
-                                   initargs=(tokenizer.backend_tokenizer.to_str(),))
-    return ThreadPoolExecutor(1)
-
-
 def _build(source, tokenizer, cfg, split, add_eos, partial: Path, progress: bool, chunk: int,
            checkpoint_bytes: int, stop_after_bytes: Optional[int]) -> bool:
     vocab = len(tokenizer)
@@ -322,7 +267,7 @@ def _build(source, tokenizer, cfg, split, add_eos, partial: Path, progress: bool
     tok_f.seek(0, os.SEEK_END)
     doc_f.seek(0, os.SEEK_END)
     total = source_bytes(source) or None
-    encoder, workers, how = _encoder(tokenizer, cfg, total or 0)
+    encoder, workers, how = encoders.choose(tokenizer, cfg, total or 0)
     log.info("token cache: encoding with %s", how)
 
     from rich.console import Console
@@ -334,7 +279,7 @@ def _build(source, tokenizer, cfg, split, add_eos, partial: Path, progress: bool
     since_ckpt = 0
     open_doc = state.get("open_doc", False)
     finished = True
-    with bar, _executor(tokenizer, workers) as pool:
+    with bar, encoders.executor(tokenizer, workers) as pool:
         task = bar.add_task(str(source)[-40:], total=total, completed=state["bytes"], info="")
         pieces = read_pieces(source, cfg, split, state["cursor"], chunk)
         window: deque = deque()  # pieces being encoded while earlier ones are written (bounded: memory)
