@@ -93,7 +93,11 @@ def test_classify_matches_predict(cls_server, tiny_cls_run):
         assert got["score"] == pytest.approx(exp["score"], abs=1e-6)
         assert sum(got["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
         assert max(got["probabilities"], key=got["probabilities"].get) == got["label"]
-    assert one["results"][0] == many["results"][0]
+    # one text alone vs. padded in a batch of three: different matmul shapes, so equal up to float
+    # rounding (seen differing in the 7th digit), not bit for bit
+    alone, batched = one["results"][0], many["results"][0]
+    assert alone["label"] == batched["label"]
+    assert alone["probabilities"] == pytest.approx(batched["probabilities"], abs=1e-6)
 
 
 @pytest.mark.parametrize("body,raw,status,needle", [
