@@ -6,12 +6,13 @@ Builds a corpus of real text (King James Bible + World English Bible verses + BB
 from the installed packages) repeated to each size, trains one byte-level BPE tokenizer (8,000)
 on the un-repeated text, then for each size runs in a fresh child process:
 
-  lmforge   data.stream.build_token_cache (read in chunks, Rust batch encoding on all cores,
-            uint16 token ids + document ends appended to disk)
+  lmforge   data.stream.build_token_cache (read in chunks, the exact byte-level fast path in one
+            worker process per core, uint16 token ids + document ends appended to disk)
   baseline  (one size) the tutorial: load_dataset("text") -> map(tokenize, batched=True)
             -> map(group_texts, batched=True) with the same fast tokenizer, block size 128
 
-and reports seconds, MB/s, tokens/s and the child's peak RSS (ru_maxrss). Results go to stdout as
+and reports seconds, MB/s, tokens/s, CPU seconds (main process and workers, user and system) and
+the peak RSS of the child's whole process tree (polled). Results go to stdout as
 a table and to WORKDIR/results.json. Not a test: it takes minutes and GBs of disk.
 """
 
@@ -110,6 +111,12 @@ def cpu_seconds() -> float:
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
+def cpu_split() -> dict:
+    """User and system CPU seconds of this process and of its (finished) children."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"main_user": s.ru_utime, "main_sys": s.ru_stime, "workers_user": c.ru_utime, "workers_sys": c.ru_stime}
+
+
 def child_lmforge(corpus: str, tok_dir: str) -> dict:
     from transformers import AutoTokenizer
 
@@ -118,12 +125,13 @@ def child_lmforge(corpus: str, tok_dir: str) -> dict:
     tok = AutoTokenizer.from_pretrained(tok_dir)
     cfg = build_config({"task": "causal-lm", "data": {"train": corpus}})
     rss0 = peak_rss_mb()
-    t, c = time.perf_counter(), cpu_seconds()
+    t, c, split0 = time.perf_counter(), cpu_seconds(), cpu_split()
     with TreeMemory() as mem:
         cache, hit = build_token_cache(corpus, tok, cfg)
     dt, dc = time.perf_counter() - t, cpu_seconds() - c
     assert not hit
-    return {"seconds": dt, "cpu_seconds": dc, "tokens": cache.n_tokens, "documents": cache.n_docs,
+    split = {k: round(v - split0[k], 2) for k, v in cpu_split().items()}
+    return {"seconds": dt, "cpu_seconds": dc, "cpu": split, "tokens": cache.n_tokens, "documents": cache.n_docs,
             "bytes": cache.meta["bytes"], "peak_rss_mb": peak_rss_mb(), "peak_tree_rss_mb": mem.peak / 2**20,
             "rss_after_imports_mb": rss0,
             "cache_mb": (os.path.getsize(cache.path / "tokens.bin") + os.path.getsize(cache.path / "docs.bin")) / MB}
