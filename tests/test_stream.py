@@ -227,6 +227,7 @@ from transformers import AutoTokenizer
 from lmforge.config import build_config
 from lmforge.data import encoders, stream
 encoders.POOL_MIN_BYTES = 0
+encoders.WORKER_TASKS = 2  # workers are replaced (from the pool's own thread) several times
 tok = AutoTokenizer.from_pretrained({str(tok_dir)!r})
 cfg = build_config({{"task": "causal-lm", "data": {{"train": {str(src)!r}, "num_proc": 2}}}})
 assert encoders.choose(tok, cfg, 10)[1] == 2

@@ -21,6 +21,10 @@ import numpy as np
 from ..errors import LmforgeError
 
 POOL_MIN_BYTES = 32 << 20  # below this, worker processes cost more than they save
+# A worker is replaced by a fresh process after this many pieces (~400 MB of text): a long-lived
+# worker slowed down (4 GB run: from ~30 to ~20 MB/s; with replacement it stayed at 26-30), and
+# a fresh one costs only its word table's warm-up.
+WORKER_TASKS = 100
 
 
 def plain_backend(tokenizer):
@@ -79,8 +83,9 @@ def _main_script_hidden():
 
 
 class WorkerPool:
-    """Spawned processes running the byte-level fast path; ``submit(fn, texts)`` as an executor.
-    A worker that dies (killed for memory, say) becomes an LmforgeError at ``result()``."""
+    """Spawned processes running the byte-level fast path; ``submit(fn, texts)`` as an executor
+    (use it as a context manager). A worker that dies (killed for memory, say) becomes an
+    LmforgeError at ``result()``."""
 
     def __init__(self, tokenizer, workers: int):
         import multiprocessing
@@ -89,18 +94,24 @@ class WorkerPool:
         from . import fastbpe
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=fastbpe._init_worker,
-                                        initargs=(tokenizer.backend_tokenizer.to_str(),))
+                                        initargs=(tokenizer.backend_tokenizer.to_str(),),
+                                        max_tasks_per_child=WORKER_TASKS)
+        self._hidden = _main_script_hidden()
 
     def submit(self, fn: Callable, *args) -> Future:
-        with _main_script_hidden():  # the pool starts its processes inside submit
-            inner = self.pool.submit(fn, *args)
-        return _Checked(inner)
+        return _Checked(self.pool.submit(fn, *args))
 
     def __enter__(self) -> "WorkerPool":
+        # hidden for the pool's whole life: it starts processes in submit and, replacing retired
+        # workers, in its own thread
+        self._hidden.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._hidden.__exit__(None, None, None)
 
 
 class _Checked:
