@@ -235,15 +235,35 @@ def test_nan_skip_skips_batches_and_caps_a_streak(tiny_bert, tmp_path, monkeypat
 
 def test_first_signal_asks_to_stop_second_stops_at_once():
     from lmforge.train.signals import StopRequest
-    before = signal.getsignal(signal.SIGINT)
-    with StopRequest() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)
-        assert stop.signal == "Ctrl-C (SIGINT)"
-        with pytest.raises(KeyboardInterrupt, match="stopped at once"):
+    # a shell starts background jobs with SIGINT ignored, which StopRequest respects: Ctrl-C as
+    # in a terminal here, whatever started the tests
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGINT)
+        with StopRequest() as stop:
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.5)
-    assert signal.getsignal(signal.SIGINT) is before
+            time.sleep(0.05)
+            assert stop.signal == "Ctrl-C (SIGINT)"
+            with pytest.raises(KeyboardInterrupt, match="stopped at once"):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        signal.signal(signal.SIGINT, outer)
+
+
+def test_an_ignored_sigint_stays_ignored():
+    """Started with SIGINT ignored (nohup, a background job): training does not take it over."""
+    from lmforge.train.signals import StopRequest
+    outer = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopRequest() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            assert stop.signal is None
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 # ----------------------------------------------------------------------------------- language-model tasks
