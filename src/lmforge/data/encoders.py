@@ -68,7 +68,7 @@ def choose(tokenizer, cfg, total: int) -> tuple[Callable, int, str]:
 
 @contextlib.contextmanager
 def _main_script_hidden():
-    """While processes start: no __file__ / __spec__ on __main__, so spawn does not re-run it."""
+    """No __file__ / __spec__ on __main__ meanwhile, so processes spawned then do not re-run it."""
     main = sys.modules.get("__main__")
     saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
     try:

@@ -110,7 +110,7 @@ class ByteLevelEncoder:
                 return [True] * len(texts)
         elif self.other_space(joined) is None:
             return [True] * len(texts)
-        other_space = self.other_space
+        other_space = self.other_space  # below: the tests of _ASCII_OTHER_SPACE, spelled out for speed
         return [not ("  " in t or "\n" in t or "\t" in t or "\r" in t or "\x0b" in t or "\x0c" in t)
                 if t.isascii() else other_space(t) is None for t in texts]
 

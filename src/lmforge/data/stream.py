@@ -3,9 +3,10 @@
     lmforge prepare examples/scratch-gpt-kjv.yaml     # builds the cache once
     lmforge train examples/scratch-gpt-kjv.yaml       # finds it and starts at once
 
-Documents are read in chunks of a few MB (never the whole corpus), encoded with the Rust
-tokenizer's batch encoder (all cores, in a thread that overlaps reading and writing), and
-appended to two flat files:
+Documents are read in chunks of a few MB (never the whole corpus), encoded while earlier chunks
+are written (byte-level BPE: the exact fast path of data/fastbpe.py in one worker process per
+core; other tokenizers: the Rust batch encoder; see data/encoders.py), and appended to two flat
+files:
 
     tokens.bin   every token id, documents back to back (uint16 when the vocabulary fits, else uint32)
     docs.bin     int64 end offset of each document in tokens.bin
