@@ -89,13 +89,16 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
 
 
 def _converted(alias: str, module: str, pip_name: str, filename: str) -> Path:
+    from .data.cache import locked
     gguf_path = _gguf_file(module, pip_name, filename)
     out = cache_dir() / "models" / alias
-    marker = out / "lmforge-source.txt"
-    if marker.exists() and marker.read_text().splitlines()[-1:] == [f"format {FORMAT_VERSION}"] \
-            and (out / "model.safetensors").exists():
-        return out
-    return convert_gguf(gguf_path, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with locked(out.parent / f".lock-{alias}"):  # the processes of a multi-process run convert it once
+        marker = out / "lmforge-source.txt"
+        if marker.exists() and marker.read_text().splitlines()[-1:] == [f"format {FORMAT_VERSION}"] \
+                and (out / "model.safetensors").exists():
+            return out
+        return convert_gguf(gguf_path, out)
 
 
 def _smollm2() -> Path:

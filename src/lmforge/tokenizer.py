@@ -378,7 +378,7 @@ def tokenizer_for_config(cfg, log=log):
 
 def trained_for_config(cfg, log=log):
     """Train the config's tokenizer once; later runs with the same data and settings load the cached one."""
-    from .data.cache import fingerprint
+    from .data.cache import fingerprint, locked
     from .data.stream import source_fingerprint
     from .zoo import cache_dir
 
@@ -391,20 +391,22 @@ def trained_for_config(cfg, log=log):
     settings = t.model_dump(mode="json")
     key = fingerprint(data_fp, settings, cfg.data.text_column, cfg.data.format, "tok-v1")
     out = cache_dir() / "tokenizers" / f"{t.type}-{t.vocab_size}-{key}"
-    if (out / "tokenizer.json").exists() and (out / "lmforge_tokenizer.json").exists():
-        tok = load_tokenizer(str(out))
-        summary = json.loads((out / "lmforge_tokenizer.json").read_text())
-        log.info("tokenizer: reusing the %s tokenizer trained earlier (%s, vocab %d)", t.type, out, len(tok))
-        STATS["hits"] += 1
-        tok.lmforge_summary = summary
-        return tok
-    STATS["misses"] += 1
-    log.info("tokenizer: training a %s tokenizer (vocab %d) on %s", t.type, t.vocab_size,
-             ", ".join(files) if files else source)
-    res = train_from_source(t.type, source=source, files=files, cfg=cfg, vocab_size=t.vocab_size,
-                            min_frequency=t.min_frequency, special_tokens=t.special_tokens, lowercase=t.lowercase,
-                            max_bytes=int(t.max_mb * 1e6) if t.max_mb else None, output=out,
-                            progress=log.isEnabledFor(logging.INFO) and _interactive())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with locked(out.parent / f".lock-{out.name}"):  # the processes of a multi-process run train it once
+        if (out / "tokenizer.json").exists() and (out / "lmforge_tokenizer.json").exists():
+            tok = load_tokenizer(str(out))
+            summary = json.loads((out / "lmforge_tokenizer.json").read_text())
+            log.info("tokenizer: reusing the %s tokenizer trained earlier (%s, vocab %d)", t.type, out, len(tok))
+            STATS["hits"] += 1
+            tok.lmforge_summary = summary
+            return tok
+        STATS["misses"] += 1
+        log.info("tokenizer: training a %s tokenizer (vocab %d) on %s", t.type, t.vocab_size,
+                 ", ".join(files) if files else source)
+        res = train_from_source(t.type, source=source, files=files, cfg=cfg, vocab_size=t.vocab_size,
+                                min_frequency=t.min_frequency, special_tokens=t.special_tokens, lowercase=t.lowercase,
+                                max_bytes=int(t.max_mb * 1e6) if t.max_mb else None, output=out,
+                                progress=log.isEnabledFor(logging.INFO) and _interactive())
     for line in format_summary(res.summary).splitlines():
         log.info("tokenizer: %s", line)
     tok = load_tokenizer(str(out))

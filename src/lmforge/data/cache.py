@@ -2,18 +2,22 @@
 
 A second run with the same data, tokenizer and settings loads the encoded Arrow table
 (memory-mapped) instead of tokenizing again. Written to a temporary folder and renamed,
-so a crash never leaves a half-written cache entry.
+so a crash never leaves a half-written cache entry; built under a lock file per entry, so the
+processes of a multi-process run build it once (the others wait, then load it) and never
+delete or replace an entry another one is reading.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import datasets
 import pandas as pd
@@ -45,6 +49,17 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return fingerprint(text, extra)
 
 
+@contextlib.contextmanager
+def locked(lock_file: Path) -> Iterator[None]:
+    """An exclusive lock on `lock_file` (created if needed) between processes, while inside."""
+    with open(lock_file, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def cached_dataset(key: str, build: Callable[[], datasets.Dataset], kind: str = "encoded") -> tuple[datasets.Dataset, bool]:
     """Load the dataset cached under ``key`` or build, save and load it. Returns (dataset, hit)."""
     if os.environ.get("LMFORGE_NO_CACHE"):
@@ -53,22 +68,23 @@ def cached_dataset(key: str, build: Callable[[], datasets.Dataset], kind: str = 
     root = cache_dir() / "data"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{kind}-{key}"
-    if (final / "dataset_info.json").exists():
+    with locked(root / f".lock-{kind}-{key}"):
+        if (final / "dataset_info.json").exists():
+            try:
+                ds = datasets.load_from_disk(str(final))
+                STATS["hits"] += 1
+                return ds, True
+            except Exception:  # a damaged entry: rebuild it
+                shutil.rmtree(final, ignore_errors=True)
+        STATS["misses"] += 1
+        ds = build()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-{key}-", dir=root))
         try:
-            ds = datasets.load_from_disk(str(final))
-            STATS["hits"] += 1
-            return ds, True
-        except Exception:  # a damaged entry: rebuild it
-            shutil.rmtree(final, ignore_errors=True)
-    STATS["misses"] += 1
-    ds = build()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-{key}-", dir=root))
-    try:
-        ds.save_to_disk(str(tmp))
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        return ds, False  # caching is an optimisation: a full disk must not stop the run
-    return datasets.load_from_disk(str(final)), False
+            ds.save_to_disk(str(tmp))
+            if final.exists():
+                shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return ds, False  # caching is an optimisation: a full disk must not stop the run
+        return datasets.load_from_disk(str(final)), False

@@ -24,7 +24,6 @@ position ids restart at each document start and at each block start.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -228,8 +227,8 @@ def build_token_cache(source: str, tokenizer, cfg=None, split: str = "train", ad
     key = cache_key(source, tokenizer, cfg, split, add_eos)
     root = cache_root()
     final = root / key
-    with open(root / f".lock-{key}", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per key; other ranks wait, then hit
+    from .cache import locked
+    with locked(root / f".lock-{key}"):  # one builder per key; other ranks wait, then hit
         if (final / "meta.json").exists():
             STATS["hits"] += 1
             return TokenCache(final), True
