@@ -29,19 +29,25 @@ print("hit" if hit else "built")
 """
 
 
+def _run_together(work, script_text: str, n: int) -> list[str]:
+    """Run `script_text` in n processes at once (sharing one LMFORGE_CACHE); their last lines."""
+    script = work / "worker.py"
+    script.write_text(script_text)
+    env = dict(os.environ, LMFORGE_CACHE=str(work / "cache"), HF_HUB_OFFLINE="1")
+    procs = [subprocess.Popen([sys.executable, str(script), str(work), str(i), str(n)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in outs]
+    return [out.strip().splitlines()[-1] for out, _ in outs]
+
+
 def test_processes_sharing_a_cache_entry_build_it_once(tmp_path):
     """Before a lock guarded the cache, each process of a 2-process run tokenized, and one could
     delete the entry another was loading (FileNotFoundError in test_ddp, about one run in five)."""
     n = 3
-    script = tmp_path / "worker.py"
-    script.write_text(SCRIPT)
-    env = dict(os.environ, LMFORGE_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(i), str(n)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in outs]
+    lines = _run_together(tmp_path, SCRIPT, n)
     assert len((tmp_path / "builds.txt").read_text().split()) == 1  # built once, by one process
-    assert sorted(out.strip().splitlines()[-1] for out, _ in outs) == ["built"] + ["hit"] * (n - 1)
+    assert sorted(lines) == ["built"] + ["hit"] * (n - 1)
 
 
 TOKENIZER_SCRIPT = """
@@ -63,15 +69,7 @@ print(len(tok), T.STATS["misses"])
 
 def test_processes_of_one_run_train_its_tokenizer_once(tmp_path):
     from test_tokenizer import make_text
-    n = 2
     (tmp_path / "corpus.txt").write_text("\n".join(make_text(400, seed=3)) + "\n")
-    script = tmp_path / "worker.py"
-    script.write_text(TOKENIZER_SCRIPT)
-    env = dict(os.environ, LMFORGE_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(i), str(n)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
-    outs = [p.communicate(timeout=180) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in outs]
-    results = [out.strip().splitlines()[-1].split() for out, _ in outs]
+    results = [line.split() for line in _run_together(tmp_path, TOKENIZER_SCRIPT, 2)]
     assert len({vocab for vocab, _ in results}) == 1
     assert sorted(int(misses) for _, misses in results) == [0, 1]  # one trained, the other loaded it
