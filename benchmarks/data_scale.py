@@ -106,15 +106,14 @@ class TreeMemory:
         self._thread.join()
 
 
-def cpu_seconds() -> float:
-    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
-
-
 def cpu_split() -> dict:
     """User and system CPU seconds of this process and of its (finished) children."""
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"main_user": s.ru_utime, "main_sys": s.ru_stime, "workers_user": c.ru_utime, "workers_sys": c.ru_stime}
+
+
+def cpu_seconds() -> float:
+    return sum(cpu_split().values())
 
 
 def child_lmforge(corpus: str, tok_dir: str) -> dict:

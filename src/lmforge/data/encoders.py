@@ -40,6 +40,7 @@ def plain_backend(tokenizer):
 
 
 def rust_encoder(tokenizer) -> Callable:
+    from .fastbpe import flatten
     backend = plain_backend(tokenizer)
 
     def encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -47,9 +48,7 @@ def rust_encoder(tokenizer) -> Callable:
             ids = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=True)]
         else:
             ids = tokenizer(texts, add_special_tokens=True, return_attention_mask=False)["input_ids"]
-        lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lens.sum()))
-        return flat, lens
+        return flatten(ids)
     return encode
 
 

@@ -55,6 +55,13 @@ def supported(tokenizer) -> bool:
     return True
 
 
+def flatten(ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(all ids back to back, count per text) of per-text id lists."""
+    lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lens.sum()))
+    return flat, lens
+
+
 class _Table(dict):
     """word key -> row in the encoder's id table; a missing key is encoded with the real tokenizer."""
 
@@ -95,11 +102,7 @@ class ByteLevelEncoder:
         self._starts_np = self._lens_np = self._flat_np = np.zeros(0, np.int64)
 
     def _real(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        enc = self.tok.encode_batch_fast(list(texts), add_special_tokens=True)
-        ids = [e.ids for e in enc]
-        lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lens.sum()))
-        return flat, lens
+        return flatten([e.ids for e in self.tok.encode_batch_fast(list(texts), add_special_tokens=True)])
 
     def _spaced(self, texts: Sequence[str], joined: str) -> list[bool]:
         """For each text: is a single space its only whitespace? (str tests answer exactly and fast
