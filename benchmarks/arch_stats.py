@@ -1,0 +1,140 @@
+"""Static figures of lmforge's shape: import cycles, own imports inside functions, branches on a
+task's name outside tasks/, and functions over 80 lines.
+
+    python benchmarks/arch_stats.py            # prints the figures and the offenders
+
+Module- and function-level imports both count as edges of the import graph (an import hidden in
+a function is still a dependency). A cycle is a strongly connected component of more than one
+module. Reads the source only; imports nothing of lmforge.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PKG = "lmforge"
+TASK_BRANCH = re.compile(r"""task\w*\s*(==|!=)\s*['"]|task\w*\s+(not\s+)?in\s*[\(\[\{]\s*['"]""")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def resolve(mod: str, is_pkg: bool, node: ast.ImportFrom | ast.Import) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name.split(".")[0] == PKG]
+    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+    if node.level:
+        base = base[: len(base) - (node.level - 1)]
+        target = ".".join(base + ([node.module] if node.module else []))
+    else:
+        target = node.module or ""
+    if target.split(".")[0] != PKG:
+        return []
+    # `from pkg import sub` depends on pkg.sub when sub is a module, else on pkg itself
+    return [target, *(f"{target}.{a.name}" for a in node.names)]
+
+
+def collect():
+    modules = {}
+    for p in SRC.rglob("*.py"):
+        modules[module_name(p)] = p
+    edges = defaultdict(set)
+    inner = []
+    long_fns = []
+    branches = []
+    for mod, p in modules.items():
+        text = p.read_text()
+        tree = ast.parse(text)
+        is_pkg = p.name == "__init__.py"
+        fn_lines = set()
+        for n in ast.walk(tree):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = n.end_lineno - n.lineno + 1
+                if length > 80:
+                    long_fns.append(f"{mod}.{n.name} ({length} lines)")
+                for sub in ast.walk(n):
+                    if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                        fn_lines.add(sub.lineno)
+        for n in ast.walk(tree):
+            if isinstance(n, (ast.Import, ast.ImportFrom)):
+                found = resolve(mod, is_pkg, n)
+                subs = [t for t in found[1:] if t in modules]
+                targets = subs if isinstance(n, ast.ImportFrom) and subs and len(subs) == len(n.names) else \
+                    [t for t in found if t in modules]
+                for t in targets:
+                    if t != mod:
+                        edges[mod].add(t)
+                if targets and n.lineno in fn_lines:
+                    inner.append(f"{mod}:{n.lineno} -> {', '.join(sorted(set(targets)))}")
+        if not mod.startswith(f"{PKG}.tasks"):
+            for i, line in enumerate(text.splitlines(), 1):
+                if TASK_BRANCH.search(line):
+                    branches.append(f"{mod}:{i}: {line.strip()}")
+    return modules, edges, inner, long_fns, branches
+
+
+def cycles(nodes, edges) -> list[list[str]]:
+    """Tarjan's strongly connected components of size > 1."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10000)
+    for v in nodes:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def main() -> None:
+    modules, edges, inner, long_fns, branches = collect()
+    # a package's __init__ re-exporting its children is not a cycle of code; drop parent->child edges
+    # from __init__ modules only when the child does not import back through the package
+    cyc = cycles(modules, edges)
+    print(f"modules: {len(modules)}")
+    print(f"import cycles (strongly connected components): {len(cyc)}")
+    for c in cyc:
+        print("   ", " <-> ".join(c))
+    print(f"own-module imports inside functions: {len(inner)}")
+    for line in inner:
+        print("   ", line)
+    print(f"task-name branches outside tasks/: {len(branches)}")
+    for line in branches:
+        print("   ", line)
+    print(f"functions over 80 lines: {len(long_fns)}")
+    for line in long_fns:
+        print("   ", line)
+
+
+if __name__ == "__main__":
+    main()
