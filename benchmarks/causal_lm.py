@@ -71,17 +71,18 @@ def heldout_eval(model, tok, n_blocks: int) -> dict:
     """lmforge's evaluation of a model on the fixed held-out slice (same for every recipe)."""
     from lmforge.config import Config
     from lmforge.data.corpus import read_corpus
+    from lmforge.models.load import ensure_pad
     from lmforge.tasks import causal_lm as clm
-    from lmforge.train.loop import evaluate_split
+    from lmforge.train.evaluation import evaluate_split
 
-    clm.ensure_pad(tok, model)
+    ensure_pad(tok, model)
     docs = read_corpus("kjv:test", Config(), "eval")
     split, _, _, _ = clm.encode_split(docs, tok, BLOCK, "pack", keep_remainder=True)
     split = clm._head(split, n_blocks)
     loss = clm.CausalLMLoss(attention=clm.probe_packed_attention(model, tok.pad_token_id),
                             chunked=clm.probe_chunked_loss(model))
-    from lmforge.tasks.base import Prepared
-    prep = Prepared(task="causal-lm", model=model, tokenizer=tok, train=None, eval=split,
+    from lmforge.tasks.base import TaskParts
+    prep = TaskParts(task=clm.TASK, model=model, tokenizer=tok, train=None, eval=split,
                     collate=clm.make_collate(tok.pad_token_id, "pack"), loss=loss, eval_step=loss.eval_step,
                     finalize=clm.finalize)
     return evaluate_split(model, split, prep, batch_size=8)
@@ -94,7 +95,7 @@ def run_trainer(mode: str, args, queue) -> None:
                               TrainingArguments, default_data_collator)
     from transformers.utils import logging as hf_logging
     from lmforge.train.perf import device_peak_flops, matmul_params
-    from lmforge.zoo import resolve_model
+    from lmforge.models.zoo import resolve_model
 
     hf_logging.set_verbosity_error()
     datasets.disable_progress_bars()
@@ -209,7 +210,7 @@ def main(argv=None):
     p.add_argument("--recipes", default="padded,group_texts,lmforge,lmforge-eager")
     p.add_argument("--out", default="benchmarks/causal_lm_results.json")
     args = p.parse_args(argv)
-    from lmforge.zoo import resolve_model
+    from lmforge.models.zoo import resolve_model
     resolve_model("smollm2-135m")  # convert once, outside the timed runs
     import torch
     from lmforge.train.perf import measure_cpu_peak

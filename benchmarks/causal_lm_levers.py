@@ -16,7 +16,7 @@ import os, sys, time
 import torch
 os.environ["HF_HUB_OFFLINE"]="1"
 from transformers import AutoModelForCausalLM
-from lmforge.zoo import resolve_model
+from lmforge.models.zoo import resolve_model
 from lmforge.tasks.lm_loss import CausalLMLoss
 torch.manual_seed(0)
 path = resolve_model("smollm2-135m")
@@ -42,7 +42,7 @@ def step(name, m, opt):
     if "clip" in name: torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
     opt.step(); opt.zero_grad(set_to_none=True)
     if "trim" in name:
-        from lmforge.train.perf import release_memory; release_memory()
+        from lmforge.train.perf import release_memory
     return float(loss.detach())
 res = {v: [] for v in variants}
 state = {}

@@ -53,7 +53,7 @@ def run_trainer(mode: str, args, queue) -> None:
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               Trainer, TrainingArguments, default_data_collator)
     from transformers.utils import logging as hf_logging
-    from lmforge.zoo import resolve_model
+    from lmforge.models.zoo import resolve_model
 
     hf_logging.set_verbosity_error()
     datasets.disable_progress_bars()

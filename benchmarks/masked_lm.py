@@ -79,7 +79,7 @@ def perplexity(model, X, Y, batch: int = 32) -> dict:
 
 
 def probes(model, tokenizer) -> list:
-    from lmforge.fillmask import fill_mask_with
+    from lmforge.tasks.fill_mask import fill_mask_with
     return [{"text": r["text"], "top5": [[c["token"], round(c["score"], 4)] for c in r["masks"][0]["candidates"]]}
             for r in fill_mask_with(model, tokenizer, PROBES, top_k=5)]
 
@@ -173,8 +173,8 @@ def main() -> int:
     ap.add_argument("--out", default="runs/bench-mlm/results.json")
     a = ap.parse_args()
     from transformers import AutoTokenizer
-    from lmforge.api import quiet_libraries
-    from lmforge.zoo import resolve_model
+    from lmforge.runtime import quiet_libraries
+    from lmforge.models.zoo import resolve_model
     quiet_libraries()
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
     path = resolve_model("minilm-l6")

@@ -32,9 +32,9 @@ def main() -> None:
     import uvicorn
 
     from lmforge.data import sources
-    from lmforge.infer import classify
+    from lmforge.use.classify import classify
     from lmforge.report import write_html_report
-    from lmforge.serve import Limits, create_app
+    from lmforge.use.serve import Limits, create_app
 
     texts = sources.read_table("finefood:test")["text"].astype(str).str.slice(0, 2000).tolist()[: args.n]
     app = create_app(args.run, Limits(max_queue=64))

@@ -161,12 +161,12 @@ def test_playground_streams_generation_and_fills_masks(browser, tiny_bert, tmp_p
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    import lmforge.generate
+    import lmforge.tasks.generation
     from test_causal_lm import make_tiny
     from test_serve import Live, slow_pieces
 
     pieces = ["In ", "the ", "beginning ", "was ", "the ", "word."]
-    monkeypatch.setattr(lmforge.generate, "generate_texts", slow_pieces(pieces, 0.25))
+    monkeypatch.setattr(lmforge.tasks.generation, "generate_texts", slow_pieces(pieces, 0.25))
     live = Live(make_tiny(tmp_path_factory.mktemp("gpt2-browser"), "gpt2"))
     try:
         browser.get(f"http://127.0.0.1:{live.port}/")

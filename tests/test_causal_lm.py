@@ -16,6 +16,7 @@ from lmforge.data.corpus import pack, read_corpus, split_documents, tokenize_doc
 from lmforge.errors import LmforgeError
 from lmforge.metrics import lm_metrics
 from lmforge.tasks import causal_lm as clm
+from lmforge.models.load import ensure_pad
 
 
 def toy_docs(n: int, seed: int = 0) -> list[str]:
@@ -80,7 +81,7 @@ def load(path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
-    clm.ensure_pad(tok, model)
+    ensure_pad(tok, model)
     return model, tok
 
 
@@ -236,8 +237,8 @@ def test_perplexity_per_word_matches_hand_computation(tiny_gpt2, tmp_path):
     model, tok = load(tiny_gpt2)
     docs = ["the food was good", "it was a very tasty product indeed", "awful"]
     (tmp_path / "eval.txt").write_text("\n".join(docs) + "\n")
-    prep = clm.eval_setup(tiny_gpt2, str(tmp_path / "eval.txt"), ["--data.block_size", "8"])
-    from lmforge.train.loop import evaluate_split
+    prep = clm.TASK.eval_setup(tiny_gpt2, str(tmp_path / "eval.txt"), ["--data.block_size", "8"])
+    from lmforge.train.evaluation import evaluate_split
     m = evaluate_split(prep.model, prep.eval, prep, batch_size=2)
     # by hand: run the same blocks through the plain model, sum the token NLLs
     ids = tokenize_documents(docs, tok)
@@ -263,7 +264,7 @@ def test_perplexity_per_word_matches_hand_computation(tiny_gpt2, tmp_path):
 
 # ----------------------------------------------------------------------------------- generation
 def test_greedy_equals_stepwise_argmax_and_seeded_sampling_is_deterministic(tiny_llama):
-    from lmforge.generate import generate_texts
+    from lmforge.tasks.generation import generate_texts
     model, tok = load(tiny_llama)
     prompt = "the food was"
     ids = tok(prompt)["input_ids"]
@@ -292,7 +293,7 @@ def test_greedy_equals_stepwise_argmax_and_seeded_sampling_is_deterministic(tiny
 def test_streaming_and_chat_template(tiny_llama):
     import io
 
-    from lmforge.generate import encode_prompt, generate_texts
+    from lmforge.tasks.generation import encode_prompt, generate_texts
     model, tok = load(tiny_llama)
     buf = io.StringIO()
     out = generate_texts(model, tok, ["the food was"], max_new_tokens=6, stream=buf)[0][0]
@@ -348,8 +349,8 @@ def test_finetuned_folder_reloads_with_plain_transformers(trained):
     assert tok.pad_token is not None
     ids = tokenize_documents(["the food was good"], tok)[0]
     # plain transformers reproduces lmforge's own evaluation of the same text
-    prep = clm.eval_setup(res.run_dir / "model", str(d / "valid.txt"))
-    from lmforge.train.loop import evaluate_split
+    prep = clm.TASK.eval_setup(res.run_dir / "model", str(d / "valid.txt"))
+    from lmforge.train.evaluation import evaluate_split
     ours = evaluate_split(prep.model, prep.eval, prep, batch_size=8)
     assert ours["loss"] == pytest.approx(res.metrics["eval"]["loss"], rel=1e-4)
     with torch.no_grad():
@@ -416,7 +417,7 @@ def test_clear_errors(tiny_gpt2, tiny_bert, tmp_path):
     cases = [
         ({"data": {"train": str(tmp_path / "blank.txt")}}, "empty"),
         ({"data": {"train": str(tmp_path / "tiny.txt")}}, "fewer than one block"),
-        ({"data": {"block_size": 4096}}, "above the model's context of 128"),
+        ({"data": {"block_size": 4096}}, "above the model's limit of 128"),
         ({"model": {"name": str(tiny_bert)}}, "not a causal language model"),
         ({"train": {"loss_function": "nope"}}, "module:function"),
     ]
@@ -431,13 +432,13 @@ def test_clear_errors(tiny_gpt2, tiny_bert, tmp_path):
 def test_real_smollm2_converts_loads_and_knows_paris():
     from transformers import AutoModelForCausalLM
 
-    from lmforge.generate import generate_texts
-    from lmforge.zoo import resolve_model
+    from lmforge.tasks.generation import generate_texts
+    from lmforge.models.zoo import resolve_model
     path = resolve_model("smollm2-135m")
     model = AutoModelForCausalLM.from_pretrained(path)
     assert not hasattr(model.config, "quantization_config")  # a plain model, no GGUF quantizer attached
     assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
-    model, tok = clm.load_for_use(__import__("pathlib").Path(path))
+    model, tok = clm.TASK.load_for_use(__import__("pathlib").Path(path))
     text = generate_texts(model, tok, ["The capital of France is"], max_new_tokens=12)[0][0]
     assert "Paris" in text, text
 
@@ -447,15 +448,14 @@ def test_compile_decision_rules(monkeypatch):
     from lmforge.train import compiling
     cpu = torch.device("cpu")
     monkeypatch.setattr(compiling, "compiler_available", lambda: "/usr/bin/g++")
-    assert compiling.decide("auto", "causal-lm", "pack", 200, cpu, False)[0]
-    assert not compiling.decide("auto", "causal-lm", "pack", compiling.AUTO_MIN_STEPS - 1, cpu, False)[0]
-    assert not compiling.decide("auto", "causal-lm", "truncate", 200, cpu, False)[0]
-    assert not compiling.decide("auto", "classification", None, 200, cpu, False)[0]
-    assert not compiling.decide("auto", "causal-lm", "pack", 200, cpu, True)[0]
-    assert compiling.decide(True, "classification", None, 2, cpu, False)[0]
-    assert not compiling.decide(False, "causal-lm", "pack", 200, cpu, False)[0]
+    assert compiling.decide("auto", True, 200, cpu, False)[0]  # fixed shapes (packed causal-lm), long enough
+    assert not compiling.decide("auto", True, compiling.AUTO_MIN_STEPS - 1, cpu, False)[0]
+    assert not compiling.decide("auto", False, 200, cpu, False)[0]  # varying shapes (truncate, classification)
+    assert not compiling.decide("auto", True, 200, cpu, True)[0]
+    assert compiling.decide(True, False, 2, cpu, False)[0]
+    assert not compiling.decide(False, True, 200, cpu, False)[0]
     monkeypatch.setattr(compiling, "compiler_available", lambda: None)
-    on, why = compiling.decide(True, "causal-lm", "pack", 200, cpu, False)
+    on, why = compiling.decide(True, True, 200, cpu, False)
     assert not on and "C++" in why
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from conftest import toy_sentiment_rows, write_csv
 from lmforge.cli import main
-from lmforge.doctor import run_doctor
+from lmforge.tools.doctor import run_doctor
 from lmforge.train import memory
 
 

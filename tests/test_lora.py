@@ -56,7 +56,7 @@ def test_lora_trains_only_the_adapter_and_the_new_head(lora_run, tiny_bert):
 def test_merged_model_equals_base_plus_adapter(lora_run):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lmforge.lora import load_model
+    from lmforge.models.lora import load_model
 
     run = lora_run.run_dir
     tok = AutoTokenizer.from_pretrained(run / "model")
@@ -88,8 +88,8 @@ def test_lora_causal_lm_gpt2_adapter_merge_and_generate(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from lmforge import api
-    from lmforge.generate import generate
-    from lmforge.lora import load_model
+    from lmforge.use.generate import generate
+    from lmforge.models.lora import load_model
     from test_causal_lm import make_tiny, toy_docs
 
     base = make_tiny(tmp_path / "gpt2", "gpt2")

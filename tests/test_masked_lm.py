@@ -320,8 +320,8 @@ def test_eval_perplexity_is_reproducible_and_follows_the_eval_seed(tmp_path, mlm
 
     def before(**kw):
         cfg = dict(base, data=dict(base["data"], **kw))
-        prep = masked_lm.setup(build_config(cfg))
-        from lmforge.train.loop import evaluate_split
+        prep = masked_lm.TASK.setup(build_config(cfg))
+        from lmforge.train.evaluation import evaluate_split
         return evaluate_split(prep.model, prep.eval, prep, 16)
 
     a, b, c = before(), before(), before(eval_mask_seed=1)
@@ -336,7 +336,7 @@ def test_missing_head_is_said_once_and_gets_the_head_learning_rate(tmp_path, mlm
     from lmforge.config import build_config
     body = make_model(tmp_path / "body", tokenizers["wordpiece"], "bert", head=False)
     cfg = build_config(mlm_config(mlm_data, body, tmp_path / "r"))
-    prep = masked_lm.setup(cfg)
+    prep = masked_lm.TASK.setup(cfg)
     assert len(prep.notes) == 3 and "no trained masked-LM head" in prep.notes[0]
     assert "log unigram frequencies" in prep.notes[1] and "head_learning_rate" in prep.notes[2]
     # the new output bias starts at log p(token) of the training blocks: it sums to 1 as a distribution
@@ -347,9 +347,10 @@ def test_missing_head_is_said_once_and_gets_the_head_learning_rate(tmp_path, mlm
     assert int(bias.argmax()) == int(counts.argmax())
     assert "cls.predictions.transform.dense" in prep.notes[0] and "tied" in prep.notes[0]
     assert {"cls.predictions.bias", "cls.predictions.transform.dense.weight"} <= prep.new_param_names
-    assert cfg.train.head_learning_rate == pytest.approx(3e-3 * masked_lm.HEAD_LR_FACTOR)
+    assert cfg.train.head_learning_rate is None  # the config is not changed; the task says the head's rate
+    assert prep.head_learning_rate == pytest.approx(3e-3 * masked_lm.HEAD_LR_FACTOR)
     from lmforge.train.schedule import param_groups
-    lrs = {g["lr"] for g in param_groups(prep.model, cfg.train, prep.new_param_names)}
+    lrs = {g["lr"] for g in param_groups(prep.model, cfg.train, prep.new_param_names, prep.head_learning_rate)}
     assert lrs == {3e-3, 3e-3 * masked_lm.HEAD_LR_FACTOR}
 
 
@@ -395,14 +396,14 @@ def test_errors_causal_model_and_model_without_mask_token(tmp_path, mlm_data, to
                                n_positions=64)).save_pretrained(gpt)
     tokenizers["bpe-bytelevel"].save_pretrained(gpt)
     with pytest.raises(LmforgeError, match="causal .* cannot be trained as a masked language model"):
-        masked_lm.setup(build_config(mlm_config(mlm_data, gpt, tmp_path / "r1")))
+        masked_lm.TASK.setup(build_config(mlm_config(mlm_data, gpt, tmp_path / "r1")))
     nomask = make_model(tmp_path / "nomask", tokenizers["wordpiece"], "bert")
     cfg_path = nomask / "tokenizer_config.json"
     tc = json.loads(cfg_path.read_text())
     tc.pop("mask_token", None)
     cfg_path.write_text(json.dumps(tc))
     with pytest.raises(LmforgeError, match="has no mask token"):
-        masked_lm.setup(build_config(mlm_config(mlm_data, nomask, tmp_path / "r2")))
+        masked_lm.TASK.setup(build_config(mlm_config(mlm_data, nomask, tmp_path / "r2")))
 
 
 def test_the_issue_config_works_as_written(tmp_path, mlm_data, tiny_bert):
@@ -418,7 +419,7 @@ output: {{output_dir: {tmp_path / 'mlm'}}}
     (tmp_path / "c.yaml").write_text(text)
     cfg = load_config(tmp_path / "c.yaml")
     assert yaml.safe_load(text)["data"]["masking"] == cfg.data.masking == "whole-word"
-    prep = masked_lm.setup(cfg)
+    prep = masked_lm.TASK.setup(cfg)
     assert prep.summary["block_size"] == 128 and max(prep.train.lengths) == 128
     batch = prep.train_collate(prep.train.take(list(range(4))), 0)
     assert batch["input_ids"].shape == (4, 128) and batch["n_items"] > 0
@@ -440,9 +441,9 @@ def test_error_when_the_corpus_is_shorter_than_one_block(tmp_path, mlm_data, ber
     (tmp_path / "short.txt").write_text("kalo mire\nsati\n")
     cfg = mlm_config(mlm_data, bert_dir, tmp_path / "r", train=str(tmp_path / "short.txt"))
     with pytest.raises(LmforgeError, match="shorter than one block of 32 tokens"):
-        masked_lm.setup(build_config(cfg))
+        masked_lm.TASK.setup(build_config(cfg))
     cfg["data"]["remainder"] = "pad"  # keeping the short block makes it trainable
-    assert len(masked_lm.setup(build_config(cfg)).train) == 1
+    assert len(masked_lm.TASK.setup(build_config(cfg)).train) == 1
 
 
 def test_mfu_counts_the_output_layer_at_the_masked_share(tiny_bert):
@@ -453,5 +454,5 @@ def test_mfu_counts_the_output_layer_at_the_masked_share(tiny_bert):
     model = AutoModelForMaskedLM.from_pretrained(tiny_bert)
     head = model.get_output_embeddings().weight.numel()
     cfg = build_config({"task": "masked-lm", "data": {"train": "x.txt", "mlm_probability": 0.2}})
-    assert task_flop_params(model, "masked-lm", cfg) == matmul_params(model) - round(head * 0.8)
-    assert task_flop_params(model, "classification", cfg) == matmul_params(model)
+    assert task_flop_params(model, cfg.data.mlm_probability) == matmul_params(model) - round(head * 0.8)
+    assert task_flop_params(model) == matmul_params(model)

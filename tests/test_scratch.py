@@ -8,7 +8,7 @@ import pytest
 
 from lmforge.config import build_config
 from lmforge.errors import LmforgeError
-from lmforge.scratch import build_model, make_config
+from lmforge.models.scratch import build_model, make_config
 from lmforge.tokenizer import train_tokenizer
 from test_tokenizer import make_text
 

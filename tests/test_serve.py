@@ -11,7 +11,7 @@ import pytest
 
 from lmforge import api
 from lmforge.cli import main
-from lmforge.serve import ApiError, Limits, ModelSlot, create_app
+from lmforge.use.serve import ApiError, Limits, ModelSlot, create_app
 
 LIMITS = Limits(max_body_bytes=4096, max_chars=300, max_texts=4, max_new_tokens=32, max_top_k=10, max_queue=2)
 
@@ -198,7 +198,7 @@ def test_model_slot_counts_waiters():
 
 
 def test_fill_mask_endpoint(mlm_server, tiny_bert):
-    from lmforge.fillmask import fill_mask
+    from lmforge.use.fill_mask import fill_mask
     status, info = mlm_server.request("GET", "/info")
     assert info["task"] == "masked-lm" and info["mask_token"] == "[MASK]"
     status, out = mlm_server.post("/v1/fill-mask", {"text": "the food was [MASK] and [MASK]", "top_k": 3})
@@ -249,7 +249,7 @@ def stream_lines(live, body) -> list[dict]:
 
 
 def test_generate_endpoint_plain_and_streaming(gen_server):
-    from lmforge.generate import generate_texts
+    from lmforge.tasks.generation import generate_texts
     from lmforge.tasks.causal_lm import load_for_use
     live, path = gen_server
     model, tok = load_for_use(path)
@@ -301,10 +301,10 @@ def slow_pieces(pieces, delay):
 
 
 def test_stream_arrives_piece_by_piece_and_stops_when_the_client_leaves(gen_server, monkeypatch):
-    import lmforge.generate
+    import lmforge.tasks.generation
     live, _ = gen_server
     pieces = ["one ", "two ", "three\n", "four"]
-    monkeypatch.setattr(lmforge.generate, "generate_texts", slow_pieces(pieces, 0.4))
+    monkeypatch.setattr(lmforge.tasks.generation, "generate_texts", slow_pieces(pieces, 0.4))
     conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=30)
     conn.request("POST", "/v1/generate", body=json.dumps({"prompt": "count", "stream": True}),
                  headers={"content-type": "application/json"})
@@ -323,7 +323,7 @@ def test_stream_arrives_piece_by_piece_and_stops_when_the_client_leaves(gen_serv
     assert min(gaps) > 0.2  # each piece was sent when it was made, not all at the end
 
     # a client that hangs up mid-stream frees the model for the next request
-    monkeypatch.setattr(lmforge.generate, "generate_texts", slow_pieces(["x "] * 50, 0.1))
+    monkeypatch.setattr(lmforge.tasks.generation, "generate_texts", slow_pieces(["x "] * 50, 0.1))
     sock = socket.create_connection(("127.0.0.1", live.port))
     body = json.dumps({"prompt": "go", "stream": True}).encode()
     sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"

@@ -57,7 +57,7 @@ def test_param_specs_and_pruning_callback():
     import optuna
 
     from lmforge.errors import LmforgeError
-    from lmforge.sweep import PruneOnEval, parse_metric, parse_param
+    from lmforge.tools.sweep import PruneOnEval, parse_metric, parse_param
 
     p = parse_param("train.per_device_train_batch_size=choice:8,16")
     assert p.choices == [8, 16]
@@ -93,7 +93,7 @@ def test_param_specs_and_pruning_callback():
 
 def test_sweep_rejects_an_unknown_key_before_training(tmp_path):
     from lmforge.errors import LmforgeError
-    from lmforge.sweep import sweep
+    from lmforge.tools.sweep import sweep
 
     with pytest.raises(LmforgeError, match="learning_rat"):
         sweep({"data": {"train": "x.csv"}}, ["train.learning_rat=loguniform:1e-5:1e-3"], trials=1,

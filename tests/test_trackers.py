@@ -98,7 +98,8 @@ def test_mlflow_local_store_has_the_run_params_and_metrics(tracked_run):
 
 
 def test_missing_tracker_package_is_one_line_with_the_pip_command(tmp_path, monkeypatch, capsys):
-    from lmforge import cli, trackers
+    from lmforge import cli
+    from lmforge.train import trackers
 
     real = importlib.util.find_spec
     monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
@@ -121,7 +122,7 @@ def test_report_to_none_writes_no_events():
 
 def test_wandb_is_offline_unless_logged_in_and_gets_the_scalars(tmp_path, monkeypatch):
     """A stand-in wandb module records what lmforge sends it."""
-    from lmforge import trackers
+    from lmforge.train import trackers
 
     calls = {"log": [], "finish": []}
 
@@ -166,7 +167,7 @@ def test_wandb_is_offline_unless_logged_in_and_gets_the_scalars(tmp_path, monkey
 def test_a_resumed_run_continues_the_same_mlflow_run(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from lmforge.trackers import open_trackers
+    from lmforge.train.trackers import open_trackers
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

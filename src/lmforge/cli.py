@@ -11,12 +11,19 @@ import json
 import logging
 import os
 import sys
+import webbrowser
 from typing import List, Optional
 
+import click
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
 
+from .config import build_config
 from .errors import LmforgeError
+from .fs import write_json
+from .runtime import quiet_libraries
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune and train language models: classification, causal LM, masked LM.")
@@ -25,7 +32,6 @@ STATE = {"debug": False}
 
 
 def _setup_logging(quiet: bool) -> None:
-    from rich.logging import RichHandler
     logger = logging.getLogger("lmforge")
     if not any(isinstance(h, RichHandler) for h in logger.handlers):
         handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
@@ -33,7 +39,6 @@ def _setup_logging(quiet: bool) -> None:
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
-    from .api import quiet_libraries
     quiet_libraries()
 
 
@@ -63,10 +68,11 @@ def _split_resume(extra: list[str]) -> tuple[list[str], object]:
     return out, resume
 
 
-def _permissions(allow_pickle: bool, trust_remote_code: bool) -> None:
-    from .tasks.common import CLI_PERMISSIONS
-    CLI_PERMISSIONS["allow_pickle"] = allow_pickle
-    CLI_PERMISSIONS["trust_remote_code"] = trust_remote_code
+def _api():
+    # lazy, and the only import of lmforge.api here: it loads torch and transformers (seconds), which
+    # `lmforge --help` and a mistyped command must not wait for
+    from . import api
+    return api
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -79,22 +85,20 @@ def train(ctx: typer.Context,
           num_processes: Optional[int] = typer.Option(None, "--num-processes", help="Launch N processes (GPUs, or CPU processes) with accelerate."),
           accelerate_config: Optional[str] = typer.Option(None, "--accelerate-config", help="accelerate config file (DDP/FSDP/DeepSpeed, several machines); see examples/accelerate/.")):
     """Train a model. Extra --section.key value pairs override the config; --resume [CKPT] continues a run."""
-    from . import api
+    api = _api()
     if config and config.startswith("--"):
         ctx.args.insert(0, config)
         config = None
     overrides, resume = _split_resume(list(ctx.args))
-    _permissions(allow_pickle, trust_remote_code)
-    from .launch import inside_launcher
-    if ((num_processes or 1) > 1 or accelerate_config) and not inside_launcher():
-        from .launch import launch
-        api._as_config(config, overrides)  # a config mistake: one error here, not one per process
+    if ((num_processes or 1) > 1 or accelerate_config) and not api.inside_launcher():
+        api.resolve_config(config, overrides)  # a config mistake: one error here, not one per process
         args = ([config] if config else []) + list(ctx.args) + [flag for flag, on in (
             ("--overwrite", overwrite), ("--allow-pickle", allow_pickle), ("--trust-remote-code", trust_remote_code),
             ("--no-progress", no_progress)) if on]
-        raise typer.Exit(launch(args, num_processes, accelerate_config, debug=STATE["debug"]))
+        raise typer.Exit(api.launch(args, num_processes, accelerate_config, debug=STATE["debug"]))
     try:
-        result = api.train(config, overrides=overrides, resume=resume, overwrite=overwrite, progress=not no_progress)
+        result = api.train(config, overrides=overrides, resume=resume, overwrite=overwrite, progress=not no_progress,
+                           allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     except KeyboardInterrupt as e:  # typer would swallow the message: print it here
         _print_interrupted(e)
         raise typer.Exit(130)
@@ -110,7 +114,6 @@ def _print_interrupted(e: BaseException) -> None:
 
 
 def _print_metrics(metrics: dict) -> None:
-    from rich.table import Table
     keys = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro", "f1_weighted", "bits_per_byte")
     table = Table(title="metrics")
     table.add_column("metric")
@@ -132,7 +135,7 @@ def predict(model: str = typer.Argument(..., help="Run folder or model folder.")
             text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
             batch_size: int = typer.Option(64, "--batch-size")):
     """Classify texts: label and probabilities per row."""
-    from . import api
+    api = _api()
     if not texts and not input:
         raise LmforgeError("nothing to predict", "give texts after the model, or --input FILE")
     if batch_size <= 0:
@@ -153,10 +156,9 @@ def eval_cmd(ctx: typer.Context, model: str = typer.Argument(..., help="Run fold
              batch_size: int = typer.Option(64, "--batch-size"),
              output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON.")):
     """Metrics of a trained model on a labelled dataset."""
-    from . import api
+    api = _api()
     metrics = api.evaluate(model, data, batch_size=batch_size, overrides=list(ctx.args) or None)
     if output:
-        from .runfolder import write_json
         write_json(output, metrics)
     _print_metrics({"eval": metrics})
     print(json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}, indent=1))
@@ -198,19 +200,18 @@ def tokenizer_train(
         text_column: Optional[str] = typer.Option(None, "--text-column", help="Text column of a csv/jsonl/parquet --data."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
     """Train a tokenizer: --files A.txt B.txt ... or --data SOURCE; extra --special-tokens X Y ... are added."""
-    from .tokenizer import format_summary, train_from_source
+    api = _api()
     lists = _take_lists(list(ctx.args), ("--files", "--special-tokens"))
     files = lists["--files"]
     if files and data:
         raise LmforgeError("give either --files or --data, not both")
     cfg = None
     if data:
-        from .config import build_config
         cfg = build_config({"data": {"train": data, "text_column": text_column}}, "command line")
-    res = train_from_source(type, source=data, files=files or None, cfg=cfg, vocab_size=vocab_size,
+    res = api.train_tokenizer(type, source=data, files=files or None, cfg=cfg, vocab_size=vocab_size,
                             min_frequency=min_frequency, special_tokens=lists["--special-tokens"], lowercase=lowercase,
                             max_bytes=int(max_mb * 1e6) if max_mb else None, output=output, progress=not no_progress)
-    console.print(format_summary(res.summary), markup=False, highlight=False, soft_wrap=True)
+    console.print(res.summary_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"[green]done[/green]: tokenizer in {res.path} (AutoTokenizer.from_pretrained({str(res.path)!r}))")
 
 
@@ -223,7 +224,7 @@ def fill_mask_cmd(model: str = typer.Argument(..., help="Run folder, model folde
                   text_column: Optional[str] = typer.Option(None, "--text-column"),
                   batch_size: int = typer.Option(32, "--batch-size")):
     """Fill the masks of texts: top-k tokens with probabilities per mask."""
-    from . import api
+    api = _api()
     if not texts and not input:
         raise LmforgeError("nothing to fill", 'give texts after the model ("The [MASK] rose.") or --input FILE')
     if top_k <= 0 or batch_size <= 0:
@@ -255,7 +256,7 @@ def generate(model: str = typer.Argument(..., help="Run folder, model folder or 
              prompt_column: Optional[str] = typer.Option(None, "--prompt-column", help="Column of --input tables."),
              no_stream: bool = typer.Option(False, "--no-stream", help="Print whole results instead of streaming.")):
     """Continue prompts with a causal LM; tokens stream to the terminal as they come."""
-    from . import api
+    api = _api()
     stream = not no_stream and not output and num_return_sequences == 1
     rows = api.generate(model, prompts=prompts or None, input_file=input, output=output,
                         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -275,13 +276,12 @@ def doctor(ctx: typer.Context,
            trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the Hub."),
            no_probe: bool = typer.Option(False, "--no-probe", help="Skip the 3-step timing probe.")):
     """Check a config before training: config, data, tokenizer, memory, time per step, offline files."""
-    from .doctor import run_doctor
     if config and config.startswith("--"):
         ctx.args.insert(0, config)
         config = None
     overrides, _ = _split_resume(list(ctx.args))
-    _permissions(allow_pickle, trust_remote_code)
-    report = run_doctor(config, overrides, probe=not no_probe)
+    report = _api().doctor(config, overrides, probe=not no_probe, allow_pickle=allow_pickle,
+                           trust_remote_code=trust_remote_code)
     if report.problems:
         raise typer.Exit(2)
 
@@ -290,7 +290,7 @@ def doctor(ctx: typer.Context,
 def prepare(ctx: typer.Context, config: str = typer.Argument(..., help="YAML config (causal-lm)."),
             no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
     """Tokenize a config's training data into the on-disk token cache; `lmforge train` then starts at once."""
-    from . import api
+    api = _api()
     res = api.prepare(config, overrides=list(ctx.args) or None, progress=not no_progress)
     s = res["splits"]["train"]
     how = ("already prepared: cache hit, nothing tokenized" if s["cache_hit"] else
@@ -313,16 +313,14 @@ def sweep(ctx: typer.Context,
           allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) model weights."),
           trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the Hub.")):
     """Hyper-parameter search (Optuna): one run folder per trial, a summary table and best_config.yaml."""
-    from .sweep import sweep as run_sweep
     if config and config.startswith("--"):
         ctx.args.insert(0, config)
         config = None
     if pruner not in ("median", "none"):
         raise LmforgeError(f"--pruner must be median or none, got '{pruner}'")
-    _permissions(allow_pickle, trust_remote_code)
-    res = run_sweep(config, param, trials=trials, metric=metric, direction=direction, output_dir=output_dir,
-                    overrides=list(ctx.args) or None, pruner=pruner, seed=seed)
-    from rich.table import Table
+    res = _api().sweep(config, param, trials=trials, metric=metric, direction=direction, output_dir=output_dir,
+                       overrides=list(ctx.args) or None, pruner=pruner, seed=seed, allow_pickle=allow_pickle,
+                       trust_remote_code=trust_remote_code)
     table = Table(title=f"sweep {res.sweep_dir}")
     cols = [c for c in (res.rows[0] if res.rows else {}) if c != "run_dir"]
     for c in cols:
@@ -340,17 +338,14 @@ def sweep(ctx: typer.Context,
 @app.command()
 def models():
     """List the built-in model aliases."""
-    from .zoo import MODELS
-    import importlib.util
-    for alias in MODELS.values():
+    for alias in _api().models():
         print(f"{alias.name:16s} {alias.description}  [{', '.join(alias.tasks)}] (pip: {alias.package})")
 
 
 @app.command()
 def datasets():
     """List the built-in datasets."""
-    from .data.builtin import DATASETS
-    for name, (desc, _) in DATASETS.items():
+    for name, (desc, _) in _api().datasets().items():
         print(f"{name:12s} {desc}")
 
 
@@ -360,11 +355,9 @@ def report(runs: List[str] = typer.Argument(..., help="One run folder, or severa
                                                 help="Where to write (default: RUN/report.html, or compare.html)."),
            open_browser: bool = typer.Option(False, "--open", help="Open the page in a web browser.")):
     """Rebuild a run's report.html (and loss.png); with several runs, write a page comparing them."""
-    from .report import build_reports
-    out = build_reports(runs, output)
+    out = _api().report(runs, output)
     console.print(f"[green]wrote[/green] {out}")
     if open_browser:
-        import webbrowser
         webbrowser.open(out.resolve().as_uri())
 
 
@@ -372,9 +365,8 @@ def report(runs: List[str] = typer.Argument(..., help="One run folder, or severa
 def runs_cmd(folder: str = typer.Argument("runs", help="Folder holding run folders."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table.")):
     """List runs: task, model, data, status (finished / running / crashed / failed), best metric, duration."""
-    from rich.table import Table
-    from .report import format_duration, list_runs
-    rows = list_runs(folder)
+    api = _api()
+    rows = api.runs(folder)
     if as_json:
         for r in rows:
             print(json.dumps(r, default=str))
@@ -392,7 +384,7 @@ def runs_cmd(folder: str = typer.Argument("runs", help="Folder holding run folde
         c = colors.get(r["status"], "white")
         name = os.path.relpath(r["run"], folder) if not os.path.relpath(r["run"], folder).startswith("..") else r["run"]
         table.add_row(name, r["task"], r["model"], r["data"], f"[{c}]{r['status']}[/{c}]", best,
-                      format_duration(r["duration_s"]), (r["started"] or "")[5:16].replace("T", " "))
+                      api.format_duration(r["duration_s"]), (r["started"] or "")[5:16].replace("T", " "))
     Console(width=max(120, Console().width)).print(table)
 
 
@@ -404,17 +396,16 @@ def serve(model: str = typer.Argument(..., help="Run folder, model folder or bui
           max_chars: int = typer.Option(8000, "--max-chars", help="Cap on characters per text."),
           max_queue: int = typer.Option(16, "--max-queue", help="Requests that may wait for the model; more get 503.")):
     """Serve a model over HTTP: JSON endpoints (/v1/classify, /v1/generate, /v1/fill-mask) and a web page at /."""
-    from .serve import Limits, serve as run_server
+    api = _api()
     for name, v in (("--max-new-tokens", max_new_tokens), ("--max-chars", max_chars), ("--max-queue", max_queue)):
         if v <= 0:
             raise LmforgeError(f"{name} must be positive, got {v}")
-    run_server(model, host=host, port=port, limits=Limits(max_new_tokens=max_new_tokens, max_chars=max_chars,
-                                                          max_body_bytes=max(64 * 1024, 8 * max_chars),
-                                                          max_queue=max_queue))
+    api.serve(model, host=host, port=port, limits=api.ServeLimits(
+        max_new_tokens=max_new_tokens, max_chars=max_chars, max_body_bytes=max(64 * 1024, 8 * max_chars),
+        max_queue=max_queue))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    import click
     try:
         rv = app(args=argv, standalone_mode=False)
         return rv if isinstance(rv, int) else 0  # typer returns the code of typer.Exit / an interrupt
@@ -439,3 +430,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

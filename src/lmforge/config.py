@@ -8,14 +8,16 @@ are :class:`~lmforge.errors.LmforgeError` naming the key and the closest valid o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .errors import LmforgeError, did_you_mean
 
+# The task families (tasks/__init__.py registers one module for each; a test keeps the two lists equal).
 TaskName = Literal["classification", "causal-lm", "masked-lm"]
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
 
@@ -323,7 +325,7 @@ def _section_fields(model_cls: type[BaseModel], loc: tuple) -> list[str]:
 
 def _format_validation_error(err: ValidationError, source: str) -> LmforgeError:
     first = err.errors()[0]
-    loc = tuple(str(p) for p in first["loc"] if not isinstance(p, int) or True)
+    loc = tuple(str(p) for p in first["loc"])
     key = ".".join(loc)
     if first["type"] == "extra_forbidden":
         valid = _section_fields(Config, loc[:-1])
@@ -341,10 +343,10 @@ def _format_validation_error(err: ValidationError, source: str) -> LmforgeError:
         return LmforgeError(f"bad value for '{key}' in {source}: {msg}{got_txt}.{did_you_mean(got, [])}",
                             f"set {key} to one of the values listed")
     return LmforgeError(f"bad value for '{key or 'config'}' in {source}: {msg}{got_txt}",
-                        "see `lmforge config --help-keys` or the README's config reference")
+                        "see the README's config reference")
 
 
-def _parse_value(raw: str) -> Any:
+def parse_value(raw: str) -> Any:
     """YAML typing for a command-line value, plus '3e-4' as a float (YAML 1.1 reads it as text)."""
     if raw == "":
         return ""
@@ -377,7 +379,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             raw = args[i + 1]
             i += 1
         i += 1
-        value = _parse_value(raw)
+        value = parse_value(raw)
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -443,3 +445,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 def default_recipe_path() -> Path:
     """The built-in default recipe (the same file as examples/sentiment-minilm.yaml)."""
     return Path(__file__).parent / "recipes" / "sentiment-minilm.yaml"
+
+
+def resolve_config(config: Union[str, Path, Config, dict, None],
+                   overrides: Union[Sequence[str], dict, None] = None) -> Config:
+    """A Config from a YAML path (None = the built-in default recipe), a dict or a Config, with
+    ``--section.key value`` overrides (a list) or a nested dict of them applied."""
+    extra = None
+    if overrides:
+        extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
+    if isinstance(config, Config):
+        return build_config(deep_merge(config.model_dump(), extra), "config + overrides") if extra else config
+    if isinstance(config, dict):
+        return build_config(deep_merge(config, extra) if extra else config, "config dict")
+    return load_config(config, extra)
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """What a config file alone must never grant: the caller gives these (command-line flags
+    ``--allow-pickle`` / ``--trust-remote-code``, or the Python API's arguments)."""
+    allow_pickle: bool = False
+    """Load pickled (.bin/.pt) weights, which can run code."""
+    trust_remote_code: bool = False
+    """Run model code shipped with a model's files."""

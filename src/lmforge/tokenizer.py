@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
+from .config import Permissions
 from .errors import LmforgeError, did_you_mean
+from .data.cache import fingerprint
+from .data.corpus import read_corpus
+from .data.stream import source_fingerprint
+from .fs import cache_dir
+from .fs import locked
+from .models.load import model_source
+from .models.zoo import resolve_model
 
 log = logging.getLogger("lmforge")
 
@@ -66,6 +74,10 @@ class TrainedTokenizer:
     tokenizer: object  # a transformers fast tokenizer
     summary: dict = field(default_factory=dict)
     path: Optional[Path] = None
+
+    def summary_text(self) -> str:
+        """The summary as the CLI prints it (see format_summary)."""
+        return format_summary(self.summary)
 
 
 def _unique(seq: Iterable[str]) -> list[str]:
@@ -328,17 +340,7 @@ def format_summary(summary: dict) -> str:
 # ----------------------------------------------------------------------------------- from a config
 def _texts_for_source(source: str, cfg) -> list[str]:
     """Documents of a non-file source (built-in dataset, csv/jsonl/parquet, Hub id)."""
-    try:
-        from .data.corpus import read_corpus  # the shared corpus reader (txt/jsonl/csv/parquet/built-in)
-    except ImportError:  # pragma: no cover - older checkout without the corpus module
-        read_corpus = None
-    if read_corpus is not None:
-        return list(read_corpus(source, cfg, "train"))
-    from .data.sources import pick_column, read_table
-    df = read_table(source, cfg.data.format if cfg is not None else None, "train")
-    col = pick_column(df, cfg.data.text_column if cfg is not None else None, __import__(
-        "lmforge.data.sources", fromlist=["TEXT_NAMES"]).TEXT_NAMES, "text", source, "data.text_column")
-    return df[col].dropna().astype(str).tolist()
+    return list(read_corpus(source, cfg, "train"))
 
 
 def is_plain_text_source(source: str) -> bool:
@@ -358,7 +360,7 @@ def train_from_source(kind: str, source: Optional[str] = None, files: Optional[S
     return train_tokenizer(kind, texts=_texts_for_source(source, cfg), **kwargs)
 
 
-def tokenizer_for_config(cfg, log=log):
+def tokenizer_for_config(cfg, log=log, permissions: Permissions = Permissions()):
     """The tokenizer a run uses: trained per ``tokenizer.train`` (cached), ``tokenizer.name``, or the model's."""
     tcfg = getattr(cfg, "tokenizer", None)
     train_cfg = getattr(tcfg, "train", None) if tcfg is not None else None
@@ -366,21 +368,16 @@ def tokenizer_for_config(cfg, log=log):
         return trained_for_config(cfg, log)
     name = getattr(tcfg, "name", None) if tcfg is not None else None
     if name:
-        from .zoo import resolve_model
         p = Path(name).expanduser()
         return load_tokenizer(str(p) if p.is_dir() else resolve_model(name))
     if cfg.model.name:
-        from .tasks.common import model_source
-        return load_tokenizer(model_source(cfg), cfg.model.revision)
+        return load_tokenizer(model_source(cfg, permissions), cfg.model.revision)
     raise LmforgeError("no tokenizer: a model built from a config needs one",
                        "add tokenizer: {train: {type: byte-level-bpe, vocab_size: 8000}} or tokenizer.name: FOLDER")
 
 
 def trained_for_config(cfg, log=log):
     """Train the config's tokenizer once; later runs with the same data and settings load the cached one."""
-    from .data.cache import fingerprint, locked
-    from .data.stream import source_fingerprint
-    from .zoo import cache_dir
 
     t = cfg.tokenizer.train
     files = list(t.files) if t.files else None

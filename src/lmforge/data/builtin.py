@@ -18,6 +18,7 @@ from typing import Callable
 import pandas as pd
 
 from ..errors import LmforgeError
+from ..runtime import check_hub_available
 
 DATASETS: dict[str, tuple[str, Callable[[str], pd.DataFrame]]] = {}
 
@@ -117,8 +118,7 @@ def looks_like_hub_id(name: str) -> bool:
 
 def load_hub(name: str, split: str) -> pd.DataFrame:
     """A Hub dataset id through `datasets.load_dataset` (fails fast offline)."""
-    from ..zoo import check_hub_available
-    check_hub_available(name, "dataset")
+    check_hub_available(name, "dataset", "a local file or a built-in dataset (see `lmforge datasets`)")
     import datasets
     ident, _, explicit = name.partition(":")
     split = explicit or ("validation" if split == "eval" else split)

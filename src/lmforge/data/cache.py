@@ -9,20 +9,18 @@ delete or replace an entry another one is reading.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import datasets
 import pandas as pd
 
-from ..zoo import cache_dir
+from ..fs import cache_dir, locked
 
 # Counts cache hits/misses in this process (tests assert on them).
 STATS = {"hits": 0, "misses": 0}
@@ -47,17 +45,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
     extra = [tokenizer.__class__.__name__, str(tokenizer.all_special_tokens), getattr(tokenizer, "padding_side", "")]
     return fingerprint(text, extra)
-
-
-@contextlib.contextmanager
-def locked(lock_file: Path) -> Iterator[None]:
-    """An exclusive lock on `lock_file` (created if needed) between processes, while inside."""
-    with open(lock_file, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def cached_dataset(key: str, build: Callable[[], datasets.Dataset], kind: str = "encoded") -> tuple[datasets.Dataset, bool]:

@@ -19,6 +19,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import LmforgeError
+from . import fastbpe
+from .fastbpe import flatten
 
 POOL_MIN_BYTES = 32 << 20  # below this, worker processes cost more than they save
 # A worker is replaced by a fresh process after this many pieces (~400 MB of text): a long-lived
@@ -40,7 +42,6 @@ def plain_backend(tokenizer):
 
 
 def rust_encoder(tokenizer) -> Callable:
-    from .fastbpe import flatten
     backend = plain_backend(tokenizer)
 
     def encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +56,6 @@ def rust_encoder(tokenizer) -> Callable:
 def choose(tokenizer, cfg, total: int) -> tuple[Callable, int, str]:
     """(encode function, parallel workers, description): the exact fast byte-level path in worker
     processes for big inputs, in this process for small ones, else the Rust batch encoder."""
-    from . import fastbpe
     workers = (getattr(cfg.data, "num_proc", None) if cfg is not None else None) or os.cpu_count() or 1
     if fastbpe.supported(tokenizer):
         if workers > 1 and total >= POOL_MIN_BYTES:
@@ -90,7 +90,6 @@ class WorkerPool:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        from . import fastbpe
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=fastbpe._init_worker,
                                         initargs=(tokenizer.backend_tokenizer.to_str(),),

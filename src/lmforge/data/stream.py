@@ -37,7 +37,9 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ..errors import LmforgeError
-from . import encoders
+from ..fs import cache_dir, locked, write_json
+from . import builtin, encoders
+from .cache import fingerprint, tokenizer_fingerprint
 from .stream_read import CHUNK_BYTES, read_pieces, text_files
 
 log = logging.getLogger("lmforge")
@@ -65,7 +67,6 @@ def _file_fp(p: Path) -> dict:
 def source_fingerprint(source: str) -> object:
     """What identifies a data source's content without reading all of it."""
     p = Path(str(source)).expanduser()
-    from . import builtin
     if p.is_file() and not builtin.is_builtin(str(source)):
         return _file_fp(p)
     if p.is_dir():
@@ -197,7 +198,6 @@ class Blocks:
 
 
 def cache_key(source: str, tokenizer, cfg=None, split: str = "train", add_eos: bool = True) -> str:
-    from .cache import fingerprint, tokenizer_fingerprint
     d = cfg.data if cfg is not None else None
     settings = {"add_eos": add_eos, "format": getattr(d, "format", None), "text_column": getattr(d, "text_column", None),
                 "document_separator": getattr(d, "document_separator", None), "split": split, "v": FORMAT}
@@ -205,16 +205,9 @@ def cache_key(source: str, tokenizer, cfg=None, split: str = "train", add_eos: b
 
 
 def cache_root() -> Path:
-    from ..zoo import cache_dir
     root = cache_dir() / "tokens"
     root.mkdir(parents=True, exist_ok=True)
     return root
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def build_token_cache(source: str, tokenizer, cfg=None, split: str = "train", add_eos: bool = True,
@@ -227,7 +220,6 @@ def build_token_cache(source: str, tokenizer, cfg=None, split: str = "train", ad
     key = cache_key(source, tokenizer, cfg, split, add_eos)
     root = cache_root()
     final = root / key
-    from .cache import locked
     with locked(root / f".lock-{key}"):  # one builder per key; other ranks wait, then hit
         if (final / "meta.json").exists():
             STATS["hits"] += 1
@@ -333,7 +325,7 @@ def _build(source, tokenizer, cfg, split, add_eos, partial: Path, progress: bool
                 os.fsync(tok_f.fileno())
                 os.fsync(doc_f.fileno())
                 state["open_doc"] = open_doc
-                _write_json_atomic(prog_file, state)
+                write_json(prog_file, state)
                 since_ckpt = 0
             if stop_after_bytes is not None and state["bytes"] >= stop_after_bytes:
                 finished = False
@@ -356,13 +348,12 @@ def _build(source, tokenizer, cfg, split, add_eos, partial: Path, progress: bool
             "mb_per_s": round(state["bytes"] / 1e6 / max(seconds, 1e-9), 2),
             "tokens_per_s": round(state["n_tokens"] / max(seconds, 1e-9), 1)}
     prog_file.unlink(missing_ok=True)
-    _write_json_atomic(partial / "meta.json", meta)
+    write_json(partial / "meta.json", meta)
     return True
 
 
 # ----------------------------------------------------------------------------------- for the tasks
 def _marker(source: str) -> Path:
-    from .cache import fingerprint
     return cache_root() / f"prepared-{fingerprint(source_fingerprint(source))}.json"
 
 
@@ -413,28 +404,6 @@ def sample_documents(blocks: "Blocks", tokenizer, n: int = 3, max_tokens: int = 
     return out
 
 
-def prepare(cfg, progress: bool = False) -> dict:
-    """Build the token caches of a config's data (training the tokenizer first if the config says so)."""
-    from ..tokenizer import tokenizer_for_config
-    if not cfg.data.train:
-        raise LmforgeError("no training data given", "set data.train in the config")
-    if cfg.task not in ("causal-lm",):
-        raise LmforgeError(f"lmforge prepare builds token caches for causal-lm, not {cfg.task}",
-                           "for other tasks lmforge train caches its tokenization itself")
-    t0 = time.perf_counter()
-    tokenizer = tokenizer_for_config(cfg, log)
-    out = {"tokenizer_seconds": round(time.perf_counter() - t0, 2), "vocab_size": len(tokenizer), "splits": {}}
-    # Only the training data is cached here: eval and test sets are small and lmforge train
-    # tokenizes them in memory (cached as well).
-    for split, source in (("train", cfg.data.train),):
-        t = time.perf_counter()
-        cache, hit = build_token_cache(source, tokenizer, cfg, "train" if split == "train" else split,
-                                       progress=progress)
-        out["splits"][split] = {"source": str(source), "tokens": cache.n_tokens, "documents": cache.n_docs,
-                                "bytes": cache.meta["bytes"], "seconds": round(time.perf_counter() - t, 2),
-                                "build_seconds": cache.meta["seconds"], "mb_per_s": cache.meta["mb_per_s"],
-                                "cache_hit": hit, "path": str(cache.path)}
-        if split == "train":
-            _write_json_atomic(_marker(source), {"source": str(source), "cache": str(cache.path)})
-    out["seconds"] = round(time.perf_counter() - t0, 2)
-    return out
+def mark_prepared(source: str, cache_path: Path) -> None:
+    """Record that `lmforge prepare` built the token cache of `source` (data.streaming: auto then streams it)."""
+    write_json(_marker(source), {"source": str(source), "cache": str(cache_path)})

@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import LmforgeError
+from . import builtin
+from .corpus import read_corpus
+from .corpus import separator_pattern
+from .sources import TEXT_NAMES
+from .sources import detect_format
 
 CHUNK_BYTES = 4 << 20          # text read per batch
 
@@ -43,7 +48,6 @@ def _cut(buf: bytes, pattern: Optional[re.Pattern]) -> int:
 def _bytes_pattern(sep: Optional[str]) -> Optional[re.Pattern]:
     if sep is None:
         return None
-    from .corpus import separator_pattern
     pat = separator_pattern(sep)
     return re.compile(pat.pattern.encode("utf-8"))
 
@@ -64,7 +68,6 @@ def _read_text_file(path: Path, fi: int, start: int, sep: Optional[str], whole_f
     pattern = None if whole_file_doc else _bytes_pattern(sep)
     str_pattern = None
     if not whole_file_doc and sep is not None:
-        from .corpus import separator_pattern
         str_pattern = separator_pattern(sep)
     with open(path, "rb") as f:
         f.seek(start)
@@ -124,7 +127,6 @@ def _decode_prefix(raw: bytes) -> str:
 
 def _read_jsonl(path: Path, start: int, cfg, chunk: int) -> Iterator[Piece]:
     """JSON lines in chunks of whole lines; the text field is data.text_column or a common name."""
-    from .sources import TEXT_NAMES
     col = cfg.data.text_column if cfg is not None else None
     with open(path, "rb") as f:
         f.seek(start)
@@ -163,7 +165,6 @@ def _read_jsonl(path: Path, start: int, cfg, chunk: int) -> Iterator[Piece]:
 
 
 def _read_in_memory(source: str, cfg, split: str, start: int, chunk: int) -> Iterator[Piece]:
-    from .corpus import read_corpus
     docs = read_corpus(source, cfg, split)
     i = start
     while i < len(docs):
@@ -178,7 +179,6 @@ def _read_in_memory(source: str, cfg, split: str, start: int, chunk: int) -> Ite
 def read_pieces(source: str, cfg, split: str = "train", cursor: Optional[dict] = None,
                 chunk: int = CHUNK_BYTES) -> Iterator[Piece]:
     """The documents of a source in pieces of about `chunk` bytes, resumable from a cursor."""
-    from . import builtin
     cursor = cursor or {"file": 0, "offset": 0}
     sep = getattr(cfg.data, "document_separator", None) if cfg is not None else None
     fmt = cfg.data.format if cfg is not None else None
@@ -192,7 +192,6 @@ def read_pieces(source: str, cfg, split: str = "train", cursor: Optional[dict] =
                 start = cursor["offset"] if fi == cursor["file"] else 0
                 yield from _read_text_file(files[fi], fi, start, sep, sep is None, chunk)
             return
-        from .sources import detect_format
         fmt = detect_format(p, fmt)
         if fmt == "txt":
             yield from _read_text_file(p, 0, cursor["offset"], sep, False, chunk)

@@ -7,6 +7,9 @@ from typing import Optional
 
 import yaml
 
+from ..models.zoo import MODELS
+from ..runtime import looks_like_path
+
 from .runs import _scalar
 
 PIPELINE_TAGS = {"classification": "text-classification", "causal-lm": "text-generation",
@@ -29,7 +32,6 @@ def _base_model_facts(cfg) -> tuple[Optional[str], Optional[str]]:
         return BASE_MODELS[name]
     hub, license_ = None, None
     try:
-        from ..zoo import MODELS, looks_like_path
         folder = Path(MODELS[name].locate()) if name in MODELS else Path(name).expanduser()
         card = folder / "README.md"
         if card.exists():
@@ -109,7 +111,7 @@ def model_card(cfg, metrics: dict, summary: dict, notes: list[str]) -> str:
         lines.append(f"- eval: {summary['eval_rows']} rows held out from the training data "
                      f"({100 * cfg.data.validation_split:.0f}%, seed {cfg.train.seed})")
     if "label_counts" in summary:
-        lines.append(f"- label counts (train): " + ", ".join(f"`{k}` {v}" for k, v in summary["label_counts"].items()))
+        lines.append("- label counts (train): " + ", ".join(f"`{k}` {v}" for k, v in summary["label_counts"].items()))
     if "mean_tokens" in summary:
         lines.append(f"- mean length {summary['mean_tokens']:.1f} tokens; max_length {summary.get('max_length', '?')}"
                      + (f"; {100 * summary['truncated_train_share']:.1f}% of train rows truncated"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import LmforgeError
+from ..fs import write_text
 from .html import _Raw, _e, _img, _page, _section, _table, write_html_report
 from .plots import _plt, plot_losses
 from .runs import _load_run, _scalar, best_metric_name, run_status
@@ -79,12 +80,7 @@ def write_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
     sections = [_section("comparison-metrics", "Metrics", _table(header, rows)),
                 _section("comparison-curves", "Curves", "".join(figs)),
                 _section("comparison-config", "Config differences", cfg_rows)]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(_page(f"lmforge: {len(runs)} runs compared", _e(", ".join(names)), sections), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_text(Path(out), _page(f"lmforge: {len(runs)} runs compared", _e(", ".join(names)), sections))
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -12,8 +12,11 @@ from typing import Optional, Sequence
 
 import yaml
 
-from .plots import (_balance_figure, _confusion_figure, _eval_metrics_figure, _hist_figure, _loss_figure,
-                    _perf_figure, _png)
+from ..config import build_config
+from ..fs import write_text
+from ..tasks import TASKS, get_task
+from ..use.classify import classify
+from .plots import _balance_figure, _confusion_figure, _eval_metrics_figure, _hist_figure, _loss_figure, _perf_figure, _png
 from .runs import _load_run, _scalar, best_metric_name, format_duration, run_status
 
 log = logging.getLogger("lmforge")
@@ -224,6 +227,12 @@ def _samples_table(samples: list) -> str:
     return out
 
 
+def _run_task(run: dict):
+    """The run's Task (None when its folder names none lmforge knows)."""
+    name = run["manifest"].get("task") or run["cfg"].get("task")
+    return TASKS.get(name) if name else None
+
+
 def _sec_samples(run: dict) -> str:
     logged = [r for r in run["log"] if r.get("samples")]
     parts = []
@@ -231,46 +240,22 @@ def _sec_samples(run: dict) -> str:
         shown = [logged[0], logged[-1]] if len(logged) > 1 else logged
         for rec in shown:
             parts.append(f"<h3>at step {rec['step']}</h3>" + _samples_table(rec["samples"][:8]))
-    task = run["manifest"].get("task") or run["cfg"].get("task")
-    if task == "classification":
+    task = _run_task(run)
+    sections = task.report_sections if task is not None else ()
+    if "misclassified" in sections:
         parts.append(_misclassified_html(run))
-    title = {"classification": "Misclassified examples", "causal-lm": "Sample generations",
-             "masked-lm": "Fill-mask completions"}.get(task, "Samples")
-    if logged and task == "classification":
-        title = "Samples and misclassified examples"
+    title = task.samples_title if task is not None else "Samples"
+    if "misclassified" in sections and not logged:
+        title = "Misclassified examples"
     return _section("samples", title, "".join(parts) or "<p class='muted'>no samples logged</p>")
-
-
-def _heldout_frame(cfg, seed: int):
-    """The held-out eval rows, split exactly as tasks/classification.setup splits them."""
-    from sklearn.model_selection import train_test_split
-
-    from ..tasks.classification import read_labelled
-    d = cfg.data
-    train_df = read_labelled(d.train, cfg, "train")
-    if d.max_train_samples:
-        train_df = train_df.sample(frac=1.0, random_state=seed).head(d.max_train_samples)
-    counts = train_df["label"].value_counts()
-    stratify = train_df["label"] if counts.min() >= 2 else None
-    _, eval_df = train_test_split(train_df, test_size=d.validation_split, random_state=seed, stratify=stratify)
-    eval_df = eval_df.reset_index(drop=True)
-    return eval_df.head(d.max_eval_samples) if d.max_eval_samples else eval_df
 
 
 def misclassified(run_dir: Path, limit_rows: int = MAX_MISCLASSIFIED_ROWS, show: int = 12) -> dict:
     """Re-classify the first `limit_rows` rows of the test (else eval, else held-out) split with the
     final model; return the ones it gets wrong, most confident mistakes first."""
-    from ..config import build_config
-    from ..infer import classify
-    from ..tasks.classification import read_labelled
     run_dir = Path(run_dir)
     cfg = build_config(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
-    if cfg.data.test:
-        split, df = "test", read_labelled(cfg.data.test, cfg, "test")
-    elif cfg.data.eval:
-        split, df = "eval", read_labelled(cfg.data.eval, cfg, "eval")
-    else:
-        split, df = "held-out eval", _heldout_frame(cfg, cfg.train.seed)
+    split, df = get_task(cfg.task).labelled_rows(cfg)
     df = df.head(limit_rows)
     texts = df["text"].tolist()
     pairs = df["text_pair"].tolist() if "text_pair" in df else None
@@ -315,8 +300,8 @@ def write_html_report(run_dir: Path, out: Optional[Path] = None) -> Path:
     run = _load_run(Path(run_dir))
     sections = []
     builders = [_sec_overview, _sec_config, _sec_data, _sec_metrics, _sec_curves, _sec_perf]
-    task = run["manifest"].get("task") or run["cfg"].get("task")
-    if task == "classification":
+    task = _run_task(run)
+    if task is not None and "confusion" in task.report_sections:
         builders.append(_sec_confusion)
     builders += [_sec_samples, _sec_environment]
     for build in builders:
@@ -327,10 +312,7 @@ def write_html_report(run_dir: Path, out: Optional[Path] = None) -> Path:
             sections.append(_section(build.__name__.removeprefix("_sec_"), build.__name__.removeprefix("_sec_"),
                                      f"<p class='bad'>could not build this section: {_e(e)}</p>"))
     m = run["manifest"]
-    sub = (f"{_e(task or '?')} · {_e(m.get('model', '?'))} · {_e(run_status(run['dir'], m))} · "
+    sub = (f"{_e(task.name if task else '?')} · {_e(m.get('model', '?'))} · {_e(run_status(run['dir'], m))} · "
            f"report written {time.strftime('%Y-%m-%d %H:%M:%S')}")
     out = Path(out) if out else run["dir"] / "report.html"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(_page(f"lmforge run: {run['name']}", sub, sections), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_text(out, _page(f"lmforge run: {run['name']}", sub, sections))

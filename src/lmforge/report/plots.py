@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..runfolder import LogWriter
+from ..fs import JsonLog
 
 
 def _plt():
@@ -19,7 +19,7 @@ def _plt():
 
 def plot_losses(run_dir: Path, out: Optional[Path] = None) -> Optional[Path]:
     """Train and eval loss against step, with the learning rate on a second axis (loss.png)."""
-    rows = LogWriter(Path(run_dir) / "log.jsonl").read()
+    rows = JsonLog(Path(run_dir) / "log.jsonl").read()
     fig = _loss_figure(rows, Path(run_dir).name)
     if fig is None:
         return None

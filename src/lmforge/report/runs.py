@@ -9,7 +9,8 @@ from typing import Optional, Union
 import yaml
 
 from ..errors import LmforgeError
-from ..runfolder import LogWriter, read_json, write_json
+from ..fs import JsonLog, read_json, recorded_process_alive, write_json
+from ..tasks import get_task
 
 
 def _scalar(v) -> bool:
@@ -19,37 +20,20 @@ def _scalar(v) -> bool:
 def run_status(run_dir: Path, manifest: Optional[dict] = None) -> str:
     """finished / running / crashed / failed / interrupted / unknown. A 'running' run whose
     process is gone (same host) crashed without writing its end state (killed, OOM, power loss)."""
-    import os
-    import platform
     m = manifest if manifest is not None else read_json(Path(run_dir) / "manifest.json", {}) or {}
     status = m.get("status") or "unknown"
     if status != "running":
         return status
-    pid = m.get("pid")
-    if not isinstance(pid, int) or m.get("host") not in (None, platform.node()):
-        return "running"  # another machine: cannot tell
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return "crashed"
-    except PermissionError:
-        return "running"
-    if pid == os.getpid():
-        return "running"
-    try:  # a reused pid that is not lmforge is not our run
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        started = m.get("started_unix")
-        if started and Path(f"/proc/{pid}").stat().st_mtime > started + 60 and "python" not in cmd \
-                and "lmforge" not in cmd:
-            return "crashed"
-    except OSError:
-        pass
-    return "running"
+    return "crashed" if recorded_process_alive(m) is False else "running"  # None: another host, cannot tell
 
 
 def best_metric_name(cfg: dict) -> str:
-    name = ((cfg.get("train") or {}).get("metric_for_best_model") or
-            ("accuracy" if cfg.get("task") == "classification" else "loss"))
+    name = (cfg.get("train") or {}).get("metric_for_best_model")
+    if not name:
+        try:
+            name = get_task(cfg.get("task") or "classification").best_metric
+        except LmforgeError:
+            name = "loss"
     return name.removeprefix("eval_").removeprefix("eval.")
 
 
@@ -65,7 +49,7 @@ def _load_run(run_dir: Path) -> dict:
             "cfg": (yaml.safe_load(cfg_text) or {}) if cfg_text else {},
             "manifest": read_json(run_dir / "manifest.json", {}) or {},
             "metrics": read_json(run_dir / "metrics.json", {}) or {},
-            "log": LogWriter(run_dir / "log.jsonl").read()}
+            "log": JsonLog(run_dir / "log.jsonl").read()}
 
 
 def _short_source(src) -> str:
@@ -98,7 +82,7 @@ def list_runs(root: Union[str, Path] = "runs") -> list[dict]:
         name = best_metric_name(cfg or {"task": m.get("task")})
         best = (metrics.get("train") or {}).get("best_metric")
         if best is None:  # not finished: the best evaluation logged so far
-            evals = [r.get(f"eval_{name}") for r in LogWriter(d / "log.jsonl").read() if _scalar(r.get(f"eval_{name}"))]
+            evals = [r.get(f"eval_{name}") for r in JsonLog(d / "log.jsonl").read() if _scalar(r.get(f"eval_{name}"))]
             if evals:
                 best = max(evals) if name not in ("loss", "perplexity", "perplexity_per_word") else min(evals)
         duration = m.get("duration_s")

@@ -1,18 +1,46 @@
-"""Task registry: each task module has ``setup(cfg, log) -> Prepared``."""
+"""The task registry: one module per task family, each with a `TASK` object (see tasks/base.py).
+
+Adding a task: write tasks/<name>.py with a `Task` subclass and `TASK = ...`, then add one line here
+(and its name to config.TaskName; a test keeps the two lists equal). docs/ARCHITECTURE.md has the checklist.
+"""
 
 from __future__ import annotations
 
-import importlib
+from pathlib import Path
 
-TASKS = {
-    "classification": "lmforge.tasks.classification",
-    "causal-lm": "lmforge.tasks.causal_lm",
-    "masked-lm": "lmforge.tasks.masked_lm",
+import yaml
+
+from ..errors import LmforgeError, did_you_mean
+from ..models.lora import model_config_dict
+from . import causal_lm, classification, masked_lm
+from .base import EncodedSplit, Task, TaskParts
+
+TASKS: dict[str, Task] = {
+    classification.TASK.name: classification.TASK,
+    causal_lm.TASK.name: causal_lm.TASK,
+    masked_lm.TASK.name: masked_lm.TASK,
 }
 
+__all__ = ["TASKS", "EncodedSplit", "Task", "TaskParts", "get_task", "task_of"]
 
-def get_task(name: str):
+
+def get_task(name: str) -> Task:
     if name not in TASKS:
-        from ..errors import LmforgeError, did_you_mean
         raise LmforgeError(f"unknown task '{name}'.{did_you_mean(name, TASKS)}", f"tasks: {', '.join(TASKS)}")
-    return importlib.import_module(TASKS[name])
+    return TASKS[name]
+
+
+def task_of(model_dir: Path) -> Task:
+    """The task of a saved model: from its run's config.yaml, else from its architecture's name."""
+    model_dir = Path(model_dir)
+    run_cfg = model_dir.parent / "config.yaml"
+    if model_dir.name in ("model", "adapter") and run_cfg.exists():
+        name = (yaml.safe_load(run_cfg.read_text()) or {}).get("task")
+        if name:
+            return get_task(name)
+    archs = model_config_dict(model_dir).get("architectures") or []
+    for task in TASKS.values():
+        if any(a.endswith(task.architectures) for a in archs):
+            return task
+    raise LmforgeError(f"cannot tell the task of the model in {model_dir} "
+                       f"(architectures: {' '.join(archs) or 'none'})")

@@ -1,11 +1,29 @@
-"""What a task hands the training loop. Tasks differ only in what fills these fields."""
+"""The Task contract: everything that differs between task families, behind one interface.
+
+The training loop, the evaluation, the server, the doctor and the report ask a `Task` (or the
+`TaskParts` its `setup` assembles); nothing outside `tasks/` branches on a task's name. Adding a
+task family is one new module here plus one line in `tasks/__init__.py` (see docs/ARCHITECTURE.md).
+
+The batch-dict contract (what every collate function returns, what the loop reads):
+    input_ids    LongTensor [batch, length]    the loop reads its shape (memory release, compile)
+    n_items      int    the items the loss sums over (examples, or target tokens); the loop divides the
+                        summed loss of a whole accumulated step by the items of that step, so gradient
+                        accumulation and several processes do not change the loss
+    n_tokens     int    real (non-pad) tokens, for tokens/s and MFU
+    ...          whatever the task's loss / eval_step read (attention_mask, labels, position_ids, ...)
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+
+from ..config import Config, Permissions
+from ..errors import LmforgeError
 
 
 @dataclass
@@ -26,24 +44,23 @@ class EncodedSplit:
 
 
 @dataclass
-class Prepared:
-    """Everything the loop needs from a task."""
-    task: str
+class TaskParts:
+    """What a task's `setup` (or `eval_setup`) assembles for the loop and the evaluation."""
+    task: "Task"
     model: torch.nn.Module
     tokenizer: Any
     train: Optional[EncodedSplit]
     eval: Optional[EncodedSplit]
     collate: Callable[[list[dict]], dict]
-    # (model, batch) -> sum of the per-item losses. collate puts the item count in batch["n_items"]
-    # (and real tokens in batch["n_tokens"]); the loop divides by the items of the whole
-    # accumulated step, so accumulation does not change the loss.
+    # (model, batch) -> sum of the per-item losses (see the batch-dict contract above)
     loss: Callable[[torch.nn.Module, dict], torch.Tensor]
     # (model, batch) -> dict of tensors to concatenate across batches; finalize -> metrics
     eval_step: Callable[[torch.nn.Module, dict], dict]
     finalize: Callable[[dict], dict]
-    best_metric: str = "loss"
-    greater_is_better: bool = False
     new_param_names: set[str] = field(default_factory=set)
+    # learning rate of the newly initialised parameters when train.head_learning_rate is not set
+    # (None: the one learning rate for all)
+    head_learning_rate: Optional[float] = None
     test: Optional[EncodedSplit] = None
     summary: dict = field(default_factory=dict)  # data summary for the manifest and report
     notes: list[str] = field(default_factory=list)  # things to say once in the log and model card
@@ -55,3 +72,90 @@ class Prepared:
     # the same masks as an uninterrupted one.
     train_collate: Optional[Callable[[list[dict], int], dict]] = None
     train_batch_drop_last: bool = False
+    # every training batch has the same shape (packed blocks): torch.compile pays off (train.compile: auto)
+    fixed_shapes: bool = False
+    # share of the tokens at which the output layer runs (masked-lm: the masked ones), for MFU
+    output_layer_share: float = 1.0
+
+    @property
+    def best_metric(self) -> str:
+        return self.task.best_metric
+
+    @property
+    def greater_is_better(self) -> bool:
+        return self.task.greater_is_better
+
+
+class Task:
+    """One task family. Subclasses set the attributes and implement `setup`, `eval_setup` and
+    `load_for_use`; the other methods have defaults that fit most tasks."""
+
+    name: str = ""
+    """The config's `task:` value."""
+    auto_class: Any = None
+    """The transformers Auto* class of the task's models."""
+    architectures: tuple[str, ...] = ()
+    """Endings of a config's architecture names that mean this task (`task_of` a bare model folder)."""
+    best_metric: str = "loss"
+    """Eval metric that picks the best checkpoint by default (train.metric_for_best_model overrides)."""
+    greater_is_better: bool = False
+    endpoint: str = ""
+    """The `lmforge serve` endpoint that uses a model of this task."""
+    data_kind: str = "corpus"
+    """'table' (rows with text and label columns) or 'corpus' (documents): how `doctor` checks the data."""
+    report_sections: tuple[str, ...] = ()
+    """Optional sections of report.html that apply (e.g. 'confusion', 'misclassified')."""
+    samples_title: str = "Samples"
+    """Title of the report's section of samples logged at each evaluation."""
+
+    # ------------------------------------------------------------------ training and evaluation
+    def setup(self, cfg: Config, log: logging.Logger, permissions: Permissions = Permissions()) -> TaskParts:
+        raise NotImplementedError
+
+    def eval_setup(self, model_dir: Path, data: str, overrides=None) -> TaskParts:
+        raise NotImplementedError
+
+    def prepare(self, cfg: Config, progress: bool = True) -> dict:
+        """Tokenize the config's data ahead of training (`lmforge prepare`)."""
+        raise LmforgeError(f"lmforge prepare builds the token cache of causal-lm corpora; task {self.name} "
+                           "tokenizes its data when training starts", "run lmforge train directly")
+
+    # ------------------------------------------------------------------ use
+    def load_for_use(self, model_dir: Path) -> tuple[Any, Any]:
+        """(model in eval mode, tokenizer) of a saved model or LoRA adapter folder of this task."""
+        raise NotImplementedError
+
+    def serve_info(self, model, tokenizer) -> dict:
+        """What the server's /info shows beyond the model's type and size."""
+        return {}
+
+    # ------------------------------------------------------------------ doctor
+    def tokenizer_findings(self, specials: dict) -> list[tuple[str, str]]:
+        """(level, message) about the tokenizer's special tokens ({'pad': ..., 'eos': ...}); level is
+        'problem', 'warning' or 'info'."""
+        out = []
+        if specials.get("pad") is None:
+            if specials.get("eos") is None:
+                out.append(("problem", "the tokenizer has neither a pad nor an eos token — add a pad token to "
+                                       "the tokenizer"))
+            else:
+                out.append(("info", f"no pad token: the eos token {specials['eos']!r} will pad"))
+        return out
+
+    def describe_example(self, parts: TaskParts, ids: list[int], labels: Optional[torch.Tensor]) -> list[str]:
+        """Lines showing one training example's labels (the doctor prints them under the decoded input)."""
+        if labels is None:
+            return []
+        lab = labels[: len(ids)].tolist()
+        scored = [i for i, t in enumerate(lab) if t != -100]
+        unscored = [ids[i] for i in range(len(ids)) if lab[i] == -100]
+        line = f"  labels: loss on {len(scored)} of {len(ids)} positions"
+        if len(scored) < len(ids) - 1:
+            line += f"; no loss on: {clip(parts.tokenizer.decode(unscored), 120)}"
+        return [line]
+
+
+def clip(text: str, n: int = 300) -> str:
+    """One line of at most n characters (newlines shown as \\n)."""
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= n else text[:n] + f"... ({len(text)} chars)"

@@ -19,39 +19,38 @@ away (see ChunkedLMHeadLoss). A probe at setup checks it against the model's own
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Optional
 
+import datasets
 import numpy as np
 import torch
+from transformers import AutoModelForCausalLM
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from ..config import Config
+from ..config import Config, Permissions, load_config
+from ..data import stream
 from ..data.batching import pad_sequences
 from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
 from ..data.corpus import pack, read_corpus, tokenize_documents, truncate
+from ..data.split import held_out_count, hold_out
 from ..errors import LmforgeError
-from ..tokenizer import load_tokenizer
-from .base import EncodedSplit, Prepared
+from ..models.load import (check_length, default_length, ensure_pad, load_pretrained, model_config_of,
+                           model_source)
+from ..models.lora import load_model as load_model_folder
+from ..models.lora import model_config
+from ..models.scratch import build_model
+from ..tokenizer import load_tokenizer, tokenizer_for_config
+from .base import EncodedSplit, Task, TaskParts
+from .generation import generate_texts
 from .lm_loss import IGNORE, CausalLMLoss, finalize, load_loss_function, probe_chunked_loss, probe_packed_attention
 
 log = logging.getLogger("lmforge")
 
-DEFAULT_BLOCK_CAP = 512
-
-
 # ----------------------------------------------------------------------------------- model
-def context_length(model_config) -> Optional[int]:
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
-        value = getattr(model_config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def check_causal(model_config, where: str) -> None:
     """A clear error for a model that is not a causal (decoder-only) LM."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     archs = list(getattr(model_config, "architectures", None) or [])
     mtype = getattr(model_config, "model_type", "?")
     causal_arch = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
@@ -63,39 +62,16 @@ def check_causal(model_config, where: str) -> None:
                            "BERT-style encoders go with task: masked-lm")
 
 
-def load_model(cfg: Config):
+def load_model(cfg: Config, log: logging.Logger = log, permissions: Permissions = Permissions()):
     """(model, tokenizer, source) for model.name, or a fresh model for model.from_config."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from . import common
     if cfg.model.from_config and not cfg.model.name:
-        model, tokenizer = common.model_from_config(cfg, "causal-lm")
-        return model, tokenizer, "from_config"
-    path = common.model_source(cfg)
-    model_cfg = AutoConfig.from_pretrained(path, revision=cfg.model.revision,
-                                           trust_remote_code=cfg.model.trust_remote_code)
-    check_causal(model_cfg, path)
+        tokenizer = tokenizer_for_config(cfg, log, permissions)
+        return build_model(cfg, tokenizer, AutoModelForCausalLM, "causal-lm"), tokenizer, "from_config"
+    path = model_source(cfg, permissions)
+    check_causal(model_config_of(path, cfg), path)
     tokenizer = load_tokenizer(path, cfg.model.revision)
-    model, _ = common.load_pretrained(AutoModelForCausalLM, path, cfg)
+    model, _ = load_pretrained(AutoModelForCausalLM, path, cfg, permissions)
     return model, tokenizer, path
-
-
-def ensure_pad(tokenizer, model=None, where: str = "the model") -> Optional[str]:
-    """Give a tokenizer without a pad token its eos token; returns the note to log once (or None)."""
-    note = None
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise LmforgeError(f"the tokenizer of {where} has neither a pad nor an eos token",
-                               "add an eos token to the tokenizer (tokenizer_config.json)")
-        tokenizer.pad_token = tokenizer.eos_token
-        note = f"the tokenizer has no pad token: using its eos token {tokenizer.eos_token!r} for padding " \
-               f"(padding is never a training target)"
-    if model is not None and getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    if model is not None and getattr(model, "generation_config", None) is not None \
-            and model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return note
 
 
 # ----------------------------------------------------------------------------------- data
@@ -129,8 +105,6 @@ class _Empty(Exception):
 
 def encode_split(docs: list[str], tokenizer, block_size: int, packing: str, keep_remainder: bool):
     """Cached encoding of a split. Returns (EncodedSplit, info, cache hit, fingerprint)."""
-    import datasets
-
     key = fingerprint(docs, tokenizer_fingerprint(tokenizer), block_size, packing, keep_remainder, "clm-v1")
     box = {}
 
@@ -197,7 +171,6 @@ def default_prompts(docs: list[str], n: int = 3, words: int = 6) -> list[str]:
 
 def make_samples(tokenizer, prompts: list[str], max_new_tokens: int = 24):
     def samples(model) -> list:
-        from ..generate import generate_texts
         if not prompts:
             return []
         outs = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
@@ -206,15 +179,6 @@ def make_samples(tokenizer, prompts: list[str], max_new_tokens: int = 24):
 
 
 # ----------------------------------------------------------------------------------- setup
-def resolve_block_size(cfg_block: Optional[int], model_config, what: str = "data.block_size") -> int:
-    limit = context_length(model_config)
-    block = cfg_block or min(limit or DEFAULT_BLOCK_CAP, DEFAULT_BLOCK_CAP)
-    if limit and block > limit:
-        raise LmforgeError(f"{what} {block} is above the model's context of {limit} tokens",
-                           f"set {what} to at most {limit}")
-    return block
-
-
 def _shuffle_take(split: EncodedSplit, n: Optional[int], seed: int) -> EncodedSplit:
     if not n or n >= len(split):
         return split
@@ -229,139 +193,197 @@ def _head(split: EncodedSplit, n: Optional[int]) -> EncodedSplit:
     return EncodedSplit(split.rows.select(range(n)), split.lengths[:n])
 
 
-def setup(cfg: Config, log=log) -> Prepared:
+def read_documents(cfg: Config, streaming: bool, notes: list[str]):
+    """(train, eval, test) documents. Without eval data, documents are held out by the shared rule
+    (train.seed); with fewer than 10 documents (or streaming), eval is None: the last blocks are held out."""
     d = cfg.data
-    if not d.train:
-        raise LmforgeError("no training data given", "set data.train (a .txt file, a folder of .txt, or kjv)")
-    notes: list[str] = []
-    from ..data import stream
-    streaming, why = stream.use_streaming(cfg, d.train)  # corpora bigger than memory: a token cache on disk
-    if streaming:
-        if d.packing != "pack":
-            raise LmforgeError("data.streaming needs data.packing: pack", "set data.packing: pack, or data.streaming: false")
-        log.info("data.streaming: on (%s): training blocks are read from a memory-mapped token cache", why)
     train_docs = [] if streaming else read_corpus(d.train, cfg, "train")
     if d.eval:
         eval_docs = read_corpus(d.eval, cfg, "eval")
     elif not streaming and len(train_docs) >= 10:
-        perm = np.random.default_rng(cfg.train.seed).permutation(len(train_docs))
-        n_eval = max(1, int(round(d.validation_split * len(train_docs))))
-        held = set(perm[:n_eval].tolist())
-        eval_docs = [doc for i, doc in enumerate(train_docs) if i in held]
-        train_docs = [doc for i, doc in enumerate(train_docs) if i not in held]
-        notes.append(f"no eval data given: held out {n_eval} of the documents ({100 * d.validation_split:.0f}%, "
-                     f"seed {cfg.train.seed}) for evaluation")
+        train_idx, eval_idx = hold_out(len(train_docs), d.validation_split, cfg.train.seed)
+        train_docs, eval_docs = [train_docs[i] for i in train_idx], [train_docs[i] for i in eval_idx]
+        notes.append(f"no eval data given: held out {len(eval_docs)} of the documents "
+                     f"({100 * d.validation_split:.0f}%, seed {cfg.train.seed}) for evaluation")
     else:
-        eval_docs = None  # too few documents: hold out the last blocks instead (below)
+        eval_docs = None  # too few documents: hold out the last blocks instead (see hold_out_last_blocks)
     test_docs = read_corpus(d.test, cfg, "test") if d.test else None
+    return train_docs, eval_docs, test_docs
 
-    model, tokenizer, source = load_model(cfg)
-    pad_note = ensure_pad(tokenizer, model, source)
-    if pad_note:
-        notes.append(pad_note)
-    block = resolve_block_size(d.block_size, model.config)
-    packing = d.packing
 
+def hold_out_last_blocks(cfg: Config, train_split: EncodedSplit, fp_train: str, block: int, streaming: bool,
+                         notes: list[str]):
+    """(train, eval, eval fingerprint): the last blocks of the training corpus held out for evaluation."""
+    d = cfg.data
+    n_eval = held_out_count(len(train_split), d.validation_split)
+    if streaming:  # a big corpus: a bounded evaluation set
+        n_eval = min(n_eval, stream.STREAM_EVAL_BLOCKS)
+    if len(train_split) - n_eval < 1:
+        raise LmforgeError(f"the training corpus {d.train} is too small to hold out evaluation blocks "
+                           f"({len(train_split)} block(s) of {block} tokens)",
+                           "give data.eval, add text, or lower data.block_size")
+    n_train = len(train_split) - n_eval
+    eval_split = EncodedSplit(train_split.rows.select(range(n_train, len(train_split))), train_split.lengths[n_train:])
+    train_split = EncodedSplit(train_split.rows.select(range(n_train)), train_split.lengths[:n_train])
+    notes.append(f"no eval data given{' (streaming)' if streaming else ' and fewer than 10 documents'}: "
+                 f"held out the last {n_eval} blocks for evaluation")
+    return train_split, eval_split, fp_train + f":last{n_eval}"
+
+
+def encode_train(cfg: Config, train_docs, tokenizer, block: int, streaming: bool):
+    """(train split, encoding info, cache hit, fingerprint) from documents, or from the token cache when streaming."""
+    d = cfg.data
     if streaming:
-        rows, lengths, info, hit, fp_train = stream.streamed_split(d.train, tokenizer, cfg, block,
-                                                                   keep_remainder=d.remainder == "pad")
-        train_split = EncodedSplit(rows, lengths)
+        rows, lengths, info, hit, fp = stream.streamed_split(d.train, tokenizer, cfg, block,
+                                                             keep_remainder=d.remainder == "pad")
+        split = EncodedSplit(rows, lengths)
     else:
-        train_split, info, hit, fp_train = encode_split(train_docs, tokenizer, block, packing,
-                                                        keep_remainder=d.remainder == "pad")
-    total = info.get("total_tokens", sum(train_split.lengths))
-    if len(train_split) == 0 or (packing == "pack" and info.get("dropped_tokens", 0) == total):
+        split, info, hit, fp = encode_split(train_docs, tokenizer, block, d.packing, keep_remainder=d.remainder == "pad")
+    total = info.get("total_tokens", sum(split.lengths))
+    if len(split) == 0 or (d.packing == "pack" and info.get("dropped_tokens", 0) == total):
         raise LmforgeError(f"the training corpus {d.train} has {total} tokens, fewer than one block of {block}",
                            f"add text, or lower data.block_size (e.g. --data.block_size {max(2, total // 2)})")
-    if eval_docs is None:
-        n_eval = max(1, int(round(d.validation_split * len(train_split))))
-        if streaming:  # a big corpus: a bounded evaluation set
-            n_eval = min(n_eval, stream.STREAM_EVAL_BLOCKS)
-        if len(train_split) - n_eval < 1:
-            raise LmforgeError(f"the training corpus {d.train} is too small to hold out evaluation blocks "
-                               f"({len(train_split)} block(s) of {block} tokens)",
-                               "give data.eval, add text, or lower data.block_size")
-        n_train = len(train_split) - n_eval
-        eval_split = EncodedSplit(train_split.rows.select(range(n_train, len(train_split))), train_split.lengths[n_train:])
-        train_split = EncodedSplit(train_split.rows.select(range(n_train)), train_split.lengths[:n_train])
-        fp_eval = fp_train + f":last{n_eval}"
-        notes.append(f"no eval data given{' (streaming)' if streaming else ' and fewer than 10 documents'}: "
-                     f"held out the last {n_eval} blocks for evaluation")
-    else:
-        eval_split, _, _, fp_eval = encode_split(eval_docs, tokenizer, block, packing, keep_remainder=True)
-    test_split = encode_split(test_docs, tokenizer, block, packing, keep_remainder=True)[0] if test_docs else None
-    train_split = _shuffle_take(train_split, d.max_train_samples, cfg.train.seed)
-    eval_split = _head(eval_split, d.max_eval_samples)
-    if len(eval_split) == 0:
-        raise LmforgeError("the evaluation corpus has no tokens", "give a non-empty data.eval")
+    return split, info, hit, fp
 
-    if packing == "pack":
+
+def log_encoding(log: logging.Logger, cfg: Config, train_split, info: dict, block: int, hit: bool, n_docs: int) -> None:
+    total = info.get("total_tokens", sum(train_split.lengths))
+    if cfg.data.packing == "pack":
         log.info("packed %d documents (%s tokens, EOS after each) into %d blocks of %d%s; %d tokens of the final "
-                 "remainder dropped", info.get("documents", len(train_docs)), f"{total:,}", len(train_split), block,
+                 "remainder dropped", info.get("documents", n_docs), f"{total:,}", len(train_split), block,
                  " (from cache)" if hit else "", info.get("dropped_tokens", 0))
     else:
         log.info("%d documents as examples truncated at %d tokens (%d truncated, %s tokens cut)%s",
                  len(train_split), block, info.get("truncated_docs", 0), f"{info.get('dropped_tokens', 0):,}",
                  " (from cache)" if hit else "")
 
+
+def make_loss(cfg: Config, model, tokenizer, notes: list[str]) -> CausalLMLoss:
+    """The loss, probed on this model: packed attention by position ids (else a 4-D mask), chunked LM head."""
+    packing = cfg.data.packing
     custom = load_loss_function(cfg.train.loss_function) if cfg.train.loss_function else None
     attention = probe_packed_attention(model, tokenizer.pad_token_id) if packing == "pack" else "attention_mask"
     chunked = custom is None and probe_chunked_loss(model)
-    loss = CausalLMLoss(attention=attention, chunked=chunked, custom=custom)
     if custom is not None:
         notes.append(f"loss: custom function {cfg.train.loss_function}")
     if packing == "pack":
         notes.append("packing: attention kept inside each document via "
                      + ("restarting position ids" if attention == "position_ids" else "a block-diagonal 4-D mask"))
-
-    prompts = d.sample_prompts if d.sample_prompts is not None else default_prompts(eval_docs or train_docs)
-    if d.sample_prompts is None and not prompts and streaming:
-        prompts = default_prompts(stream.sample_documents(eval_split.rows, tokenizer))
-    summary = {"train_rows": len(train_split), "eval_rows": len(eval_split),
-               "test_rows": len(test_split) if test_split is not None else 0,
-               "block_size": block, "packing": packing, "train_documents": info.get("documents"),
-               "train_tokens": int(sum(train_split.lengths)), "dropped_tokens": info.get("dropped_tokens"),
-               "truncated_documents": info.get("truncated_docs"), "attention": attention,
-               "chunked_loss": chunked, "tokenization_cache_hit": hit, "lengths": train_split.lengths}
-    return Prepared(
-        task="causal-lm", model=model, tokenizer=tokenizer, train=train_split, eval=eval_split, test=test_split,
-        collate=make_collate(tokenizer.pad_token_id, packing), loss=loss, eval_step=loss.eval_step,
-        finalize=finalize, best_metric="loss", greater_is_better=False, summary=summary, notes=notes,
-        fingerprints={"train": fp_train, "eval": fp_eval}, samples=make_samples(tokenizer, prompts),
-        train_batch_drop_last=False,
-    )
+    return CausalLMLoss(attention=attention, chunked=chunked, custom=custom)
 
 
-# ----------------------------------------------------------------------------------- use
-def load_for_use(model_dir: Path):
-    """A saved causal LM and its tokenizer, ready to evaluate or generate."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+# ----------------------------------------------------------------------------------- the task
+class CausalLM(Task):
+    name = "causal-lm"
+    auto_class = AutoModelForCausalLM
+    architectures = ("CausalLM", "LMHeadModel")
+    best_metric = "loss"
+    greater_is_better = False
+    endpoint = "/v1/generate"
+    samples_title = "Sample generations"
 
-    from ..lora import load_model, model_config
-    check_causal(model_config(model_dir), str(model_dir))  # a model folder or a LoRA adapter folder
-    tokenizer = load_tokenizer(str(model_dir))
-    model = load_model(AutoModelForCausalLM, model_dir, dtype=torch.float32)
-    ensure_pad(tokenizer, model, str(model_dir))
-    model.eval()
-    return model, tokenizer
+    def setup(self, cfg: Config, log: logging.Logger = log, permissions: Permissions = Permissions()) -> TaskParts:
+        d = cfg.data
+        if not d.train:
+            raise LmforgeError("no training data given", "set data.train (a .txt file, a folder of .txt, or kjv)")
+        notes: list[str] = []
+        streaming, why = stream.use_streaming(cfg, d.train)  # corpora bigger than memory: a token cache on disk
+        if streaming:
+            if d.packing != "pack":
+                raise LmforgeError("data.streaming needs data.packing: pack",
+                                   "set data.packing: pack, or data.streaming: false")
+            log.info("data.streaming: on (%s): training blocks are read from a memory-mapped token cache", why)
+        train_docs, eval_docs, test_docs = read_documents(cfg, streaming, notes)
+        model, tokenizer, source = load_model(cfg, log, permissions)
+        pad_note = ensure_pad(tokenizer, model, source)
+        if pad_note:
+            notes.append(pad_note)
+        block = check_length(d.block_size or default_length(model.config), model.config, None, "data.block_size")
+        train_split, info, hit, fp_train = encode_train(cfg, train_docs, tokenizer, block, streaming)
+        if eval_docs is None:
+            train_split, eval_split, fp_eval = hold_out_last_blocks(cfg, train_split, fp_train, block, streaming, notes)
+        else:
+            eval_split, _, _, fp_eval = encode_split(eval_docs, tokenizer, block, d.packing, keep_remainder=True)
+        test_split = encode_split(test_docs, tokenizer, block, d.packing, keep_remainder=True)[0] if test_docs else None
+        train_split = _shuffle_take(train_split, d.max_train_samples, cfg.train.seed)
+        eval_split = _head(eval_split, d.max_eval_samples)
+        if len(eval_split) == 0:
+            raise LmforgeError("the evaluation corpus has no tokens", "give a non-empty data.eval")
+        log_encoding(log, cfg, train_split, info, block, hit, len(train_docs))
+        loss = make_loss(cfg, model, tokenizer, notes)
+        prompts = d.sample_prompts if d.sample_prompts is not None else default_prompts(eval_docs or train_docs)
+        if d.sample_prompts is None and not prompts and streaming:
+            prompts = default_prompts(stream.sample_documents(eval_split.rows, tokenizer))
+        summary = {"train_rows": len(train_split), "eval_rows": len(eval_split),
+                   "test_rows": len(test_split) if test_split is not None else 0,
+                   "block_size": block, "packing": d.packing, "train_documents": info.get("documents"),
+                   "train_tokens": int(sum(train_split.lengths)), "dropped_tokens": info.get("dropped_tokens"),
+                   "truncated_documents": info.get("truncated_docs"), "attention": loss.attention,
+                   "chunked_loss": loss.chunked, "tokenization_cache_hit": hit, "lengths": train_split.lengths}
+        return TaskParts(
+            task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split, test=test_split,
+            collate=make_collate(tokenizer.pad_token_id, d.packing), loss=loss, eval_step=loss.eval_step,
+            finalize=finalize, summary=summary, notes=notes, fingerprints={"train": fp_train, "eval": fp_eval},
+            samples=make_samples(tokenizer, prompts), fixed_shapes=d.packing == "pack",
+        )
+
+    def prepare(self, cfg: Config, progress: bool = True) -> dict:
+        """Build the token cache of the config's training data (training the tokenizer first if the config
+        says so), so that `lmforge train` with the same config starts at once."""
+        if not cfg.data.train:
+            raise LmforgeError("no training data given", "set data.train in the config")
+        t0 = time.perf_counter()
+        tokenizer = tokenizer_for_config(cfg, log)
+        out = {"tokenizer_seconds": round(time.perf_counter() - t0, 2), "vocab_size": len(tokenizer), "splits": {}}
+        # Only the training data is cached here: eval and test sets are small and lmforge train
+        # tokenizes them in memory (cached as well).
+        cache, hit = stream.build_token_cache(cfg.data.train, tokenizer, cfg, "train", progress=progress)
+        out["splits"]["train"] = {
+            "source": str(cfg.data.train), "tokens": cache.n_tokens, "documents": cache.n_docs,
+            "bytes": cache.meta["bytes"], "seconds": round(time.perf_counter() - t0 - out["tokenizer_seconds"], 2),
+            "build_seconds": cache.meta["seconds"], "mb_per_s": cache.meta["mb_per_s"], "cache_hit": hit,
+            "path": str(cache.path)}
+        stream.mark_prepared(cfg.data.train, cache.path)
+        out["seconds"] = round(time.perf_counter() - t0, 2)
+        return out
+
+    def load_for_use(self, model_dir: Path):
+        """A saved causal LM and its tokenizer, ready to evaluate or generate."""
+        check_causal(model_config(model_dir), str(model_dir))  # a model folder or a LoRA adapter folder
+        tokenizer = load_tokenizer(str(model_dir))
+        model = load_model_folder(AutoModelForCausalLM, model_dir, dtype=torch.float32)
+        ensure_pad(tokenizer, model, str(model_dir))
+        model.eval()
+        return model, tokenizer
+
+    def eval_setup(self, model_dir: Path, data: str, overrides=None) -> TaskParts:
+        """Load a causal LM and encode a corpus the way its run did (block size, packing, separator)."""
+        model, tokenizer = self.load_for_use(Path(model_dir))
+        run_cfg = Path(model_dir).parent / "config.yaml"
+        base = load_config(run_cfg if run_cfg.exists() else None, overrides)
+        if not run_cfg.exists():
+            base = base.model_copy(update={"task": self.name})
+        if not overrides:
+            base.data.format = None
+        docs = read_corpus(data, base, "eval")
+        block_cfg = base.data.block_size if run_cfg.exists() or overrides else None
+        block = check_length(block_cfg or default_length(model.config), model.config, None, "data.block_size")
+        packing = base.data.packing
+        split, _, _, _ = encode_split(docs, tokenizer, block, packing, keep_remainder=True)
+        attention = probe_packed_attention(model, tokenizer.pad_token_id) if packing == "pack" else "attention_mask"
+        loss = CausalLMLoss(attention=attention, chunked=probe_chunked_loss(model))
+        return TaskParts(task=self, model=model, tokenizer=tokenizer, train=None, eval=split,
+                         collate=make_collate(tokenizer.pad_token_id, packing), loss=loss, eval_step=loss.eval_step,
+                         finalize=finalize, summary={"block_size": block, "packing": packing, "documents": len(docs)})
+
+    def serve_info(self, model, tokenizer) -> dict:
+        return {"chat_template": bool(getattr(tokenizer, "chat_template", None))}
+
+    def tokenizer_findings(self, specials: dict) -> list[tuple[str, str]]:
+        out = super().tokenizer_findings(specials)
+        if specials.get("eos") is None:
+            out.append(("warning", "the tokenizer has no eos token: documents will run into each other when packed"))
+        return out
 
 
-def eval_setup(model_dir: Path, data: str, overrides=None) -> Prepared:
-    """Load a causal LM and encode a corpus the way its run did (block size, packing, separator)."""
-    from ..config import load_config
-    model, tokenizer = load_for_use(Path(model_dir))
-    run_cfg = Path(model_dir).parent / "config.yaml"
-    base = load_config(run_cfg if run_cfg.exists() else None, overrides)
-    if not run_cfg.exists():
-        base.task = "causal-lm"
-    if not overrides:
-        base.data.format = None
-    docs = read_corpus(data, base, "eval")
-    block = resolve_block_size(base.data.block_size if run_cfg.exists() or overrides else None, model.config)
-    packing = base.data.packing
-    split, _, _, _ = encode_split(docs, tokenizer, block, packing, keep_remainder=True)
-    attention = probe_packed_attention(model, tokenizer.pad_token_id) if packing == "pack" else "attention_mask"
-    loss = CausalLMLoss(attention=attention, chunked=probe_chunked_loss(model))
-    return Prepared(task="causal-lm", model=model, tokenizer=tokenizer, train=None, eval=split,
-                    collate=make_collate(tokenizer.pad_token_id, packing), loss=loss, eval_step=loss.eval_step,
-                    finalize=finalize, summary={"block_size": block, "packing": packing, "documents": len(docs)})
+TASK = CausalLM()

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Optional
 
+import datasets
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification
 
-from ..config import Config
+from ..config import Config, Permissions, load_config
 from ..data import sources
 from ..data.batching import pad_sequences
 from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
+from ..data.split import hold_out
 from ..errors import LmforgeError
 from ..metrics import classification_metrics
+from ..models.load import check_length, default_length, ensure_pad, load_pretrained, model_config_of, model_source
+from ..models.lora import load_model
 from ..tokenizer import load_tokenizer
-from .base import EncodedSplit, Prepared
-from .common import load_pretrained, model_source
+from .base import EncodedSplit, Task, TaskParts
 
 log = logging.getLogger("lmforge")
 
@@ -93,8 +96,6 @@ def encode_frame(df: pd.DataFrame, tokenizer, max_length: int, label2id: Optiona
 
 
 def encode_cached(df: pd.DataFrame, tokenizer, max_length: int, label2id: Optional[dict]):
-    import datasets
-
     key = fingerprint(df, tokenizer_fingerprint(tokenizer), max_length, label2id, "cls-v1")
     truncated = {}
 
@@ -152,15 +153,10 @@ def make_finalize(labels: list[str]):
     return finalize
 
 
-def default_max_length(tokenizer, model_config) -> int:
-    limit = getattr(model_config, "max_position_embeddings", None) or tokenizer.model_max_length or 512
-    return int(min(limit, 512))
-
-
 # ----------------------------------------------------------------------------------- setup
-def setup(cfg: Config, log=log) -> Prepared:
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
+def labelled_frames(cfg: Config, log=None):
+    """(train, eval, test) frames of the config's data; without eval data, a share of train is held
+    out (data/split.py's rule; the report re-derives the same rows from the same config)."""
     d = cfg.data
     if not d.train:
         raise LmforgeError("no training data given", "set data.train (a file, or a built-in dataset such as finefood)")
@@ -171,21 +167,26 @@ def setup(cfg: Config, log=log) -> Prepared:
     if d.max_train_samples:
         train_df = train_df.sample(frac=1.0, random_state=cfg.train.seed).head(d.max_train_samples)
     if eval_df is None:
-        from sklearn.model_selection import train_test_split
-        counts = train_df["label"].value_counts()
-        stratify = train_df["label"] if counts.min() >= 2 else None
-        train_df, eval_df = train_test_split(train_df, test_size=d.validation_split, random_state=cfg.train.seed,
-                                             stratify=stratify)
-        train_df, eval_df = train_df.reset_index(drop=True), eval_df.reset_index(drop=True)
-        log.info("no eval data given: held out %d of the training rows (%.0f%%, stratified, seed %d)",
-                 len(eval_df), 100 * d.validation_split, cfg.train.seed)
+        train_idx, eval_idx = hold_out(len(train_df), d.validation_split, cfg.train.seed, labels=train_df["label"])
+        train_df, eval_df = (train_df.iloc[train_idx].reset_index(drop=True),
+                             train_df.iloc[eval_idx].reset_index(drop=True))
+        if log is not None:
+            log.info("no eval data given: held out %d of the training rows (%.0f%%, stratified, seed %d)",
+                     len(eval_df), 100 * d.validation_split, cfg.train.seed)
     if d.max_eval_samples:
         eval_df = eval_df.head(d.max_eval_samples)
-    labels = label_order(train_df["label"], numeric)
+    train_df.attrs["numeric_labels"] = numeric
+    return train_df, eval_df, test_df
+
+
+def check_labels(cfg: Config, train_df, eval_df, test_df) -> list[str]:
+    """The label order (sorted; numerically for integer labels), after checking that eval/test use no unseen label."""
+    d = cfg.data
+    labels = label_order(train_df["label"], train_df.attrs.get("numeric_labels", False))
     if len(labels) < 2:
         raise LmforgeError(f"{d.train}: every training row has the label '{labels[0]}'",
                            "a classifier needs at least two classes in the training data")
-    for name, df, src in (("eval", eval_df, d.eval), ("test", test_df, d.test)):
+    for df, src in ((eval_df, d.eval), (test_df, d.test)):
         if df is None:
             continue
         unseen = sorted(set(df["label"]) - set(labels))
@@ -193,38 +194,12 @@ def setup(cfg: Config, log=log) -> Prepared:
             raise LmforgeError(
                 f"{src or 'eval split'}: label(s) {', '.join(map(repr, unseen[:5]))} never appear in the training data",
                 f"training labels are {', '.join(map(repr, labels[:20]))}; fix the labels or add training rows")
-    label2id = {lab: i for i, lab in enumerate(labels)}
-    id2label = {i: lab for lab, i in label2id.items()}
+    return labels
 
-    path = model_source(cfg)
-    tokenizer = load_tokenizer(path, cfg.model.revision)
-    model_cfg = AutoConfig.from_pretrained(path, revision=cfg.model.revision,
-                                           trust_remote_code=cfg.model.trust_remote_code)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise LmforgeError(f"the tokenizer at {path} has neither a pad nor an eos token",
-                               "add a pad token to the tokenizer")
-        tokenizer.pad_token = tokenizer.eos_token
-        log.info("the tokenizer has no pad token: using its eos token %r for padding", tokenizer.eos_token)
-    max_limit = default_max_length(tokenizer, model_cfg)
-    max_length = d.max_length or max_limit
-    if max_length > max_limit and getattr(model_cfg, "max_position_embeddings", None):
-        raise LmforgeError(f"data.max_length {max_length} is above the model's limit of {max_limit} positions",
-                           f"set data.max_length to at most {max_limit}")
 
-    model, missing = load_pretrained(
-        AutoModelForSequenceClassification, path, cfg, num_labels=len(labels),
-        id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
-    model.config.pad_token_id = tokenizer.pad_token_id
-
-    train_split, n_trunc, hit, fp_train = encode_cached(train_df, tokenizer, max_length, label2id)
-    eval_split, n_trunc_eval, _, fp_eval = encode_cached(eval_df, tokenizer, max_length, label2id)
-    test_split = encode_cached(test_df, tokenizer, max_length, label2id)[0] if test_df is not None else None
-    log.info("tokenized %d train / %d eval rows%s; %d train rows (%.1f%%) truncated at %d tokens",
-             len(train_split), len(eval_split), " (from cache)" if hit else "", n_trunc,
-             100 * n_trunc / max(1, len(train_split)), max_length)
+def _summary(train_df, train_split, eval_split, test_split, labels, max_length, n_trunc, hit) -> dict:
     counts = train_df["label"].value_counts()
-    summary = {
+    return {
         "train_rows": len(train_split), "eval_rows": len(eval_split),
         "test_rows": len(test_split) if test_split is not None else 0,
         "labels": labels, "label_counts": {str(k): int(v) for k, v in counts.items()},
@@ -232,46 +207,95 @@ def setup(cfg: Config, log=log) -> Prepared:
         "mean_tokens": float(np.mean(train_split.lengths)), "lengths": train_split.lengths,
         "tokenization_cache_hit": hit,
     }
-    return Prepared(
-        task="classification", model=model, tokenizer=tokenizer,
-        train=train_split, eval=eval_split, test=test_split,
-        collate=make_collate(tokenizer.pad_token_id), loss=loss_fn, eval_step=eval_step,
-        finalize=make_finalize(labels), best_metric="accuracy", greater_is_better=True,
-        new_param_names=missing, summary=summary,
-        fingerprints={"train": fp_train, "eval": fp_eval},
-    )
 
 
-# ----------------------------------------------------------------------------------- use
-def load_classifier(model_dir: Path):
-    from transformers import AutoModelForSequenceClassification
+# ----------------------------------------------------------------------------------- the task
+class Classification(Task):
+    name = "classification"
+    auto_class = AutoModelForSequenceClassification
+    architectures = ("SequenceClassification",)
+    best_metric = "accuracy"
+    greater_is_better = True
+    endpoint = "/v1/classify"
+    data_kind = "table"
+    report_sections = ("confusion", "misclassified")
+    samples_title = "Samples and misclassified examples"
 
-    from ..lora import load_model
-    tokenizer = load_tokenizer(str(model_dir))
-    model = load_model(AutoModelForSequenceClassification, model_dir)  # a model or a LoRA adapter folder
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.eval()
-    return model, tokenizer
+    def setup(self, cfg: Config, log: logging.Logger = log, permissions: Permissions = Permissions()) -> TaskParts:
+        train_df, eval_df, test_df = labelled_frames(cfg, log)
+        labels = check_labels(cfg, train_df, eval_df, test_df)
+        label2id = {lab: i for i, lab in enumerate(labels)}
+        id2label = {i: lab for lab, i in label2id.items()}
+
+        path = model_source(cfg, permissions)
+        tokenizer = load_tokenizer(path, cfg.model.revision)
+        model_cfg = model_config_of(path, cfg)
+        pad_note = ensure_pad(tokenizer, where=path)
+        if pad_note:
+            log.info(pad_note)
+        max_length = check_length(cfg.data.max_length or default_length(model_cfg, tokenizer), model_cfg, tokenizer,
+                                  "data.max_length")
+        model, missing = load_pretrained(
+            AutoModelForSequenceClassification, path, cfg, permissions, num_labels=len(labels),
+            id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+        train_split, n_trunc, hit, fp_train = encode_cached(train_df, tokenizer, max_length, label2id)
+        eval_split, _, _, fp_eval = encode_cached(eval_df, tokenizer, max_length, label2id)
+        test_split = encode_cached(test_df, tokenizer, max_length, label2id)[0] if test_df is not None else None
+        log.info("tokenized %d train / %d eval rows%s; %d train rows (%.1f%%) truncated at %d tokens",
+                 len(train_split), len(eval_split), " (from cache)" if hit else "", n_trunc,
+                 100 * n_trunc / max(1, len(train_split)), max_length)
+        return TaskParts(
+            task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split, test=test_split,
+            collate=make_collate(tokenizer.pad_token_id), loss=loss_fn, eval_step=eval_step,
+            finalize=make_finalize(labels), new_param_names=missing,
+            summary=_summary(train_df, train_split, eval_split, test_split, labels, max_length, n_trunc, hit),
+            fingerprints={"train": fp_train, "eval": fp_eval},
+        )
+
+    def load_for_use(self, model_dir: Path):
+        tokenizer = load_tokenizer(str(model_dir))
+        model = load_model(AutoModelForSequenceClassification, model_dir)  # a model or a LoRA adapter folder
+        ensure_pad(tokenizer, where=str(model_dir))
+        model.eval()
+        return model, tokenizer
+
+    def eval_setup(self, model_dir: Path, data: str, overrides=None) -> TaskParts:
+        """Load a trained classifier and encode a labelled dataset with its label mapping."""
+        model, tokenizer = self.load_for_use(model_dir)
+        run_cfg = model_dir.parent / "config.yaml"
+        cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
+        if not overrides:  # the run's training format need not be the format of this file
+            cfg.data.format = None
+        df = read_labelled(data, cfg, "eval")
+        label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
+        unseen = sorted(set(df["label"]) - set(label2id))
+        if unseen:
+            raise LmforgeError(f"{data}: label(s) {', '.join(map(repr, unseen[:5]))} are not labels of this model",
+                               f"the model knows {', '.join(map(repr, list(label2id)[:20]))}")
+        max_length = cfg.data.max_length or default_length(model.config, tokenizer)
+        split, _, _, _ = encode_cached(df, tokenizer, max_length, label2id)
+        labels = [model.config.id2label[i] for i in range(len(label2id))]
+        return TaskParts(task=self, model=model, tokenizer=tokenizer, train=None, eval=split,
+                         collate=make_collate(tokenizer.pad_token_id), loss=loss_fn, eval_step=eval_step,
+                         finalize=make_finalize(labels))
+
+    def serve_info(self, model, tokenizer) -> dict:
+        return {"labels": [model.config.id2label[i] for i in range(len(model.config.id2label))]}
+
+    def describe_example(self, parts: TaskParts, ids, labels) -> list[str]:
+        if labels is None:
+            return []
+        id2label = getattr(getattr(parts.model, "config", None), "id2label", None) or {}
+        return [f"  label:  {id2label.get(int(labels), int(labels))}"]
+
+    def labelled_rows(self, cfg: Config):
+        """(split name, frame) of the rows to show predictions for: test, else eval, else the held-out rows."""
+        train_df, eval_df, test_df = labelled_frames(cfg)
+        if test_df is not None:
+            return "test", test_df
+        return ("eval" if cfg.data.eval else "held-out eval"), eval_df
 
 
-def eval_setup(model_dir: Path, data: str, overrides=None) -> Prepared:
-    """Load a trained classifier and encode a labelled dataset with its label mapping."""
-    from ..config import load_config
-    model, tokenizer = load_classifier(model_dir)
-    run_cfg = model_dir.parent / "config.yaml"
-    cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
-    if not overrides:  # the run's training format need not be the format of this file
-        cfg.data.format = None
-    df = read_labelled(data, cfg, "eval")
-    label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
-    unseen = sorted(set(df["label"]) - set(label2id))
-    if unseen:
-        raise LmforgeError(f"{data}: label(s) {', '.join(map(repr, unseen[:5]))} are not labels of this model",
-                           f"the model knows {', '.join(map(repr, list(label2id)[:20]))}")
-    max_length = cfg.data.max_length or default_max_length(tokenizer, model.config)
-    split, _, _, _ = encode_cached(df, tokenizer, max_length, label2id)
-    labels = [model.config.id2label[i] for i in range(len(label2id))]
-    return Prepared(task="classification", model=model, tokenizer=tokenizer, train=None, eval=split,
-                    collate=make_collate(tokenizer.pad_token_id), loss=loss_fn, eval_step=eval_step,
-                    finalize=make_finalize(labels))
+TASK = Classification()

@@ -17,19 +17,27 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForMaskedLM, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from ..config import Config
+from ..config import Config, Permissions, load_config
 from ..data import masking
 from ..data.batching import pad_sequences
 from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
+from ..data.corpus import read_corpus
+from ..data.split import hold_out
 from ..errors import LmforgeError
 from ..metrics import perplexity
-from ..tokenizer import load_tokenizer
-from .base import EncodedSplit, Prepared
-from .common import load_pretrained, model_source
+from ..models.load import check_length, default_length, load_pretrained, model_config_of, model_source
+from ..models.lora import load_model, model_config
+from ..models.scratch import build_model
+from ..tokenizer import load_tokenizer, tokenizer_for_config
+from .base import EncodedSplit, Task, TaskParts, clip
+from .fill_mask import fill_mask_with
 
 log = logging.getLogger("lmforge")
 
@@ -42,8 +50,6 @@ HEAD_LR_FACTOR = 100.0
 # ----------------------------------------------------------------------------------- model checks
 def check_encoder(model_cfg, where: str) -> None:
     """A causal-only architecture (GPT-2, Llama, ...) cannot be trained as a masked LM."""
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
     kind = getattr(model_cfg, "model_type", "?")
     if kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return
@@ -59,12 +65,6 @@ def check_mask_token(tokenizer, where: str) -> None:
     if tokenizer.mask_token is None or tokenizer.mask_token_id is None:
         raise LmforgeError(f"the tokenizer of {where} has no mask token, so it cannot be used for masked "
                            f"language modelling", "use a BERT/RoBERTa-style model, or add a mask token to its tokenizer")
-
-
-def model_limit(tokenizer, model_cfg) -> int:
-    limits = [getattr(model_cfg, "max_position_embeddings", None), tokenizer.model_max_length]
-    limits = [int(x) for x in limits if x and x < 10**6]
-    return min(limits) if limits else 512
 
 
 def head_prefixes(model) -> tuple[str, ...]:
@@ -110,15 +110,8 @@ def head_note(model, new: set[str], source: str) -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------------- data
-def read_texts(source: str, cfg: Config, split: str) -> list[str]:
-    from ..data.corpus import read_corpus
-    return read_corpus(source, cfg, split)
-
-
 def encode_cached(texts: list[str], tokenizer, block_size: int, remainder: str):
     """Blocks and word ids of a split, cached on disk by (texts, tokenizer, block_size, remainder)."""
-    import datasets
-
     h = hashlib.sha256()
     for t in texts:
         h.update(t.encode("utf-8"))
@@ -146,14 +139,6 @@ def encode_cached(texts: list[str], tokenizer, block_size: int, remainder: str):
     except ValueError:
         stats = {}
     return ds, stats, hit, key
-
-
-def split_docs(docs: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Hold out whole documents (a seeded shuffle), keeping file order inside each part."""
-    n_eval = max(1, int(round(len(docs) * fraction)))
-    order = np.random.default_rng([seed, 7]).permutation(len(docs))
-    held = set(order[:n_eval].tolist())
-    return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
 
 
 def fixed_masked_split(ds, spec: masking.MaskSpec, seed: int, pad_id: int, limit: Optional[int] = None) -> EncodedSplit:
@@ -203,7 +188,6 @@ def _unwrapped_head(model):
 
     Only for a plain (not DDP/FSDP-wrapped) model of a known family: DDP needs its own forward.
     """
-    from transformers import PreTrainedModel
     if not isinstance(model, PreTrainedModel) or getattr(model.config, "model_type", "") not in FAST_HEAD_TYPES:
         return None
     if hasattr(model, "cls") and hasattr(model.cls, "predictions"):
@@ -279,7 +263,6 @@ def make_samples(tokenizer, probes: list[str]):
     def samples(model) -> list:
         if not probes:
             return []
-        from ..fillmask import fill_mask_with
         res = fill_mask_with(model, tokenizer, probes, top_k=5)
         return [{"text": r["text"], "top5": [(c["token"], round(c["score"], 4)) for c in r["masks"][0]["candidates"]]}
                 for r in res]
@@ -287,56 +270,60 @@ def make_samples(tokenizer, probes: list[str]):
 
 
 # ----------------------------------------------------------------------------------- setup
-def load_model_and_tokenizer(cfg: Config):
-    """(model, tokenizer, newly initialised parameter names, source description)."""
-    from transformers import AutoConfig, AutoModelForMaskedLM
-
+def load_model_and_tokenizer(cfg: Config, log: logging.Logger, permissions: Permissions):
+    """(model, tokenizer, newly initialised parameter names, from_scratch)."""
     if cfg.model.from_config and not cfg.model.name:
-        from .common import model_from_config
-        model, tokenizer = model_from_config(cfg, AutoModelForMaskedLM)
+        tokenizer = tokenizer_for_config(cfg, log, permissions)
+        model = build_model(cfg, tokenizer, AutoModelForMaskedLM, "masked-lm")
         check_mask_token(tokenizer, "the from-config model")
-        return model, tokenizer, set(), "a from-config model"  # all new: one learning rate for all
-    path = model_source(cfg)
-    model_cfg = AutoConfig.from_pretrained(path, revision=cfg.model.revision,
-                                           trust_remote_code=cfg.model.trust_remote_code)
-    check_encoder(model_cfg, f"the model {cfg.model.name}")
+        return model, tokenizer, set(), True  # all new: one learning rate for all
+    path = model_source(cfg, permissions)
+    check_encoder(model_config_of(path, cfg), f"the model {cfg.model.name}")
     tokenizer = load_tokenizer(path, cfg.model.revision)
     check_mask_token(tokenizer, f"the model {cfg.model.name}")
     if tokenizer.pad_token is None:
         raise LmforgeError(f"the tokenizer of {cfg.model.name} has no pad token",
                            "add a pad token to its tokenizer_config.json")
-    model, missing = load_pretrained(AutoModelForMaskedLM, path, cfg)
-    return model, tokenizer, missing, cfg.model.name
+    model, missing = load_pretrained(AutoModelForMaskedLM, path, cfg, permissions)
+    return model, tokenizer, missing, False
 
 
-def setup(cfg: Config, log=log) -> Prepared:
+def block_size_for(cfg: Config, model, tokenizer) -> int:
     d = cfg.data
-    if not d.train:
-        raise LmforgeError("no training data given", "set data.train (a .txt file, a folder, a table with a text "
-                                                     "column, or a built-in corpus such as kjv or bbc-news)")
-    model, tokenizer, new, source = load_model_and_tokenizer(cfg)
-    limit = model_limit(tokenizer, model.config)
-    block_size = d.block_size or min(limit, 512)
-    if block_size > limit:
-        raise LmforgeError(f"data.block_size {block_size} is above the model's limit of {limit} positions",
-                           f"set data.block_size to at most {limit}")
+    block_size = check_length(d.block_size or default_length(model.config, tokenizer), model.config, tokenizer,
+                              "data.block_size")
     prefix, suffix = masking.special_wrap(tokenizer)
     if block_size <= len(prefix) + len(suffix):
         raise LmforgeError(f"data.block_size {block_size} leaves no room for text next to the "
                            f"{len(prefix) + len(suffix)} special tokens", "use a block_size of at least 16")
+    return block_size
 
-    train_docs = read_texts(d.train, cfg, "train")
+
+def read_documents(cfg: Config, log: logging.Logger):
+    """(train, eval, test) documents; without eval data, documents held out by the shared rule (train.seed)."""
+    d = cfg.data
+    if not d.train:
+        raise LmforgeError("no training data given", "set data.train (a .txt file, a folder, a table with a text "
+                                                     "column, or a built-in corpus such as kjv or bbc-news)")
+    train_docs = read_corpus(d.train, cfg, "train")
     if d.eval:
-        eval_docs = read_texts(d.eval, cfg, "eval")
+        eval_docs = read_corpus(d.eval, cfg, "eval")
     else:
         if len(train_docs) < 2:
             raise LmforgeError(f"{d.train} has a single document, so no eval set can be held out",
                                "give data.eval, or split the text into documents (lines or data.document_separator)")
-        train_docs, eval_docs = split_docs(train_docs, d.validation_split, d.eval_mask_seed)
+        train_idx, eval_idx = hold_out(len(train_docs), d.validation_split, cfg.train.seed)
+        train_docs, eval_docs = [train_docs[i] for i in train_idx], [train_docs[i] for i in eval_idx]
         log.info("no eval data given: held out %d of %d documents (%.0f%%, seed %d)", len(eval_docs),
-                 len(eval_docs) + len(train_docs), 100 * d.validation_split, d.eval_mask_seed)
-    test_docs = read_texts(d.test, cfg, "test") if d.test else None
+                 len(eval_docs) + len(train_docs), 100 * d.validation_split, cfg.train.seed)
+    test_docs = read_corpus(d.test, cfg, "test") if d.test else None
+    return train_docs, eval_docs, test_docs
 
+
+def encode_splits(cfg: Config, docs, tokenizer, model, block_size: int):
+    """(train dataset, masked eval split, masked test split or None, stats, cache hit, fingerprints, spec)."""
+    d = cfg.data
+    train_docs, eval_docs, test_docs = docs
     train_ds, tstats, hit, fp_train = encode_cached(train_docs, tokenizer, block_size, d.remainder)
     if len(train_ds) == 0:
         raise LmforgeError(f"the training text ({tstats.get('tokens', 0)} tokens) is shorter than one block of "
@@ -348,91 +335,139 @@ def setup(cfg: Config, log=log) -> Prepared:
     if len(eval_ds) == 0:
         raise LmforgeError(f"the eval text ({estats.get('tokens', 0)} tokens) is shorter than one block of "
                            f"{block_size} tokens", "give more eval text, lower data.block_size, or set data.remainder: pad")
-
-    whole = d.masking == "whole-word"
-    spec = masking.MaskSpec.of(tokenizer, d.mlm_probability, whole, vocab_size=model.get_input_embeddings().num_embeddings)
-    pad_id = tokenizer.pad_token_id
-    eval_split = fixed_masked_split(eval_ds, spec, d.eval_mask_seed, pad_id, d.max_eval_samples)
+    spec = masking.MaskSpec.of(tokenizer, d.mlm_probability, d.masking == "whole-word",
+                               vocab_size=model.get_input_embeddings().num_embeddings)
+    eval_split = fixed_masked_split(eval_ds, spec, d.eval_mask_seed, tokenizer.pad_token_id, d.max_eval_samples)
     test_split = None
     if test_docs is not None:
         test_ds, _, _, _ = encode_cached(test_docs, tokenizer, block_size, d.remainder)
-        test_split = fixed_masked_split(test_ds, spec, d.eval_mask_seed + 1, pad_id) if len(test_ds) else None
-    train_split = EncodedSplit(train_ds, [len(x) for x in train_ds["input_ids"]])
-    if tstats.get("word_ids_from_offsets") and whole:
-        log.info("the tokenizer does not split words itself: whole-word masking finds words by whitespace")
-    log.info("masked-lm: %d train blocks of %d tokens (%d documents, %d tokens, %d dropped)%s; %d eval blocks, "
-             "%d masked eval tokens (%s masking, p=%.2f, eval seed %d)", len(train_split), block_size,
-             tstats.get("documents", 0), tstats.get("tokens", 0), tstats.get("dropped_tokens", 0),
-             " (from cache)" if hit else "", len(eval_split),
-             sum(sum(1 for x in r["labels"] if x != masking.IGNORE) for r in eval_split.rows), d.masking,
-             d.mlm_probability, d.eval_mask_seed)
+        test_split = fixed_masked_split(test_ds, spec, d.eval_mask_seed + 1, tokenizer.pad_token_id) \
+            if len(test_ds) else None
+    stats = {"train": tstats, "eval": estats}
+    return train_ds, eval_split, test_split, stats, hit, {"train": fp_train, "eval": fp_eval}, spec
 
+
+def head_notes(cfg: Config, model, new: set[str], train_ds, spec) -> tuple[list[str], Optional[float]]:
+    """What to say about a checkpoint without a (complete) MLM head, with the new output bias set to the
+    log unigram frequencies (model.init_output_bias); and the head's learning rate when none is set."""
     notes = []
-    note = head_note(model, new, source) if source != "a from-config model" else None
+    note = head_note(model, new, cfg.model.name)
     if note:
         notes.append(note)
-    bias_name = new_output_bias(model, new) if source != "a from-config model" else None
+    bias_name = new_output_bias(model, new)
     if bias_name and cfg.model.init_output_bias:
         init_output_bias(model, bias_name, train_ds["input_ids"], spec.special)
         notes.append(f"the new output bias ({bias_name}) starts at the log unigram frequencies of the training text "
                      f"(model.init_output_bias)")
-    if new and cfg.train.head_learning_rate is None and source != "a from-config model":
-        cfg.train.head_learning_rate = cfg.train.learning_rate * HEAD_LR_FACTOR
-        notes.append(f"newly initialised parameters train with head_learning_rate {cfg.train.head_learning_rate:g} "
+    head_lr = None
+    if new and cfg.train.head_learning_rate is None:
+        head_lr = cfg.train.learning_rate * HEAD_LR_FACTOR
+        notes.append(f"newly initialised parameters train with head_learning_rate {head_lr:g} "
                      f"({HEAD_LR_FACTOR:g} x learning_rate; set train.head_learning_rate to change it)")
-    summary = {"train_rows": len(train_split), "eval_rows": len(eval_split),
-               "test_rows": len(test_split) if test_split is not None else 0,
-               "block_size": block_size, "masking": d.masking, "mlm_probability": d.mlm_probability,
-               "eval_mask_seed": d.eval_mask_seed, "train_documents": tstats.get("documents"),
-               "train_tokens": tstats.get("tokens"), "dropped_train_tokens": tstats.get("dropped_tokens"),
-               "eval_tokens": estats.get("tokens"), "tokenization_cache_hit": hit,
-               "lengths": train_split.lengths}
-    return Prepared(
-        task="masked-lm", model=model, tokenizer=tokenizer, train=train_split, eval=eval_split, test=test_split,
-        collate=make_collate(pad_id), loss=loss_fn, eval_step=eval_step, finalize=finalize,
-        best_metric="loss", greater_is_better=False, new_param_names=new, summary=summary, notes=notes,
-        fingerprints={"train": fp_train, "eval": fp_eval},
-        samples=make_samples(tokenizer, sample_sentences(eval_docs, tokenizer.mask_token)),
-        train_collate=make_train_collate(spec, pad_id),
-    )
+    return notes, head_lr
 
 
-# ----------------------------------------------------------------------------------- eval
-def load_masked_lm(model_dir: Path):
-    """(model, tokenizer, newly initialised parameter names) of a saved or built-in encoder."""
-    from transformers import AutoConfig, AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
+# ----------------------------------------------------------------------------------- the task
+class MaskedLM(Task):
+    name = "masked-lm"
+    auto_class = AutoModelForMaskedLM
+    architectures = ("MaskedLM",)
+    best_metric = "loss"
+    greater_is_better = False
+    endpoint = "/v1/fill-mask"
+    samples_title = "Fill-mask completions"
 
-    from ..lora import load_model, model_config
-    hf_logging.set_verbosity_error()
-    check_encoder(model_config(model_dir), f"the model in {model_dir}")  # a model or a LoRA adapter folder
-    tokenizer = load_tokenizer(str(model_dir))
-    check_mask_token(tokenizer, str(model_dir))
-    model, info = load_model(AutoModelForMaskedLM, model_dir, output_loading_info=True)
-    model.eval()
-    return model, tokenizer, set(info.get("missing_keys", []))
+    def setup(self, cfg: Config, log: logging.Logger = log, permissions: Permissions = Permissions()) -> TaskParts:
+        d = cfg.data
+        model, tokenizer, new, from_scratch = load_model_and_tokenizer(cfg, log, permissions)
+        block_size = block_size_for(cfg, model, tokenizer)
+        docs = read_documents(cfg, log)
+        train_ds, eval_split, test_split, stats, hit, fps, spec = encode_splits(cfg, docs, tokenizer, model, block_size)
+        tstats = stats["train"]
+        train_split = EncodedSplit(train_ds, [len(x) for x in train_ds["input_ids"]])
+        if tstats.get("word_ids_from_offsets") and spec.whole_word:
+            log.info("the tokenizer does not split words itself: whole-word masking finds words by whitespace")
+        log.info("masked-lm: %d train blocks of %d tokens (%d documents, %d tokens, %d dropped)%s; %d eval blocks, "
+                 "%d masked eval tokens (%s masking, p=%.2f, eval seed %d)", len(train_split), block_size,
+                 tstats.get("documents", 0), tstats.get("tokens", 0), tstats.get("dropped_tokens", 0),
+                 " (from cache)" if hit else "", len(eval_split),
+                 sum(sum(1 for x in r["labels"] if x != masking.IGNORE) for r in eval_split.rows), d.masking,
+                 d.mlm_probability, d.eval_mask_seed)
+        notes, head_lr = ([], None) if from_scratch else head_notes(cfg, model, new, train_ds, spec)
+        summary = {"train_rows": len(train_split), "eval_rows": len(eval_split),
+                   "test_rows": len(test_split) if test_split is not None else 0,
+                   "block_size": block_size, "masking": d.masking, "mlm_probability": d.mlm_probability,
+                   "eval_mask_seed": d.eval_mask_seed, "train_documents": tstats.get("documents"),
+                   "train_tokens": tstats.get("tokens"), "dropped_train_tokens": tstats.get("dropped_tokens"),
+                   "eval_tokens": stats["eval"].get("tokens"), "tokenization_cache_hit": hit,
+                   "lengths": train_split.lengths}
+        pad_id = tokenizer.pad_token_id
+        return TaskParts(
+            task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split, test=test_split,
+            collate=make_collate(pad_id), loss=loss_fn, eval_step=eval_step, finalize=finalize,
+            new_param_names=new, head_learning_rate=head_lr, summary=summary, notes=notes, fingerprints=fps,
+            samples=make_samples(tokenizer, sample_sentences(docs[1], tokenizer.mask_token)),
+            train_collate=make_train_collate(spec, pad_id), output_layer_share=d.mlm_probability,
+        )
+
+    def load_with_new_params(self, model_dir: Path):
+        """(model, tokenizer, newly initialised parameter names) of a saved or built-in encoder."""
+        check_encoder(model_config(model_dir), f"the model in {model_dir}")  # a model or a LoRA adapter folder
+        tokenizer = load_tokenizer(str(model_dir))
+        check_mask_token(tokenizer, str(model_dir))
+        model, info = load_model(AutoModelForMaskedLM, model_dir, output_loading_info=True)
+        model.eval()
+        return model, tokenizer, set(info.get("missing_keys", []))
+
+    def load_for_use(self, model_dir: Path):
+        model, tokenizer, _ = self.load_with_new_params(model_dir)
+        return model, tokenizer
+
+    def eval_setup(self, model_dir: Path, data: str, overrides=None) -> TaskParts:
+        """Fixed-mask perplexity of a masked LM on a corpus, with the run's block size, masking and eval seed."""
+        model, tokenizer = self.load_for_use(model_dir)
+        run_cfg = model_dir.parent / "config.yaml"
+        cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
+        if not run_cfg.exists():
+            cfg = cfg.model_copy(update={"task": self.name})
+        if not overrides:
+            cfg.data.format = None
+        d = cfg.data
+        block_size = d.block_size or default_length(model.config, tokenizer)
+        docs = read_corpus(data, cfg, "eval")
+        ds, stats, _, _ = encode_cached(docs, tokenizer, block_size, d.remainder)
+        if len(ds) == 0:
+            raise LmforgeError(f"{data} ({stats.get('tokens', 0)} tokens) is shorter than one block of {block_size} "
+                               "tokens", "give more text, or pass --data.remainder pad")
+        spec = masking.MaskSpec.of(tokenizer, d.mlm_probability, d.masking == "whole-word",
+                                   vocab_size=model.get_input_embeddings().num_embeddings)
+        split = fixed_masked_split(ds, spec, d.eval_mask_seed, tokenizer.pad_token_id, d.max_eval_samples)
+        return TaskParts(task=self, model=model, tokenizer=tokenizer, train=None, eval=split,
+                         collate=make_collate(tokenizer.pad_token_id), loss=loss_fn, eval_step=eval_step,
+                         finalize=finalize)
+
+    def serve_info(self, model, tokenizer) -> dict:
+        return {"mask_token": tokenizer.mask_token}
+
+    def tokenizer_findings(self, specials: dict) -> list[tuple[str, str]]:
+        out = []
+        if specials.get("pad") is None and specials.get("eos") is not None:
+            out.append(("info", f"no pad token: the eos token {specials['eos']!r} will pad"))
+        if specials.get("mask") is None:
+            out.append(("problem", "the tokenizer has no mask token, which masked-lm needs — use a tokenizer with "
+                                   "one (e.g. [MASK] or <mask>)"))
+        return out
+
+    def describe_example(self, parts: TaskParts, ids, labels) -> list[str]:
+        if labels is None:
+            return []
+        tok = parts.tokenizer
+        lab = labels[: len(ids)].tolist()
+        scored = [i for i, t in enumerate(lab) if t != masking.IGNORE]
+        shown = [f"[{tok.convert_ids_to_tokens(ids[i])}→{tok.convert_ids_to_tokens(lab[i])}]"
+                 if lab[i] != masking.IGNORE else tok.convert_ids_to_tokens(ids[i]) for i in range(len(ids))]
+        return [f"  masked: {len(scored)} of {len(ids)} positions predicted, shown as [input→label]:",
+                "          " + clip(" ".join(shown))]
 
 
-def eval_setup(model_dir: Path, data: str, overrides=None) -> Prepared:
-    """Fixed-mask perplexity of a masked LM on a corpus, with the run's block size, masking and eval seed."""
-    from ..config import load_config
-    model, tokenizer, _ = load_masked_lm(model_dir)
-    run_cfg = model_dir.parent / "config.yaml"
-    cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
-    if not run_cfg.exists():
-        cfg.task = "masked-lm"
-    if not overrides:
-        cfg.data.format = None
-    d = cfg.data
-    block_size = d.block_size or min(model_limit(tokenizer, model.config), 512)
-    docs = read_texts(data, cfg, "eval")
-    ds, stats, _, _ = encode_cached(docs, tokenizer, block_size, d.remainder)
-    if len(ds) == 0:
-        raise LmforgeError(f"{data} ({stats.get('tokens', 0)} tokens) is shorter than one block of {block_size} tokens",
-                           "give more text, or pass --data.remainder pad")
-    spec = masking.MaskSpec.of(tokenizer, d.mlm_probability, d.masking == "whole-word",
-                               vocab_size=model.get_input_embeddings().num_embeddings)
-    split = fixed_masked_split(ds, spec, d.eval_mask_seed, tokenizer.pad_token_id, d.max_eval_samples)
-    return Prepared(task="masked-lm", model=model, tokenizer=tokenizer, train=None, eval=split,
-                    collate=make_collate(tokenizer.pad_token_id), loss=loss_fn, eval_step=eval_step,
-                    finalize=finalize)
+TASK = MaskedLM()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import random
 import re
 import shutil
@@ -27,30 +26,10 @@ import numpy as np
 import torch
 
 from ..errors import LmforgeError
+from ..fs import atomic_dir
 
 COMPLETE = "COMPLETE"
 BEST_STEP = "best_step.txt"
-
-
-def _fsync_tree(path: Path) -> None:
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
 
 
 def rng_state() -> dict:
@@ -85,36 +64,6 @@ def _write_complete(tmp: Path) -> None:
     (tmp / COMPLETE).write_text(json.dumps({"files": sizes}, indent=1))
 
 
-def atomic_dir(final: Path, write, mark_complete: bool = True) -> Path:
-    """Call ``write(tmp_dir)``, fsync, mark COMPLETE (optional), then rename to ``final``.
-
-    On any failure the temporary folder is removed and ``final`` (if it existed) is untouched.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        tmp.mkdir()
-        write(tmp)
-        if mark_complete:
-            _write_complete(tmp)
-        _fsync_tree(tmp)
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
 def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, tokenizer=None, scaler=None) -> Path:
     def write(tmp: Path):
         model.save_pretrained(tmp, safe_serialization=True)
@@ -127,7 +76,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, toke
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
     try:
-        return atomic_dir(folder, write)
+        return atomic_dir(folder, write, complete=_write_complete)
     except OSError as e:
         full = e.errno in (errno.ENOSPC, errno.EDQUOT)
         raise LmforgeError(

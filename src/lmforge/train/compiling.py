@@ -46,7 +46,7 @@ def compiler_available() -> Optional[str]:
     return None
 
 
-def decide(setting, task: str, packing: Optional[str], total_steps: int, device: torch.device,
+def decide(setting, fixed_shapes: bool, total_steps: int, device: torch.device,
            gradient_checkpointing: bool) -> tuple[bool, str]:
     """Whether to compile, and why (for the log)."""
     if setting is False:
@@ -58,13 +58,13 @@ def decide(setting, task: str, packing: Optional[str], total_steps: int, device:
     if setting is True:
         return True, "train.compile: true"
     # auto: fixed shapes only (packed causal-LM blocks), and a run long enough to pay back
-    if task != "causal-lm" or packing != "pack":
-        return False, "auto: only packed causal-lm runs have fixed shapes"
+    if not fixed_shapes:
+        return False, "auto: only runs with fixed batch shapes (packed causal-lm) compile"
     if gradient_checkpointing:
         return False, "auto: off with gradient checkpointing"
     if total_steps < AUTO_MIN_STEPS:
         return False, f"auto: {total_steps} steps are too few to pay back the compile time (< {AUTO_MIN_STEPS})"
-    return True, f"auto: packed causal-lm, {total_steps} steps"
+    return True, f"auto: fixed batch shapes, {total_steps} steps"
 
 
 class RegionalCompile:
@@ -94,10 +94,10 @@ class RegionalCompile:
                 blk._compiled_call_impl = impl
 
 
-def setup(setting, task: str, packing: Optional[str], total_steps: int, accelerator, model,
+def setup(setting, fixed_shapes: bool, total_steps: int, accelerator, model,
           gradient_checkpointing: bool) -> Optional[RegionalCompile]:
     """Compile the model's layers for training when `decide` says so; say what was done in the log."""
-    on, why = decide(setting, task, packing, total_steps, accelerator.device, gradient_checkpointing)
+    on, why = decide(setting, fixed_shapes, total_steps, accelerator.device, gradient_checkpointing)
     if not on:
         if setting is True or "C++" in why:
             log.info("torch.compile off: %s", why)

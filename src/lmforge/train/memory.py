@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -199,19 +198,24 @@ def advise(est: MemoryEstimate, accum: int, max_length: Optional[int]) -> list[s
     return tips
 
 
+def estimate_for(trainer) -> "MemoryEstimate":
+    """The estimate for a Trainer's run (model, batch sizes, lengths, precision, device), with advice."""
+    tc, parts, accelerator = trainer.tc, trainer.parts, trainer.accelerator
+    mp = "bf16" if getattr(accelerator, "mixed_precision", "no") in ("bf16", "fp16") else "no"
+    est = estimate(accelerator.unwrap_model(trainer.model), parts.train.lengths, tc.per_device_train_batch_size,
+                   tc.per_device_eval_batch_size, len(parts.eval) if parts.eval is not None else 0, mp,
+                   tc.gradient_checkpointing, accelerator.device)
+    est.advice = advise(est, tc.gradient_accumulation_steps, trainer.cfg.data.max_length)
+    return est
+
+
 def preflight(trainer, logger=log) -> Optional[MemoryEstimate]:
     """Estimate for a Trainer's run; log it, and warn with advice when it will not fit."""
     try:
-        tc = trainer.tc
-        prep = trainer.prep
-        mp = "bf16" if getattr(trainer.acc, "mixed_precision", "no") in ("bf16", "fp16") else "no"
-        est = estimate(trainer.acc.unwrap_model(trainer.model), prep.train.lengths, tc.per_device_train_batch_size,
-                       tc.per_device_eval_batch_size, len(prep.eval) if prep.eval is not None else 0, mp,
-                       tc.gradient_checkpointing, trainer.acc.device)
+        est = estimate_for(trainer)
     except Exception as e:  # an estimate must never stop a run
         logger.debug("memory estimate failed: %s", e)
         return None
-    est.advice = advise(est, tc.gradient_accumulation_steps, trainer.cfg.data.max_length)
     logger.info(est.summary())
     if est.fits is False:
         logger.warning("this run will probably not fit in memory (%s MB needed, %s MB available): try %s",

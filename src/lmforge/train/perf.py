@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from ..zoo import cache_dir
+from ..fs import cache_dir
 
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s, by device-name substring.
 GPU_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
@@ -109,14 +109,14 @@ def matmul_params(model: torch.nn.Module) -> int:
     return total
 
 
-def task_flop_params(model: torch.nn.Module, task: str, cfg) -> int:
-    """Matmul parameters per trained token for MFU. masked-lm runs its output layer only at the
-    masked positions (a share mlm_probability of the tokens), so that layer counts at that share."""
+def task_flop_params(model: torch.nn.Module, output_layer_share: float = 1.0) -> int:
+    """Matmul parameters per trained token for MFU. A task that runs its output layer only at some
+    positions (masked-lm: the masked ones) counts that layer at that share of the tokens."""
     total = matmul_params(model)
-    if task == "masked-lm":
+    if output_layer_share < 1.0:
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is not None and getattr(head, "weight", None) is not None:
-            total -= int(round(head.weight.numel() * (1 - cfg.data.mlm_probability)))
+            total -= int(round(head.weight.numel() * (1 - output_layer_share)))
     return total
 
 

@@ -7,14 +7,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import shutil
 from pathlib import Path
 from typing import Optional
 
 from ..errors import LmforgeError
-from ..runfolder import LogWriter, read_json
+from ..fs import JsonLog, read_json, recorded_process_alive
 from . import checkpoint as ckpt
 
 log = logging.getLogger("lmforge")
@@ -22,24 +20,6 @@ log = logging.getLogger("lmforge")
 OOM_ADVICE = ("if it ran out of memory: lower train.per_device_train_batch_size (raise "
               "train.gradient_accumulation_steps to keep the effective batch), lower data.max_length, or set "
               "train.gradient_checkpointing: true; `lmforge doctor CONFIG` estimates the memory a config needs")
-
-
-def pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    try:  # a reused pid of an unrelated program is not our run
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        return "python" in cmd or "lmforge" in cmd or "accelerate" in cmd or "torchrun" in cmd
-    except OSError:
-        return True
 
 
 def previous_run(run_dir: Path) -> Optional[dict]:
@@ -51,14 +31,13 @@ def previous_run(run_dir: Path) -> Optional[dict]:
         return None
     out = {"status": m["status"], "pid": m.get("pid"), "started": m.get("started"), "manifest": m}
     if m["status"] == "running":
-        same_host = m.get("host") in (None, platform.node())
-        if same_host and isinstance(m.get("pid"), int) and pid_alive(m["pid"]):
+        if recorded_process_alive(m):
             out["status"] = "alive"
             out["message"] = (f"another process (pid {m['pid']}, started {m.get('started')}) is still training "
                               f"into {run_dir}")
             return out
         out["status"] = "crashed"
-        logged = LogWriter(Path(run_dir) / "log.jsonl").read() if (Path(run_dir) / "log.jsonl").exists() else []
+        logged = JsonLog(Path(run_dir) / "log.jsonl").read() if (Path(run_dir) / "log.jsonl").exists() else []
         steps = [r["step"] for r in logged if "loss" in r and isinstance(r.get("loss"), (int, float))]
         mems = [r["peak_mem_mb"] for r in logged if isinstance(r.get("peak_mem_mb"), (int, float))]
         last = f", last logged step {steps[-1]}" if steps else ", before its first logged step"

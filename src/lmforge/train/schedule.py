@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
 from ..config import TrainConfig
 
 
-def param_groups(model: torch.nn.Module, tc: TrainConfig, new_params: set[str]) -> list[dict]:
-    """AdamW groups: no weight decay on biases and norm weights; new parameters may get their own LR."""
+def param_groups(model: torch.nn.Module, tc: TrainConfig, new_params: set[str],
+                 head_learning_rate: Optional[float] = None) -> list[dict]:
+    """AdamW groups: no weight decay on biases and norm weights; new parameters may get their own LR
+    (train.head_learning_rate, else the task's `head_learning_rate`)."""
+    head_lr = tc.head_learning_rate if tc.head_learning_rate is not None else head_learning_rate
     groups: dict[tuple[bool, bool], list] = {}
     norm_types = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.BatchNorm1d)
     no_decay = set()
@@ -22,18 +26,19 @@ def param_groups(model: torch.nn.Module, tc: TrainConfig, new_params: set[str]) 
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_new = name in new_params and tc.head_learning_rate is not None
+        is_new = name in new_params and head_lr is not None
         groups.setdefault((name in no_decay, is_new), []).append(p)
     out = []
     for (nd, new), params in groups.items():
         out.append({"params": params, "weight_decay": 0.0 if nd else tc.weight_decay,
-                    "lr": tc.head_learning_rate if new else tc.learning_rate})
+                    "lr": head_lr if new else tc.learning_rate})
     return out
 
 
-def make_optimizer(model, tc: TrainConfig, new_params: set[str]) -> torch.optim.Optimizer:
+def make_optimizer(model, tc: TrainConfig, new_params: set[str],
+                   head_learning_rate: Optional[float] = None) -> torch.optim.Optimizer:
     """AdamW, fused (one kernel over all parameters) where this torch supports it for the parameters."""
-    groups = param_groups(model, tc, new_params)
+    groups = param_groups(model, tc, new_params, head_learning_rate)
     kwargs = dict(lr=tc.learning_rate, betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_epsilon)
     params = [p for g in groups for p in g["params"]]
     if params and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) and p.device.type in ("cpu", "cuda")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import LmforgeError
+from ..errors import LmforgeError
 
 log = logging.getLogger("lmforge")
 
@@ -216,7 +216,7 @@ class Trackers:
                 self.backends.remove(b)
 
     def __call__(self, record: dict) -> None:
-        """LogWriter listener: one log.jsonl record."""
+        """JsonLog listener: one log.jsonl record."""
         step = int(record.get("step", 0))
         if "samples" in record:
             text = "\n\n".join(s if isinstance(s, str) else "    " + json.dumps(s, ensure_ascii=False)

@@ -18,7 +18,10 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import LmforgeError, did_you_mean
+import torch
+from transformers import AutoConfig
+
+from ..errors import LmforgeError, did_you_mean
 
 log = logging.getLogger("lmforge")
 
@@ -64,7 +67,7 @@ def _known_keys(config_cls) -> set[str]:
 
 def make_config(spec: Any, tokenizer, task: str):
     """A transformers config for the spec, with vocabulary and special ids from the tokenizer."""
-    from transformers import AutoConfig
+
 
     if isinstance(spec, (str, Path)):
         raw = _read_config_file(str(spec))
@@ -156,17 +159,14 @@ def context_of(config) -> Optional[int]:
     return n
 
 
-def build_model(cfg, tokenizer, task: str):
-    """A freshly initialised model for `task` (causal-lm or masked-lm) as ``cfg.model.from_config`` says."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-
+def build_model(cfg, tokenizer, auto_cls, task: str):
+    """A freshly initialised `auto_cls` model (the task's Auto* class; `task` names it in messages) as
+    ``cfg.model.from_config`` says."""
     config = make_config(cfg.model.from_config, tokenizer, task)
     if cfg.model.attn_implementation:
         config._attn_implementation = cfg.model.attn_implementation
-    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForMaskedLM
     try:
-        model = auto.from_config(config)
+        model = auto_cls.from_config(config)
     except ValueError as e:
         raise LmforgeError(f"a {config.model_type} model cannot be built for {task}: {str(e).splitlines()[0][:200]}") from None
     if cfg.model.dtype not in ("float32", "auto"):
@@ -179,12 +179,3 @@ def build_model(cfg, tokenizer, task: str):
              getattr(config, "num_attention_heads", "?"), context_of(config), f"{config.vocab_size:,}",
              n_params / 1e6, (n_params - emb) / 1e6)
     return model
-
-
-def model_from_config(cfg, task) -> tuple[Any, Any]:
-    """(fresh model, tokenizer) for cfg.model.from_config; the tokenizer per cfg.tokenizer (trained if asked)."""
-    from .tokenizer import tokenizer_for_config
-    if not isinstance(task, str):  # an Auto* class: tell the task by its name
-        task = "masked-lm" if "MaskedLM" in getattr(task, "__name__", "") else "causal-lm"
-    tokenizer = tokenizer_for_config(cfg, log)
-    return build_model(cfg, tokenizer, task), tokenizer

@@ -1,41 +1,24 @@
-"""Use a trained model: classify texts (batched, length-sorted) and write predictions to a file."""
+"""Classify texts with a trained classifier (batched, length-sorted), and write predictions to a file.
+
+    lmforge predict runs/sentiment-minilm "great coffee" "stale and bland"
+    lmforge predict runs/sentiment-minilm --input reviews.csv --output predictions.jsonl
+"""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from rich.progress import Progress
 
-from .errors import LmforgeError
-
-
-def inference_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def read_inputs(input_file: str, text_column: Optional[str], text_pair_column: Optional[str]):
-    """Texts (and optional pairs) from a csv/tsv/jsonl/json/parquet/txt file."""
-    from .data import sources
-    df = sources.read_table(input_file)
-    col = sources.pick_column(df, text_column, sources.TEXT_NAMES, "text", input_file, "--text-column")
-    pair = sources.pick_column(df, text_pair_column, sources.PAIR_NAMES, "text pair", input_file,
-                               "--text-pair-column") if text_pair_column else None
-    texts = df[col].astype(str).tolist()
-    pairs = df[pair].astype(str).tolist() if pair else None
-    return texts, pairs
-
-
-def write_jsonl(path: str, rows: list[dict]) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
+from ..data.batching import eval_batches
+from ..errors import LmforgeError
+from ..fs import write_jsonl
+from ..models.load import default_length
+from ..runtime import inference_device
+from ..tasks import classification
+from .inputs import read_texts
 
 
 @torch.no_grad()
@@ -44,23 +27,18 @@ def classify(model_dir: Path, texts: Optional[Sequence[str]] = None, input_file:
              text_pair_column: Optional[str] = None, pairs: Optional[Sequence[str]] = None,
              progress: bool = True, model_and_tokenizer=None) -> list[dict]:
     """Label and probabilities for each text, in input order."""
-    from rich.progress import Progress
-
-    from .data.batching import eval_batches
-    from .tasks.classification import load_classifier, make_collate
-
     if input_file:
-        texts, pairs = read_inputs(input_file, text_column, text_pair_column)
+        texts, pairs = read_texts(input_file, text_column, pair_column=text_pair_column)
     if not texts:
         raise LmforgeError("no texts to classify", "give texts as arguments or --input FILE")
-    model, tokenizer = model_and_tokenizer or load_classifier(model_dir)
+    model, tokenizer = model_and_tokenizer or classification.TASK.load_for_use(model_dir)
     device = inference_device()
     model.to(device)
-    max_length = min(getattr(model.config, "max_position_embeddings", 512) or 512, 512)
+    max_length = default_length(model.config, tokenizer)
     enc = tokenizer(list(texts), list(pairs) if pairs else None, truncation=True, max_length=max_length)
     keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
     rows = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
-    collate = make_collate(tokenizer.pad_token_id)
+    collate = classification.make_collate(tokenizer.pad_token_id)
     id2label = model.config.id2label
     results: list[Optional[dict]] = [None] * len(rows)
     batches = eval_batches([len(r["input_ids"]) for r in rows], batch_size)

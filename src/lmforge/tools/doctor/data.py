@@ -3,17 +3,17 @@ balance, labels unseen in training, and evaluation rows that leak from the train
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
-from .errors import LmforgeError
+from ...data import sources
+from ...data.corpus import read_corpus
+from ...errors import LmforgeError
+from ...tasks import get_task
+from .output import Out, err
 
-if TYPE_CHECKING:
-    from .doctor import _Out
 
-
-def _check_table(out: _Out, source: str, cfg, split: str) -> Optional[dict]:
+def _check_table(out: Out, source: str, cfg, split: str) -> Optional[dict]:
     """Rows, empty texts, duplicates and labels of one table split (classification)."""
-    from .data import sources
     df = sources.read_table(source, cfg.data.format, split)
     d = cfg.data
     text_col = sources.pick_column(df, d.text_column, sources.TEXT_NAMES, "text", source, "data.text_column")
@@ -59,7 +59,7 @@ def _check_table(out: _Out, source: str, cfg, split: str) -> Optional[dict]:
     return info
 
 
-def _label_balance(out: _Out, train: dict, others: list[dict]) -> None:
+def _label_balance(out: Out, train: dict, others: list[dict]) -> None:
     counts = train["labels"]
     total = sum(counts.values()) or 1
     shown = sorted(counts.items(), key=lambda kv: -kv[1])
@@ -82,9 +82,8 @@ def _label_balance(out: _Out, train: dict, others: list[dict]) -> None:
                      "(evaluation leaks into training)")
 
 
-def _check_corpus(out: _Out, source: str, cfg, split: str) -> Optional[dict]:
+def _check_corpus(out: Out, source: str, cfg, split: str) -> Optional[dict]:
     """Documents of a language-model corpus split."""
-    from .data.corpus import read_corpus
     docs = read_corpus(source, cfg, split)
     n_dup = len(docs) - len(set(docs))
     out.ok(f"{split}: {source}: {len(docs):,} documents, {sum(len(x) for x in docs):,} characters")
@@ -94,10 +93,10 @@ def _check_corpus(out: _Out, source: str, cfg, split: str) -> Optional[dict]:
     return {"rows": len(docs), "source": source, "texts": set(docs)}
 
 
-def check_data(out: _Out, cfg) -> bool:
+def check_data(out: Out, cfg) -> bool:
     """Returns True when the data could be read (the task's setup can run)."""
-    from .doctor import _err  # doctor imports this module: look it up at call time
     d = cfg.data
+    tables = get_task(cfg.task).data_kind == "table"  # rows with labels, or documents
     if not d.train:
         out.problem("no training data given — set data.train (a file, folder or built-in dataset)")
         return False
@@ -106,9 +105,9 @@ def check_data(out: _Out, cfg) -> bool:
         if not source:
             continue
         try:
-            info = (_check_table if cfg.task == "classification" else _check_corpus)(out, source, cfg, split)
+            info = (_check_table if tables else _check_corpus)(out, source, cfg, split)
         except LmforgeError as e:
-            out.problem(_err(e))
+            out.problem(err(e))
             readable = False
             continue
         except ImportError as e:
@@ -116,7 +115,7 @@ def check_data(out: _Out, cfg) -> bool:
             continue
         info["split"] = split
         found[split] = info
-    if cfg.task == "classification" and "train" in found:
+    if tables and "train" in found:
         _label_balance(out, found["train"], [found[s] for s in ("eval", "test") if s in found])
     elif "train" in found:
         for s in ("eval", "test"):

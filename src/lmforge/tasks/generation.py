@@ -1,24 +1,18 @@
-"""Text generation with a causal LM: greedy by default, or sampling (temperature / top-k / top-p).
+"""Text generation with a loaded causal LM: greedy by default, or sampling (temperature / top-k /
+top-p), one prompt at a time, optionally streaming the new text to a file as it comes.
 
-    lmforge generate smollm2-135m "The capital of France is"
-    lmforge generate runs/kjv-smollm2 "And God said" --temperature 0.8 --top-p 0.95 --seed 1
-    lmforge generate smollm2-135m --chat "What is the capital of France?"
-    lmforge generate runs/kjv-smollm2 --input prompts.txt --output generations.jsonl
+Used by the causal-lm task for its sample generations, by `lmforge generate` and by the server.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from transformers import TextStreamer
 
-from .errors import LmforgeError
-
-log = logging.getLogger("lmforge")
+from ..errors import LmforgeError
+from ..models.load import context_length
 
 
 def _sampling_args(temperature: Optional[float], top_k: Optional[int], top_p: Optional[float],
@@ -67,9 +61,6 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     Each prompt is generated on its own with the seed reset, so a prompt's output does not depend
     on the other prompts. `stream`: a file to write tokens to as they come (e.g. sys.stdout).
     """
-    from transformers import TextStreamer
-
-    from .tasks.causal_lm import context_length
     if max_new_tokens < 1:
         raise LmforgeError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     args = _sampling_args(temperature, top_k, top_p, repetition_penalty, num_return_sequences)
@@ -117,7 +108,6 @@ class _FileStreamer:
     """Writes the generated text to a file as the tokens come (TextStreamer prints to stdout only)."""
 
     def __init__(self, tokenizer, out):
-        from transformers import TextStreamer
         self.inner = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.out = out
         self.inner.on_finalized_text = self._write
@@ -131,58 +121,3 @@ class _FileStreamer:
 
     def end(self):
         self.inner.end()
-
-
-PROMPT_NAMES = ("prompt", "text", "input", "question", "instruction")
-
-
-def read_prompts(path: str, column: Optional[str] = None) -> list[str]:
-    """Prompts from a .txt file (one per line) or a table (jsonl/csv/...) with a prompt/text column."""
-    from .data import sources
-    p = Path(path)
-    if not p.exists():
-        raise LmforgeError(f"prompt file not found: {path}", "check the path")
-    if p.suffix.lower() in (".txt", ".text", ""):
-        prompts = [line for line in sources.read_text_file(p).splitlines() if line.strip()]
-    else:
-        df = sources.read_table(str(p))
-        col = sources.pick_column(df, column, PROMPT_NAMES, "prompt", path, "--prompt-column")
-        prompts = [str(x) for x in df[col].tolist()]
-    if not prompts:
-        raise LmforgeError(f"{path} has no prompts", "write one prompt per line")
-    return prompts
-
-
-def generate(model: str, prompts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,
-             output: Optional[str] = None, max_new_tokens: int = 50, temperature: Optional[float] = None,
-             top_k: Optional[int] = None, top_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
-             num_return_sequences: int = 1, seed: Optional[int] = None, chat: bool = False,
-             stream: bool = False, prompt_column: Optional[str] = None) -> list[dict]:
-    """Generate from a run folder, model folder or built-in alias; optionally write jsonl rows."""
-    from .api import resolve_model_dir
-    from .tasks.causal_lm import load_for_use
-
-    all_prompts = list(prompts or [])
-    if input_file:
-        all_prompts += read_prompts(input_file, prompt_column)
-    if not all_prompts:
-        raise LmforgeError("no prompt given", "give a prompt after the model, or --input FILE")
-    model_dir = resolve_model_dir(model)
-    lm, tokenizer = load_for_use(model_dir)
-    if torch.cuda.is_available():
-        lm.to("cuda")
-    outs = generate_texts(lm, tokenizer, all_prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                          top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                          num_return_sequences=num_return_sequences, seed=seed, chat=chat,
-                          stream=sys.stdout if stream else None)
-    rows = [{"prompt": p, "completion": c, "sequence": j}
-            for p, cs in zip(all_prompts, outs) for j, c in enumerate(cs)]
-    if output:
-        out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        tmp.replace(out)
-    return rows

@@ -1,8 +1,7 @@
-"""The run folder: creation rules, the manifest, log.jsonl and atomic JSON writes."""
+"""The run folder: its default name, the rules for creating or reusing it, and the manifest."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -11,24 +10,10 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from .errors import LmforgeError
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str, allow_nan=True))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path, default=None):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return default
+from ..errors import LmforgeError
+from ..fs import read_json
 
 
 def is_finished(path: Path) -> bool:
@@ -103,37 +88,3 @@ def new_manifest(cfg, device: str, seed: int) -> dict:
                                                                          "test": cfg.data.test},
         "seed": seed, "device": device, "versions": versions(), "git_sha": git_sha(),
     }
-
-
-class LogWriter:
-    """Appends one JSON line per logging step; flushed at once so a crash loses nothing."""
-
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path = Path(path)
-        self.enabled = enabled
-        # Called with every record written (experiment trackers, sweep pruning); main process only.
-        self.listeners: list = []
-
-    def truncate_after(self, step: int) -> None:
-        """On resume: drop lines logged after the checkpoint's step (they will be logged again)."""
-        if not self.enabled or not self.path.exists():
-            return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.path)
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, default=float) + "\n")
-            f.flush()
-        for listener in self.listeners:
-            listener(record)
-
-    def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from .errors import LmforgeError
+from ..errors import LmforgeError
 
 LAUNCHER_ENV = ("LOCAL_RANK", "ACCELERATE_LAUNCHED", "TORCHELASTIC_RUN_ID")
 

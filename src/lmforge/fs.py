@@ -1,0 +1,197 @@
+"""Files, the one way lmforge writes them: atomic file and folder writes, JSON / JSONL, the user
+cache folder, an inter-process lock, and whether a recorded process is still alive.
+
+Every write goes to a temporary name beside the target and is renamed over it, so a crash (or a
+full disk) leaves either the old file or the new one, never half of one. Imports nothing of
+lmforge's: every other module may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+PathLike = Union[str, Path]
+
+
+# ----------------------------------------------------------------------------------- atomic writes
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    fsync_dir(path)
+
+
+def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)``, then rename the temporary file to ``path`` (parents created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """Write a text file atomically (UTF-8)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: PathLike, data: Any) -> Path:
+    """Write JSON atomically (temporary file + rename)."""
+    return write_text(path, json.dumps(data, indent=1, default=str, allow_nan=True))
+
+
+def read_json(path: PathLike, default=None):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def write_jsonl(path: PathLike, rows: Iterable[dict]) -> Path:
+    """One JSON object per line, atomically."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return atomic_write(path, write)
+
+
+def atomic_dir(final: PathLike, write: Callable[[Path], None], complete: Optional[Callable[[Path], None]] = None,
+               ) -> Path:
+    """Call ``write(tmp_dir)``, then ``complete(tmp_dir)`` (e.g. a completeness marker), fsync, and rename
+    to ``final``. On any failure the temporary folder is removed and ``final`` (if it existed) is untouched."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir()
+        write(tmp)
+        if complete is not None:
+            complete(tmp)
+        fsync_tree(tmp)
+        if final.exists():
+            old = final.parent / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+# ----------------------------------------------------------------------------------- JSON lines
+class JsonLog:
+    """An append-only JSON-lines file (log.jsonl): each record flushed at once, so a crash loses nothing."""
+
+    def __init__(self, path: PathLike, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        # Called with every record written (experiment trackers, sweep pruning); main process only.
+        self.listeners: list = []
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop lines logged after the checkpoint's step (they will be logged again)."""
+        if not self.enabled or not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        write_text(self.path, "".join(line + "\n" for line in keep))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+            f.flush()
+        for listener in self.listeners:
+            listener(record)
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------------- cache, lock
+def cache_dir() -> Path:
+    """lmforge's user cache (converted models, tokenized data, the FLOP/s probe)."""
+    root = os.environ.get("LMFORGE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lmforge")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def locked(lock_file: PathLike) -> Iterator[None]:
+    """An exclusive lock on `lock_file` (created if needed) between processes, while inside."""
+    with open(lock_file, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------------- processes
+def pid_alive(pid: int) -> bool:
+    """Is `pid` a live process of a training run (python, lmforge, accelerate, torchrun)? A reused pid
+    of an unrelated program is not; our own pid is not (a run folder we are about to replace)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return any(name in cmd for name in ("python", "lmforge", "accelerate", "torchrun"))
+    except OSError:
+        return True
+
+
+def recorded_process_alive(manifest: dict) -> Optional[bool]:
+    """For a manifest of status 'running': True if its process still runs, False if it is gone (the run
+    crashed), None when it cannot be told (another host, no pid)."""
+    pid = manifest.get("pid")
+    if not isinstance(pid, int) or manifest.get("host") not in (None, platform.node()):
+        return None
+    if pid == os.getpid():
+        return True
+    return pid_alive(pid)

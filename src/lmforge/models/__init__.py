@@ -1,0 +1,1 @@
+"""The model zoo, model loading and safety checks, from-config models, LoRA, GGUF conversion."""

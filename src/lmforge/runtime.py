@@ -1,0 +1,63 @@
+"""Facts about the process lmforge runs in: quiet third-party logs, the inference device, and
+whether the Hugging Face Hub can be reached (offline first: a Hub id fails fast, saying what to use)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from .errors import LmforgeError
+
+VERSION = "0.1.0"
+
+
+def quiet_libraries() -> None:
+    """Library progress bars and info logs would drown lmforge's own output."""
+    for noisy in ("transformers", "datasets", "accelerate", "torch"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    # lazy: datasets and transformers take seconds to import; `lmforge --help` must not pay for them
+    import datasets
+    from transformers.utils import logging as hf_logging
+    datasets.disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def inference_device():
+    import torch  # lazy, as above
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def looks_like_path(name: str) -> bool:
+    """Hub ids are 'name' or 'org/name'; anything else with a slash is meant as a path."""
+    return name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1 or "\\" in name
+
+
+def check_hub_available(ident: str, kind: str, alternatives: str) -> None:
+    """Fail fast, with a useful message, when a Hub id cannot be fetched. `alternatives` says what
+    to use instead (a local folder, the built-in aliases, ...)."""
+    if hub_offline():
+        raise LmforgeError(
+            f"'{ident}' is not a local {kind} folder or a built-in alias, and the Hugging Face Hub is "
+            f"off (HF_HUB_OFFLINE=1)",
+            f"use {alternatives}, or unset HF_HUB_OFFLINE",
+        )
+    if not _hub_reachable():
+        raise LmforgeError(
+            f"'{ident}' is not a local {kind} or a built-in alias, and the Hugging Face Hub is unreachable "
+            f"(no network)",
+            f"use {alternatives}",
+        )

@@ -1,0 +1,1 @@
+"""Tools around training: the preflight doctor, hyper-parameter sweeps, multi-process launch."""

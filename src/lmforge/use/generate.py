@@ -1,0 +1,47 @@
+"""Text generation with a causal LM (run folder, model folder or alias): greedy by default, or
+sampling (temperature / top-k / top-p); prompts from the command line or a file.
+
+    lmforge generate smollm2-135m "The capital of France is"
+    lmforge generate runs/kjv-smollm2 "And God said" --temperature 0.8 --top-p 0.95 --seed 1
+    lmforge generate smollm2-135m --chat "What is the capital of France?"
+    lmforge generate runs/kjv-smollm2 --input prompts.txt --output generations.jsonl
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from ..errors import LmforgeError
+from ..fs import write_jsonl
+from ..models.load import resolve_model_dir
+from ..runtime import inference_device
+from ..tasks import causal_lm
+from ..tasks.generation import generate_texts
+from .inputs import read_texts
+
+PROMPT_NAMES = ("prompt", "text", "input", "question", "instruction")
+
+
+def generate(model: str, prompts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,
+             output: Optional[str] = None, max_new_tokens: int = 50, temperature: Optional[float] = None,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
+             num_return_sequences: int = 1, seed: Optional[int] = None, chat: bool = False,
+             stream: bool = False, prompt_column: Optional[str] = None) -> list[dict]:
+    """Generate from a run folder, model folder or built-in alias; optionally write jsonl rows."""
+    all_prompts = list(prompts or [])
+    if input_file:
+        all_prompts += read_texts(input_file, prompt_column, PROMPT_NAMES, "prompt", "--prompt-column")[0]
+    if not all_prompts:
+        raise LmforgeError("no prompt given", "give a prompt after the model, or --input FILE")
+    lm, tokenizer = causal_lm.TASK.load_for_use(resolve_model_dir(model))
+    lm.to(inference_device())
+    outs = generate_texts(lm, tokenizer, all_prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                          top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                          num_return_sequences=num_return_sequences, seed=seed, chat=chat,
+                          stream=sys.stdout if stream else None)
+    rows = [{"prompt": p, "completion": c, "sequence": j}
+            for p, cs in zip(all_prompts, outs) for j, c in enumerate(cs)]
+    if output:
+        write_jsonl(output, rows)
+    return rows

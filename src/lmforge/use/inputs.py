@@ -1,0 +1,35 @@
+"""The one reader of inference input files (`predict`, `generate`, `fill-mask` --input): a .txt file
+is one text per non-empty line; a table (csv / tsv / jsonl / json / parquet) gives the named column,
+or the first of the usual names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..data import sources
+from ..errors import LmforgeError
+
+PLAIN_TEXT_SUFFIXES = (".txt", ".text", "")
+
+
+def read_texts(path: str, column: Optional[str] = None, names: Sequence[str] = sources.TEXT_NAMES,
+               what: str = "text", option: str = "--text-column", pair_column: Optional[str] = None,
+               pair_option: str = "--text-pair-column") -> tuple[list[str], Optional[list[str]]]:
+    """(texts, pairs or None) from an input file; an error names the file and the fix."""
+    p = Path(path)
+    if not p.exists():
+        raise LmforgeError(f"input file not found: {path}", "check the path")
+    if p.suffix.lower() in PLAIN_TEXT_SUFFIXES:
+        texts = [line for line in sources.read_text_file(p).splitlines() if line.strip()]
+        pairs = None
+    else:
+        df = sources.read_table(str(p))
+        col = sources.pick_column(df, column, names, what, path, option)
+        pair = sources.pick_column(df, pair_column, sources.PAIR_NAMES, "text pair", path, pair_option) \
+            if pair_column else None
+        texts = df[col].astype(str).tolist()
+        pairs = df[pair].astype(str).tolist() if pair else None
+    if not texts:
+        raise LmforgeError(f"{path} has no {what}s", f"write one {what} per line")
+    return texts, pairs
