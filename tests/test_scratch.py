@@ -9,6 +9,7 @@ import pytest
 from lmforge.config import build_config
 from lmforge.errors import LmforgeError
 from lmforge.models.scratch import build_model, make_config
+from lmforge.tasks import get_task
 from lmforge.tokenizer import train_tokenizer
 from test_tokenizer import make_text
 
@@ -26,13 +27,13 @@ def _cfg(task, spec):
                                        ("roberta", "masked-lm")])
 def test_sizes_and_vocab_follow_config_and_tokenizer(bl_tok, arch, task):
     spec = {"architecture": arch, "n_layer": 3, "hidden_size": 48, "heads": 4, "max_position_embeddings": 64}
-    model = build_model(_cfg(task, spec), bl_tok, task)
+    model = build_model(_cfg(task, spec), bl_tok, get_task(task).auto_class, task)
     c = model.config
     assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads) == (3, 48, 4)
     assert c.vocab_size == len(bl_tok) == model.get_input_embeddings().weight.shape[0]
     assert c.pad_token_id == bl_tok.pad_token_id
     # the parameter count is what the sizes imply: embeddings + layers grow with the width
-    wider = build_model(_cfg(task, {**spec, "hidden_size": 96}), bl_tok, task)
+    wider = build_model(_cfg(task, {**spec, "hidden_size": 96}), bl_tok, get_task(task).auto_class, task)
     n1 = sum(p.numel() for p in model.parameters())
     n2 = sum(p.numel() for p in wider.parameters())
     assert 2.5 < n2 / n1 < 4.1
@@ -40,7 +41,7 @@ def test_sizes_and_vocab_follow_config_and_tokenizer(bl_tok, arch, task):
 
 def test_gpt2_parameter_count_matches_formula(bl_tok):
     model = build_model(_cfg("causal-lm", {"architecture": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2,
-                                           "n_positions": 16}), bl_tok, "causal-lm")
+                                           "n_positions": 16}), bl_tok, get_task("causal-lm").auto_class, "causal-lm")
     V, d, L, T = len(bl_tok), 32, 2, 16
     per_layer = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
     expected = V * d + T * d + L * per_layer + 2 * d  # tied output head
@@ -50,7 +51,8 @@ def test_gpt2_parameter_count_matches_formula(bl_tok):
 def test_config_json_path(bl_tok, tmp_path):
     from transformers import GPT2Config
     GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=32, vocab_size=50000).save_pretrained(tmp_path)
-    model = build_model(_cfg("causal-lm", str(tmp_path / "config.json")), bl_tok, "causal-lm")
+    model = build_model(_cfg("causal-lm", str(tmp_path / "config.json")), bl_tok, get_task("causal-lm").auto_class,
+                        "causal-lm")
     assert model.config.n_layer == 1 and model.config.vocab_size == len(bl_tok)  # vocab follows the tokenizer
 
 

@@ -250,9 +250,9 @@ def stream_lines(live, body) -> list[dict]:
 
 def test_generate_endpoint_plain_and_streaming(gen_server):
     from lmforge.tasks.generation import generate_texts
-    from lmforge.tasks.causal_lm import load_for_use
+    from lmforge.tasks import causal_lm
     live, path = gen_server
-    model, tok = load_for_use(path)
+    model, tok = causal_lm.TASK.load_for_use(path)
     prompt = "the food was"
     greedy = generate_texts(model, tok, [prompt], max_new_tokens=12)[0][0]
     status, out = live.post("/v1/generate", {"prompt": prompt, "max_new_tokens": 12})

@@ -36,6 +36,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
 from ..errors import LmforgeError
 from ..fs import cache_dir, locked, write_json
 from . import builtin, encoders
@@ -236,44 +239,21 @@ def build_token_cache(source: str, tokenizer, cfg=None, split: str = "train", ad
 
 def _build(source, tokenizer, cfg, split, add_eos, partial: Path, progress: bool, chunk: int,
            checkpoint_bytes: int, stop_after_bytes: Optional[int]) -> bool:
-    vocab = len(tokenizer)
-    dtype = np.dtype(np.uint16 if vocab <= 65536 else np.uint32)
-    eos = tokenizer.eos_token_id
-    if add_eos and eos is None:
+    """Encode `source` into `partial` (resuming a build that was cut off); False when stopped early."""
+    if add_eos and tokenizer.eos_token_id is None:
         raise LmforgeError("the tokenizer has no eos token, so documents cannot be ended",
                            "use a tokenizer with an eos token (or set one in its tokenizer_config.json)")
-    state = {"cursor": {"file": 0, "offset": 0}, "n_tokens": 0, "n_docs": 0, "bytes": 0, "seconds": 0.0,
-             "open_doc": False}
-    partial.mkdir(parents=True, exist_ok=True)
-    prog_file = partial / "progress.json"
-    if prog_file.exists():
-        state = json.loads(prog_file.read_text())
-        STATS["resumed"] += 1
-        log.info("resuming the token cache build of %s at %.0f MB (%d documents done)", source,
-                 state["bytes"] / 1e6, state["n_docs"])
-    tok_f = open(partial / "tokens.bin", "ab")
-    doc_f = open(partial / "docs.bin", "ab")
-    # drop anything written after the last progress record
-    tok_f.truncate(state["n_tokens"] * dtype.itemsize)
-    doc_f.truncate(state["n_docs"] * 8)
-    tok_f.seek(0, os.SEEK_END)
-    doc_f.seek(0, os.SEEK_END)
+    out = _PartialCache(partial, len(tokenizer), tokenizer.eos_token_id, add_eos, source)
     total = source_bytes(source) or None
     encoder, workers, how = encoders.choose(tokenizer, cfg, total or 0)
     log.info("token cache: encoding with %s", how)
-
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
     bar = Progress(TextColumn("[bold]tokenizing {task.description}"), BarColumn(), DownloadColumn(),
                    TransferSpeedColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
                    console=Console(stderr=True), disable=not progress)
-    start_t = time.perf_counter() - state["seconds"]
-    since_ckpt = 0
-    open_doc = state.get("open_doc", False)
-    finished = True
-    with bar, encoders.executor(tokenizer, workers) as pool:
-        task = bar.add_task(str(source)[-40:], total=total, completed=state["bytes"], info="")
-        pieces = read_pieces(source, cfg, split, state["cursor"], chunk)
+    since_ckpt, finished = 0, True
+    with bar, out, encoders.executor(tokenizer, workers) as pool:
+        task = bar.add_task(str(source)[-40:], total=total, completed=out.state["bytes"], info="")
+        pieces = read_pieces(source, cfg, split, out.state["cursor"], chunk)
         window: deque = deque()  # pieces being encoded while earlier ones are written (bounded: memory)
 
         def fill():
@@ -288,68 +268,119 @@ def _build(source, tokenizer, cfg, split, add_eos, partial: Path, progress: bool
             fut, piece = window.popleft()
             flat, lens = fut.result()
             fill()
-            flat = flat.astype(np.int64, copy=False)
-            n = len(lens)
-            if n:
-                ends_flag = np.asarray(piece.ends, dtype=bool)
-                if add_eos:
-                    # EOS after each finished document, unless the tokenizer already put one there
-                    last = np.cumsum(lens) - 1
-                    has_eos = np.zeros(n, bool)
-                    ok = lens > 0
-                    has_eos[ok] = flat[last[ok]] == eos
-                    extra = ends_flag & ~has_eos
-                    out_lens = lens + extra
-                    out = np.empty(int(out_lens.sum()), dtype=np.int64)
-                    out_ends = np.cumsum(out_lens)
-                    mask = np.ones(out.shape[0], bool)
-                    mask[(out_ends - 1)[extra]] = False
-                    out[mask] = flat
-                    out[~mask] = eos
-                else:
-                    out, out_lens, out_ends = flat, lens, np.cumsum(lens)
-                tok_f.write(out.astype(dtype).tobytes())
-                doc_ends = (state["n_tokens"] + out_ends)[ends_flag]
-                doc_f.write(doc_ends.astype(np.int64).tobytes())
-                state["n_tokens"] += int(out_lens.sum())
-                state["n_docs"] += int(ends_flag.sum())
-                STATS["encoded_docs"] += n
-                open_doc = not bool(ends_flag[-1])
-            state["cursor"], state["bytes"] = piece.cursor, state["bytes"] + piece.nbytes
+            out.append(flat, lens, piece)
             since_ckpt += piece.nbytes
-            bar.update(task, advance=piece.nbytes, info=f"{state['n_tokens']:,} tokens, {state['n_docs']:,} docs")
-            if since_ckpt >= checkpoint_bytes and not open_doc:
-                state["seconds"] = time.perf_counter() - start_t
-                tok_f.flush()
-                doc_f.flush()
-                os.fsync(tok_f.fileno())
-                os.fsync(doc_f.fileno())
-                state["open_doc"] = open_doc
-                write_json(prog_file, state)
+            bar.update(task, advance=piece.nbytes,
+                       info=f"{out.state['n_tokens']:,} tokens, {out.state['n_docs']:,} docs")
+            if since_ckpt >= checkpoint_bytes and not out.open_doc:
+                out.checkpoint()
                 since_ckpt = 0
-            if stop_after_bytes is not None and state["bytes"] >= stop_after_bytes:
+            if stop_after_bytes is not None and out.state["bytes"] >= stop_after_bytes:
                 finished = False
                 break
-    tok_f.close()
-    doc_f.close()
-    if not finished:
-        return False
-    if state["n_tokens"] == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise LmforgeError(f"the corpus {source} is empty (no non-blank text)", "give a corpus with some text in it")
-    if open_doc:  # a last document without a proper end: close it
-        with open(partial / "docs.bin", "ab") as doc_f:
-            doc_f.write(np.asarray([state["n_tokens"]], dtype=np.int64).tobytes())
-        state["n_docs"] += 1
-    seconds = time.perf_counter() - start_t
-    meta = {"format": FORMAT, "source": str(source), "split": split, "dtype": dtype.name,
-            "n_tokens": state["n_tokens"], "n_docs": state["n_docs"], "bytes": state["bytes"],
-            "vocab_size": vocab, "eos_token_id": eos, "add_eos": add_eos, "seconds": round(seconds, 3),
-            "mb_per_s": round(state["bytes"] / 1e6 / max(seconds, 1e-9), 2),
-            "tokens_per_s": round(state["n_tokens"] / max(seconds, 1e-9), 1)}
-    prog_file.unlink(missing_ok=True)
-    write_json(partial / "meta.json", meta)
-    return True
+    if finished:
+        out.finish(split)
+    return finished
+
+
+def with_eos(flat: np.ndarray, lens: np.ndarray, ends: np.ndarray, eos: int):
+    """(tokens, lengths, end offsets) with EOS after each finished document, unless the tokenizer already
+    put one there."""
+    n = len(lens)
+    last = np.cumsum(lens) - 1
+    has_eos = np.zeros(n, bool)
+    ok = lens > 0
+    has_eos[ok] = flat[last[ok]] == eos
+    extra = ends & ~has_eos
+    out_lens = lens + extra
+    out = np.empty(int(out_lens.sum()), dtype=np.int64)
+    out_ends = np.cumsum(out_lens)
+    mask = np.ones(out.shape[0], bool)
+    mask[(out_ends - 1)[extra]] = False
+    out[mask] = flat
+    out[~mask] = eos
+    return out, out_lens, out_ends
+
+
+class _PartialCache:
+    """The token cache being built in `partial/`: tokens.bin, docs.bin and a progress record, written so
+    that a build cut off at any point resumes from its last progress record."""
+
+    def __init__(self, partial: Path, vocab: int, eos: Optional[int], add_eos: bool, source):
+        self.partial, self.vocab, self.eos, self.add_eos, self.source = partial, vocab, eos, add_eos, source
+        self.dtype = np.dtype(np.uint16 if vocab <= 65536 else np.uint32)
+        self.state = {"cursor": {"file": 0, "offset": 0}, "n_tokens": 0, "n_docs": 0, "bytes": 0, "seconds": 0.0,
+                      "open_doc": False}
+        partial.mkdir(parents=True, exist_ok=True)
+        self.prog_file = partial / "progress.json"
+        if self.prog_file.exists():
+            self.state = json.loads(self.prog_file.read_text())
+            STATS["resumed"] += 1
+            log.info("resuming the token cache build of %s at %.0f MB (%d documents done)", source,
+                     self.state["bytes"] / 1e6, self.state["n_docs"])
+        self.open_doc = self.state.get("open_doc", False)
+        self.start_t = time.perf_counter() - self.state["seconds"]
+
+    def __enter__(self):
+        self.tok_f = open(self.partial / "tokens.bin", "ab")
+        self.doc_f = open(self.partial / "docs.bin", "ab")
+        # drop anything written after the last progress record
+        self.tok_f.truncate(self.state["n_tokens"] * self.dtype.itemsize)
+        self.doc_f.truncate(self.state["n_docs"] * 8)
+        self.tok_f.seek(0, os.SEEK_END)
+        self.doc_f.seek(0, os.SEEK_END)
+        return self
+
+    def __exit__(self, *exc):
+        self.tok_f.close()
+        self.doc_f.close()
+
+    def append(self, flat: np.ndarray, lens: np.ndarray, piece) -> None:
+        """Write one encoded piece: its tokens, and the end offsets of the documents it finishes."""
+        flat = flat.astype(np.int64, copy=False)
+        if len(lens):
+            ends = np.asarray(piece.ends, dtype=bool)
+            if self.add_eos:
+                out, out_lens, out_ends = with_eos(flat, lens, ends, self.eos)
+            else:
+                out, out_lens, out_ends = flat, lens, np.cumsum(lens)
+            self.tok_f.write(out.astype(self.dtype).tobytes())
+            self.doc_f.write((self.state["n_tokens"] + out_ends)[ends].astype(np.int64).tobytes())
+            self.state["n_tokens"] += int(out_lens.sum())
+            self.state["n_docs"] += int(ends.sum())
+            STATS["encoded_docs"] += len(lens)
+            self.open_doc = not bool(ends[-1])
+        self.state["cursor"], self.state["bytes"] = piece.cursor, self.state["bytes"] + piece.nbytes
+
+    def checkpoint(self) -> None:
+        """Make what is written durable, then record the position to resume from."""
+        self.state["seconds"] = time.perf_counter() - self.start_t
+        self.tok_f.flush()
+        self.doc_f.flush()
+        os.fsync(self.tok_f.fileno())
+        os.fsync(self.doc_f.fileno())
+        self.state["open_doc"] = self.open_doc
+        write_json(self.prog_file, self.state)
+
+    def finish(self, split: str) -> None:
+        """Close a last document left open, and write meta.json (the cache is complete)."""
+        state = self.state
+        if state["n_tokens"] == 0:
+            shutil.rmtree(self.partial, ignore_errors=True)
+            raise LmforgeError(f"the corpus {self.source} is empty (no non-blank text)",
+                               "give a corpus with some text in it")
+        if self.open_doc:  # a last document without a proper end: close it
+            with open(self.partial / "docs.bin", "ab") as doc_f:
+                doc_f.write(np.asarray([state["n_tokens"]], dtype=np.int64).tobytes())
+            state["n_docs"] += 1
+        seconds = time.perf_counter() - self.start_t
+        meta = {"format": FORMAT, "source": str(self.source), "split": split, "dtype": self.dtype.name,
+                "n_tokens": state["n_tokens"], "n_docs": state["n_docs"], "bytes": state["bytes"],
+                "vocab_size": self.vocab, "eos_token_id": self.eos, "add_eos": self.add_eos,
+                "seconds": round(seconds, 3), "mb_per_s": round(state["bytes"] / 1e6 / max(seconds, 1e-9), 2),
+                "tokens_per_s": round(state["n_tokens"] / max(seconds, 1e-9), 1)}
+        self.prog_file.unlink(missing_ok=True)
+        write_json(self.partial / "meta.json", meta)
 
 
 # ----------------------------------------------------------------------------------- for the tasks

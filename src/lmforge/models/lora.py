@@ -72,19 +72,19 @@ def count(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def apply(cfg: Config, prep, log=log) -> LoraState:
-    """Inject LoRA layers into ``prep.model`` in place; only they (and new modules) stay trainable."""
+def apply(cfg: Config, parts, log=log) -> LoraState:
+    """Inject LoRA layers into ``parts.model`` in place; only they (and new modules) stay trainable."""
     from peft import LoraConfig, get_peft_model
 
     pc = cfg.peft
     if not cfg.model.name:
         raise LmforgeError("peft (LoRA) needs a pretrained model: model.name is not set",
                            "LoRA adapts pretrained weights; train a from_config model in full (remove the peft block)")
-    model = prep.model
+    model = parts.model
     targets = pc.target_modules or default_targets(model)
     # Newly initialised modules (a classification head, a resized embedding) would stay random if
     # frozen: train them in full and save them with the adapter.
-    new_modules = sorted({n.rsplit(".", 1)[0] for n in prep.new_param_names if "." in n})
+    new_modules = sorted({n.rsplit(".", 1)[0] for n in parts.new_param_names if "." in n})
     to_save = pc.modules_to_save if pc.modules_to_save is not None else new_modules
     conv1d = any(type(m).__name__ == "Conv1D" for m in model.modules())  # GPT-2 stores weights transposed
     lcfg = LoraConfig(r=pc.r, lora_alpha=pc.alpha, lora_dropout=pc.dropout, target_modules=targets,
@@ -98,10 +98,10 @@ def apply(cfg: Config, prep, log=log) -> LoraState:
     inner = peft_model.base_model.model  # the same module object, LoRA layers injected
     if cfg.train.gradient_checkpointing and hasattr(inner, "enable_input_require_grads"):
         inner.enable_input_require_grads()  # frozen embeddings would cut the graph at a checkpoint
-    prep.model = inner
+    parts.model = inner
     # head_learning_rate applies to the trainable copies of the new modules
     names = [n for n, p in inner.named_parameters() if p.requires_grad]
-    prep.new_param_names = {n for n in names if ".modules_to_save." in n}
+    parts.new_param_names = {n for n in names if ".modules_to_save." in n}
     trainable, total = count(inner)
     log.info("LoRA r=%d alpha=%g on %s%s: %s trainable of %s parameters (%.2f%%)", pc.r, pc.alpha,
              targets if isinstance(targets, str) else ", ".join(targets),

@@ -67,67 +67,17 @@ def _known_keys(config_cls) -> set[str]:
 
 def make_config(spec: Any, tokenizer, task: str):
     """A transformers config for the spec, with vocabulary and special ids from the tokenizer."""
-
-
-    if isinstance(spec, (str, Path)):
-        raw = _read_config_file(str(spec))
-        model_type = raw.pop("model_type")
-        for k in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype",
-                  "pad_token_id", "bos_token_id", "eos_token_id"):
-            raw.pop(k, None)
-        file_vocab = raw.pop("vocab_size", None)  # the vocabulary follows the tokenizer
-        if file_vocab is not None and file_vocab != len(tokenizer):
-            log.info("model.from_config: vocab_size %s of %s replaced by the tokenizer's %d", file_vocab, spec,
-                     len(tokenizer))
-        arch = model_type
-        sizes = raw
-    elif isinstance(spec, dict):
-        sizes = dict(spec)
-        arch = sizes.pop("architecture", None) or sizes.pop("model_type", None)
-        if not arch:
-            raise LmforgeError("model.from_config needs an architecture",
-                               f"add architecture: one of {', '.join(ARCHITECTURES)}")
-        arch = str(arch).lower()
-        if arch not in ARCHITECTURES:
-            raise LmforgeError(f"model.from_config: unknown architecture '{arch}'.{did_you_mean(arch, ARCHITECTURES)}",
-                               f"architectures: {', '.join(ARCHITECTURES)} (or a path to a config.json)")
-        model_type = ARCHITECTURES[arch][0]
-    else:
-        raise LmforgeError("model.from_config must be a mapping {architecture: ..., sizes} or a path to a config.json")
+    arch, model_type, sizes = _read_spec(spec, tokenizer)
     tasks = ARCHITECTURES.get(arch, (None, None))[1]
     if tasks and task not in tasks:
         other = [a for a, (_, t) in ARCHITECTURES.items() if task in t]
         raise LmforgeError(f"a {arch} model cannot be trained for {task}",
                            f"use architecture {' or '.join(other)} for {task}")
-
     try:
         config_cls = type(AutoConfig.for_model(model_type))
     except ValueError as e:
         raise LmforgeError(f"model.from_config: unknown model_type '{model_type}': {str(e).splitlines()[0]}") from None
-    known = _known_keys(config_cls)
-    kwargs: dict[str, Any] = {}
-    for key, value in sizes.items():
-        name = ALIASES.get(key, key) if key not in known else key
-        if name == "dropout":
-            for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob",
-                      "attention_dropout"):
-                if k in known:
-                    kwargs[k] = value
-            continue
-        if name not in known:
-            raise LmforgeError(f"model.from_config: '{key}' is not a {model_type} config option."
-                               f"{did_you_mean(key, sorted(known | set(ALIASES)))}",
-                               "use the transformers config names (hidden_size, num_hidden_layers, num_attention_heads, "
-                               "max_position_embeddings, intermediate_size)")
-        kwargs[name] = value
-    if model_type == "gpt2" and "intermediate_size" in kwargs:
-        kwargs["n_inner"] = kwargs.pop("intermediate_size")
-    hidden = kwargs.get("hidden_size") or kwargs.get("n_embd")
-    if hidden and "intermediate_size" not in kwargs and model_type in ("bert", "roberta"):
-        kwargs["intermediate_size"] = 4 * int(hidden)
-    if hidden and "intermediate_size" not in kwargs and model_type == "llama":
-        kwargs["intermediate_size"] = -(-int(8 * int(hidden) / 3) // 64) * 64  # SwiGLU: ~8/3 of the width
-
+    kwargs = _size_kwargs(sizes, model_type, _known_keys(config_cls))
     n_vocab = len(tokenizer)
     asked = kwargs.pop("vocab_size", None)
     if asked is not None and int(asked) < n_vocab:
@@ -150,6 +100,60 @@ def make_config(spec: Any, tokenizer, task: str):
         raise LmforgeError(f"model.from_config: hidden_size {width} is not divisible by num_attention_heads {heads}",
                            f"pick a width that is a multiple of {heads}")
     return config
+
+
+def _read_spec(spec: Any, tokenizer) -> tuple[str, str, dict]:
+    """(architecture, model_type, sizes) of a from_config spec: a mapping, or a path to a config.json."""
+    if isinstance(spec, (str, Path)):
+        raw = _read_config_file(str(spec))
+        model_type = raw.pop("model_type")
+        for k in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype",
+                  "pad_token_id", "bos_token_id", "eos_token_id"):
+            raw.pop(k, None)
+        file_vocab = raw.pop("vocab_size", None)  # the vocabulary follows the tokenizer
+        if file_vocab is not None and file_vocab != len(tokenizer):
+            log.info("model.from_config: vocab_size %s of %s replaced by the tokenizer's %d", file_vocab, spec,
+                     len(tokenizer))
+        return model_type, model_type, raw
+    if not isinstance(spec, dict):
+        raise LmforgeError("model.from_config must be a mapping {architecture: ..., sizes} or a path to a config.json")
+    sizes = dict(spec)
+    arch = sizes.pop("architecture", None) or sizes.pop("model_type", None)
+    if not arch:
+        raise LmforgeError("model.from_config needs an architecture",
+                           f"add architecture: one of {', '.join(ARCHITECTURES)}")
+    arch = str(arch).lower()
+    if arch not in ARCHITECTURES:
+        raise LmforgeError(f"model.from_config: unknown architecture '{arch}'.{did_you_mean(arch, ARCHITECTURES)}",
+                           f"architectures: {', '.join(ARCHITECTURES)} (or a path to a config.json)")
+    return arch, ARCHITECTURES[arch][0], sizes
+
+
+def _size_kwargs(sizes: dict, model_type: str, known: set[str]) -> dict[str, Any]:
+    """The config keyword arguments for the sizes (aliases resolved, dropout spread, default widths)."""
+    kwargs: dict[str, Any] = {}
+    for key, value in sizes.items():
+        name = ALIASES.get(key, key) if key not in known else key
+        if name == "dropout":
+            for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                      "attention_dropout"):
+                if k in known:
+                    kwargs[k] = value
+            continue
+        if name not in known:
+            raise LmforgeError(f"model.from_config: '{key}' is not a {model_type} config option."
+                               f"{did_you_mean(key, sorted(known | set(ALIASES)))}",
+                               "use the transformers config names (hidden_size, num_hidden_layers, num_attention_heads, "
+                               "max_position_embeddings, intermediate_size)")
+        kwargs[name] = value
+    if model_type == "gpt2" and "intermediate_size" in kwargs:
+        kwargs["n_inner"] = kwargs.pop("intermediate_size")
+    hidden = kwargs.get("hidden_size") or kwargs.get("n_embd")
+    if hidden and "intermediate_size" not in kwargs and model_type in ("bert", "roberta"):
+        kwargs["intermediate_size"] = 4 * int(hidden)
+    if hidden and "intermediate_size" not in kwargs and model_type == "llama":
+        kwargs["intermediate_size"] = -(-int(8 * int(hidden) / 3) // 64) * 64  # SwiGLU: ~8/3 of the width
+    return kwargs
 
 
 def context_of(config) -> Optional[int]:

@@ -9,11 +9,9 @@ import yaml
 
 from ..models.zoo import MODELS
 from ..runtime import looks_like_path
-
+from ..tasks import get_task
 from .runs import _scalar
 
-PIPELINE_TAGS = {"classification": "text-classification", "causal-lm": "text-generation",
-                 "masked-lm": "fill-mask"}
 # Built-in aliases -> (the Hub id the weights came from, its license), for the model card.
 BASE_MODELS = {"minilm-l6": ("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0"),
                "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
@@ -63,9 +61,36 @@ def _dataset_names(cfg) -> list[str]:
 def model_card(cfg, metrics: dict, summary: dict, notes: list[str]) -> str:
     """A Hugging Face model card: YAML front matter (license, base_model, datasets, metrics,
     model-index), then intended use, how to use, training data, hyper-parameters, results and limitations."""
-    task = cfg.task
+    task = get_task(cfg.task)
     name = Path(cfg.output.output_dir or "model").name
     base, base_license = _base_model_facts(cfg)
+    tr = metrics.get("train") or {}
+    lines = ["---", _front_matter(cfg, task, name, base, base_license, metrics), "---", "",
+             f"# {name}", "",
+             f"A `{task.name}` model fine-tuned with [lmforge](https://pypi.org/project/lmforge/) from "
+             f"`{base or 'a model built from a config'}`"
+             + (f" for {tr['steps']} optimizer steps ({tr.get('epochs', '?')} epochs)." if tr.get("steps") else "."), "",
+             "## Intended use", "", task.intended_use(summary),
+             "", "## How to use", "", "```python", "from transformers import pipeline",
+             f"pipe = pipeline(\"{task.pipeline_tag}\", model=\"{cfg.output.output_dir or '.'}/model\")",
+             task.usage_example,
+             "```", "", "or try it in a browser: `lmforge serve " + str(cfg.output.output_dir or "RUN") + "`.",
+             "", "## Training data", ""]
+    lines += _data_lines(cfg, summary)
+    hp = {"model": {k: v for k, v in cfg.model.model_dump().items() if v not in (None, False)},
+          "data": {k: v for k, v in cfg.data.model_dump(exclude_defaults=True).items() if k not in ("train", "eval", "test")},
+          "train": cfg.train.model_dump()}
+    lines += ["", "## Hyper-parameters", "", "```yaml", yaml.safe_dump(hp, sort_keys=False).strip(), "```", ""]
+    if tr:
+        lines += ["Training took " + f"{tr.get('runtime_s', '?')} s at {tr.get('tokens_per_s', '?')} tokens/s "
+                  f"(peak memory {tr.get('peak_mem_mb', '?')} MB).", ""]
+    lines += _results_lines(metrics) + _limitation_lines(summary)
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _front_matter(cfg, task, name: str, base: Optional[str], base_license: Optional[str], metrics: dict) -> str:
     license_ = getattr(cfg.output, "license", None) or base_license or "other"
     final_split = "test" if metrics.get("test") else "eval"
     final = metrics.get(final_split) or {}
@@ -75,34 +100,21 @@ def model_card(cfg, metrics: dict, summary: dict, notes: list[str]) -> str:
         "license": license_,
         "base_model": base or "none (trained from scratch)",
         "library_name": "transformers",
-        "pipeline_tag": PIPELINE_TAGS[task],
+        "pipeline_tag": task.pipeline_tag,
         "datasets": datasets,
         "metrics": list(scalars),
-        "tags": ["lmforge", task],
+        "tags": ["lmforge", task.name],
     }
     front["model-index"] = [{"name": name, "results": [{
-        "task": {"type": PIPELINE_TAGS[task], "name": task},
+        "task": {"type": task.pipeline_tag, "name": task.name},
         "dataset": {"name": datasets[-1] if datasets else "unknown", "type": datasets[-1] if datasets else "unknown",
                     "split": final_split},
         "metrics": [{"type": k, "value": round(v, 6), "name": f"{final_split} {k}"} for k, v in scalars.items()]}]}]
-    tr = metrics.get("train") or {}
-    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
-             f"# {name}", "",
-             f"A `{task}` model fine-tuned with [lmforge](https://pypi.org/project/lmforge/) from "
-             f"`{base or 'a model built from a config'}`"
-             + (f" for {tr['steps']} optimizer steps ({tr.get('epochs', '?')} epochs)." if tr.get("steps") else "."), "",
-             "## Intended use", "",
-             {"classification": "Classify texts into the labels seen in training: "
-                                + ", ".join(f"`{x}`" for x in summary.get("labels", [])) + ".",
-              "causal-lm": "Generate text in the style of the training corpus.",
-              "masked-lm": "Fill masked words, or serve as an encoder adapted to the training domain."}[task],
-             "", "## How to use", "", "```python", "from transformers import pipeline",
-             f"pipe = pipeline(\"{PIPELINE_TAGS[task]}\", model=\"{cfg.output.output_dir or '.'}/model\")",
-             {"classification": "print(pipe(\"a text to classify\"))",
-              "causal-lm": "print(pipe(\"Once upon a time\", max_new_tokens=40))",
-              "masked-lm": "print(pipe(f\"Paris is the {pipe.tokenizer.mask_token} of France.\"))"}[task],
-             "```", "", "or try it in a browser: `lmforge serve " + str(cfg.output.output_dir or "RUN") + "`.",
-             "", "## Training data", ""]
+    return yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()
+
+
+def _data_lines(cfg, summary: dict) -> list[str]:
+    lines = []
     for key in ("train", "eval", "test"):
         src = getattr(cfg.data, key)
         if src:
@@ -116,29 +128,28 @@ def model_card(cfg, metrics: dict, summary: dict, notes: list[str]) -> str:
         lines.append(f"- mean length {summary['mean_tokens']:.1f} tokens; max_length {summary.get('max_length', '?')}"
                      + (f"; {100 * summary['truncated_train_share']:.1f}% of train rows truncated"
                         if "truncated_train_share" in summary else ""))
-    hp = {"model": {k: v for k, v in cfg.model.model_dump().items() if v not in (None, False)},
-          "data": {k: v for k, v in cfg.data.model_dump(exclude_defaults=True).items() if k not in ("train", "eval", "test")},
-          "train": cfg.train.model_dump()}
-    lines += ["", "## Hyper-parameters", "", "```yaml", yaml.safe_dump(hp, sort_keys=False).strip(), "```", ""]
-    if tr:
-        lines += ["Training took " + f"{tr.get('runtime_s', '?')} s at {tr.get('tokens_per_s', '?')} tokens/s "
-                  f"(peak memory {tr.get('peak_mem_mb', '?')} MB).", ""]
+    return lines
+
+
+def _results_lines(metrics: dict) -> list[str]:
     splits = [s for s in ("before", "eval", "test") if metrics.get(s)]
-    lines += ["## Results", ""]
-    if splits:
-        keys: list[str] = []
-        for s in splits:
-            keys += [k for k, v in metrics[s].items() if _scalar(v) and k != "n_examples" and k not in keys]
-        lines += ["| metric | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
-        lines += [f"| {k} | " + " | ".join(_fmt(metrics[s].get(k, "-")) for s in splits) + " |" for k in keys]
-        sizes = ", ".join(f"{s} {metrics[s]['n_examples']}" for s in splits if "n_examples" in metrics[s])
-        lines += ["", "`before` is the model before fine-tuning, measured on the eval data."
-                  + (f" Examples per split: {sizes}." if sizes else "")]
-    else:
-        lines.append("No evaluation data was given, so there are no held-out metrics.")
-    lines += ["", "## Limitations", "",
-              "Trained on a small dataset for a short time; check it on your own data before relying on it. "
-              "Metrics are measured on the evaluation data named above only, and inherit its biases."]
+    lines = ["## Results", ""]
+    if not splits:
+        return lines + ["No evaluation data was given, so there are no held-out metrics."]
+    keys: list[str] = []
+    for s in splits:
+        keys += [k for k, v in metrics[s].items() if _scalar(v) and k != "n_examples" and k not in keys]
+    lines += ["| metric | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+    lines += [f"| {k} | " + " | ".join(_fmt(metrics[s].get(k, "-")) for s in splits) + " |" for k in keys]
+    sizes = ", ".join(f"{s} {metrics[s]['n_examples']}" for s in splits if "n_examples" in metrics[s])
+    return lines + ["", "`before` is the model before fine-tuning, measured on the eval data."
+                    + (f" Examples per split: {sizes}." if sizes else "")]
+
+
+def _limitation_lines(summary: dict) -> list[str]:
+    lines = ["", "## Limitations", "",
+             "Trained on a small dataset for a short time; check it on your own data before relying on it. "
+             "Metrics are measured on the evaluation data named above only, and inherit its biases."]
     counts = summary.get("label_counts") or {}
     if counts and max(counts.values()) > 2 * max(1, min(counts.values())):
         lines.append(f"The training labels are imbalanced ({min(counts.values())} to {max(counts.values())} "
@@ -146,6 +157,4 @@ def model_card(cfg, metrics: dict, summary: dict, notes: list[str]) -> str:
     if summary.get("truncated_train_share", 0) > 0.05:
         lines.append(f"{100 * summary['truncated_train_share']:.0f}% of the training texts were cut at "
                      f"{summary.get('max_length')} tokens; longer inputs are truncated the same way.")
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    return "\n".join(lines) + "\n"
+    return lines

@@ -107,6 +107,14 @@ class Task:
     """Optional sections of report.html that apply (e.g. 'confusion', 'misclassified')."""
     samples_title: str = "Samples"
     """Title of the report's section of samples logged at each evaluation."""
+    pipeline_tag: str = ""
+    """The Hugging Face pipeline that runs the model (model card, `pipeline(...)`)."""
+    usage_example: str = ""
+    """One line of Python after `pipe = pipeline(...)` that shows the model at work (model card)."""
+
+    def intended_use(self, summary: dict) -> str:
+        """The model card's 'Intended use' sentence."""
+        return ""
 
     # ------------------------------------------------------------------ training and evaluation
     def setup(self, cfg: Config, log: logging.Logger, permissions: Permissions = Permissions()) -> TaskParts:

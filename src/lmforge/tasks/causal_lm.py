@@ -281,6 +281,11 @@ class CausalLM(Task):
     greater_is_better = False
     endpoint = "/v1/generate"
     samples_title = "Sample generations"
+    pipeline_tag = "text-generation"
+    usage_example = 'print(pipe("Once upon a time", max_new_tokens=40))'
+
+    def intended_use(self, summary: dict) -> str:
+        return "Generate text in the style of the training corpus."
 
     def setup(self, cfg: Config, log: logging.Logger = log, permissions: Permissions = Permissions()) -> TaskParts:
         d = cfg.data

@@ -145,10 +145,10 @@ def eval_step(model, batch):
 
 
 def make_finalize(labels: list[str]):
-    def finalize(acc: dict) -> dict:
-        out = {"loss": float(acc["loss"].mean())}
-        out.update(classification_metrics(acc["label"].tolist(), acc["pred"].tolist(), labels))
-        out["n_examples"] = int(acc["label"].numel())
+    def finalize(outputs: dict) -> dict:
+        out = {"loss": float(outputs["loss"].mean())}
+        out.update(classification_metrics(outputs["label"].tolist(), outputs["pred"].tolist(), labels))
+        out["n_examples"] = int(outputs["label"].numel())
         return out
     return finalize
 
@@ -220,6 +220,12 @@ class Classification(Task):
     data_kind = "table"
     report_sections = ("confusion", "misclassified")
     samples_title = "Samples and misclassified examples"
+    pipeline_tag = "text-classification"
+    usage_example = 'print(pipe("a text to classify"))'
+
+    def intended_use(self, summary: dict) -> str:
+        return ("Classify texts into the labels seen in training: "
+                + ", ".join(f"`{x}`" for x in summary.get("labels", [])) + ".")
 
     def setup(self, cfg: Config, log: logging.Logger = log, permissions: Permissions = Permissions()) -> TaskParts:
         train_df, eval_df, test_df = labelled_frames(cfg, log)

@@ -188,13 +188,13 @@ class CausalLMLoss:
         return out
 
 
-def finalize(acc: dict) -> dict:
-    total_nll = float(acc["nll"].double().sum())
-    targets = int(acc["targets"].sum())
-    words = int(acc["words"].sum()) if "words" in acc else None
-    nbytes = int(acc["bytes"].sum()) if "bytes" in acc else None
+def finalize(outputs: dict) -> dict:
+    total_nll = float(outputs["nll"].double().sum())
+    targets = int(outputs["targets"].sum())
+    words = int(outputs["words"].sum()) if "words" in outputs else None
+    nbytes = int(outputs["bytes"].sum()) if "bytes" in outputs else None
     out = lm_metrics(total_nll, targets, words, nbytes)
-    out["n_blocks"] = int(acc["targets"].numel())
+    out["n_blocks"] = int(outputs["targets"].numel())
     return out
 
 

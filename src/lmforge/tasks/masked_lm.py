@@ -231,12 +231,12 @@ def eval_step(model, batch):
             "correct": (logits.argmax(-1) == targets).float()}
 
 
-def finalize(acc: dict) -> dict:
-    nll = acc.get("nll", torch.zeros(0))
+def finalize(outputs: dict) -> dict:
+    nll = outputs.get("nll", torch.zeros(0))
     if nll.numel() == 0:
         return {"loss": float("nan"), "perplexity": float("nan"), "accuracy": float("nan"), "n_masked": 0}
     loss = float(nll.double().mean())
-    return {"loss": loss, "perplexity": perplexity(loss), "accuracy": float(acc["correct"].mean()),
+    return {"loss": loss, "perplexity": perplexity(loss), "accuracy": float(outputs["correct"].mean()),
             "n_masked": int(nll.numel())}
 
 
@@ -376,6 +376,11 @@ class MaskedLM(Task):
     greater_is_better = False
     endpoint = "/v1/fill-mask"
     samples_title = "Fill-mask completions"
+    pipeline_tag = "fill-mask"
+    usage_example = 'print(pipe(f"Paris is the {pipe.tokenizer.mask_token} of France."))'
+
+    def intended_use(self, summary: dict) -> str:
+        return "Fill masked words, or serve as an encoder adapted to the training domain."
 
     def setup(self, cfg: Config, log: logging.Logger = log, permissions: Permissions = Permissions()) -> TaskParts:
         d = cfg.data
