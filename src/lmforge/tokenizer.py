@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +23,7 @@ from .errors import LmforgeError, did_you_mean
 from .data.cache import fingerprint
 from .data.corpus import read_corpus
 from .data.stream import source_fingerprint
-from .fs import cache_dir
+from .fs import atomic_dir, cache_dir
 from .fs import locked
 from .models.load import model_source
 from .models.zoo import resolve_model
@@ -303,24 +300,11 @@ def train_tokenizer(kind: str = "byte-level-bpe", *, files: Optional[Sequence[st
 
 def save_tokenizer(tokenizer, out: Path, summary: Optional[dict] = None) -> Path:
     """Save atomically: a temporary folder next to `out`, then a rename (an existing `out` is replaced)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    def write(tmp: Path) -> None:
         tokenizer.save_pretrained(str(tmp))
         if summary is not None:
             (tmp / "lmforge_tokenizer.json").write_text(json.dumps(summary, indent=1))
-        if out.exists():
-            old = out.with_name(f".{out.name}-old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return atomic_dir(Path(out), write)
 
 
 def format_summary(summary: dict) -> str:

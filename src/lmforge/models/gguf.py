@@ -15,14 +15,11 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from ..errors import LmforgeError
-from ..fs import cache_dir, locked
+from ..fs import atomic_dir, cache_dir, locked
 
 log = logging.getLogger("lmforge")
 
@@ -72,18 +69,12 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     if config.tie_word_embeddings:
         plain.tie_weights()
     plain.eval()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "lmforge-source.txt").write_text(f"{gguf_path}\nformat {FORMAT_VERSION}\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    atomic_dir(out_dir, write)
     log.info("converted in %.0f s: %s", time.perf_counter() - start, out_dir)
     return out_dir
 

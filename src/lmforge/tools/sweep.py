@@ -19,7 +19,6 @@ is pruned (stopped early; its folder stays, marked ``pruned``). The sweep folder
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
@@ -31,7 +30,7 @@ import yaml
 
 from ..config import Permissions, build_config, parse_value, resolve_config
 from ..errors import LmforgeError, did_you_mean
-from ..fs import read_json, write_json
+from ..fs import read_json, write_json, write_text
 from ..runtime import quiet_libraries
 from ..train.run import train
 from ..train.runfolder import default_run_name
@@ -282,18 +281,18 @@ def summarize(study, sweep_dir: Path, specs: list[ParamSpec], metric: str, direc
     for r in rows:
         mark = " **best**" if best is not None and r["trial"] == best.number else ""
         lines.append("| " + " | ".join(_fmt(r[c]) if r[c] is not None else "-" for c in df.columns) + mark + " |")
-    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    write_text(sweep_dir / "summary.md", "\n".join(lines) + "\n")
     best_run = Path(best.user_attrs["run_dir"]) if best is not None else None
     if best_run is not None and (best_run / "config.yaml").exists():
         cfg = yaml.safe_load((best_run / "config.yaml").read_text())
         cfg["output"] = {"output_dir": None, "overwrite": False}
         header = (f"# best of {len(rows)} trials in {sweep_dir}: trial {best.number}, {metric} = {best.value:.6g}\n"
                   f"# run folder: {best_run}\n")
-        (sweep_dir / "best_config.yaml").write_text(header + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
-    (sweep_dir / "sweep.json").write_text(json.dumps({
+        write_text(sweep_dir / "best_config.yaml", header + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    write_json(sweep_dir / "sweep.json", {
         "metric": metric, "direction": direction, "params": [s.__dict__ for s in specs],
         "trials": len(rows), "complete": len(done),
         "pruned": sum(r["state"] == "pruned" for r in rows), "failed": sum(r["state"] == "fail" for r in rows),
         "best": {"trial": best.number, "value": best.value, "params": best.params, "run_dir": str(best_run)}
-        if best is not None else None}, indent=1, default=str))
+        if best is not None else None})
     return SweepResult(sweep_dir, best.value if best else None, dict(best.params) if best else {}, best_run, rows)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import resource
 import sys
@@ -11,7 +10,7 @@ import time
 
 import torch
 
-from ..fs import cache_dir
+from ..fs import cache_dir, write_json
 
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s, by device-name substring.
 GPU_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
@@ -63,9 +62,7 @@ def device_peak_flops(device: torch.device) -> float:
         table = {}
     if key not in table:
         table[key] = measure_cpu_peak()
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        os.replace(tmp, path)
+        write_json(path, table)
     return float(table[key])
 
 
