@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 from .config import Permissions
-from .errors import LmforgeError, did_you_mean
 from .data.cache import fingerprint
 from .data.corpus import read_corpus
 from .data.stream import source_fingerprint
-from .fs import atomic_dir, cache_dir
-from .fs import locked
+from .errors import LmforgeError, did_you_mean
+from .fs import atomic_dir, cache_dir, locked
 from .models.load import model_source
 from .models.zoo import resolve_model
 

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
-
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 

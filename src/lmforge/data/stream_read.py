@@ -13,10 +13,8 @@ from typing import Iterator, Optional
 
 from ..errors import LmforgeError
 from . import builtin
-from .corpus import read_corpus
-from .corpus import separator_pattern
-from .sources import TEXT_NAMES
-from .sources import detect_format
+from .corpus import read_corpus, separator_pattern
+from .sources import TEXT_NAMES, detect_format
 
 CHUNK_BYTES = 4 << 20          # text read per batch
 

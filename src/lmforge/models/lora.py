@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from transformers import AutoConfig
 
 from ..config import Config, Permissions

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import LmforgeError, did_you_mean
-from .gguf import smollm2
 from ..runtime import check_hub_available, looks_like_path
+from .gguf import smollm2
 
 
 @dataclass

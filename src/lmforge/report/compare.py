@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 from ..errors import LmforgeError
 from ..fs import write_text
-from .html import _Raw, _e, _img, _page, _section, _table, write_html_report
+from .html import _e, _img, _page, _Raw, _section, _table, write_html_report
 from .plots import _plt, plot_losses
 from .runs import _load_run, _scalar, best_metric_name, run_status
 

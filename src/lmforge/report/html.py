@@ -16,7 +16,15 @@ from ..config import build_config
 from ..fs import write_text
 from ..tasks import TASKS, get_task
 from ..use.classify import classify
-from .plots import _balance_figure, _confusion_figure, _eval_metrics_figure, _hist_figure, _loss_figure, _perf_figure, _png
+from .plots import (
+    _balance_figure,
+    _confusion_figure,
+    _eval_metrics_figure,
+    _hist_figure,
+    _loss_figure,
+    _perf_figure,
+    _png,
+)
 from .runs import _load_run, _scalar, best_metric_name, format_duration, run_status
 
 log = logging.getLogger("lmforge")

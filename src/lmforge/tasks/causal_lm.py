@@ -36,8 +36,7 @@ from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
 from ..data.corpus import pack, read_corpus, tokenize_documents, truncate
 from ..data.split import held_out_count, hold_out
 from ..errors import LmforgeError
-from ..models.load import (check_length, default_length, ensure_pad, load_pretrained, model_config_of,
-                           model_source)
+from ..models.load import check_length, default_length, ensure_pad, load_pretrained, model_config_of, model_source
 from ..models.lora import load_model as load_model_folder
 from ..models.lora import model_config
 from ..models.scratch import build_model

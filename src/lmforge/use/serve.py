@@ -34,8 +34,7 @@ from starlette.responses import StreamingResponse
 from ..errors import LmforgeError
 from ..models.load import context_length, resolve_model_dir
 from ..runtime import VERSION, inference_device, quiet_libraries
-from ..tasks import Task, task_of
-from ..tasks import generation
+from ..tasks import Task, generation, task_of
 from ..tasks.fill_mask import fill_mask_with
 from ..tasks.generation import encode_prompt
 from .classify import classify
