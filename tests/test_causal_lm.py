@@ -248,7 +248,7 @@ def test_perplexity_per_word_matches_hand_computation(tiny_gpt2, tmp_path):
     p = pack(ids, 8, keep_remainder=True)
     blocks = [(a.tolist(), b.tolist()) for a, b in zip(p.input_ids, p.position_ids)]
     blocks.append((p.tail_ids.tolist(), p.tail_positions.tolist()))
-    total, targets = 0.0, 0
+    total, targets, ends = 0.0, 0, 0
     for bid, bpos in blocks:
         # split the block into its documents (positions restart) and score each piece alone
         cuts = [i for i, q in enumerate(bpos) if q == 0] + [len(bid)]
@@ -256,13 +256,55 @@ def test_perplexity_per_word_matches_hand_computation(tiny_gpt2, tmp_path):
             if e - s > 1:
                 total += doc_loss_alone(model, bid[s:e])
                 targets += e - s - 1
+                ends += bid[e - 1] == tok.eos_token_id  # the document's end is predicted: a word in the convention
     words = sum(len(d.split()) for d in docs)
     nbytes = sum(len(d.encode()) for d in docs)
+    assert ends == 3
     assert m["n_tokens"] == targets and m["n_words"] == words and m["n_bytes"] == nbytes
-    assert m["perplexity_per_word"] == pytest.approx(math.exp(total / words), rel=1e-5)
+    assert m["n_document_ends"] == ends
+    assert m["perplexity_per_word"] == pytest.approx(math.exp(total / (words + ends)), rel=1e-5)
+    assert m["perplexity_per_whitespace_word"] == pytest.approx(math.exp(total / words), rel=1e-5)
     assert m["perplexity"] == pytest.approx(math.exp(total / targets), rel=1e-5)
     assert m["bits_per_byte"] == pytest.approx(total / math.log(2) / nbytes, rel=1e-5)
-    assert lm_metrics(10.0, 5, 4, 8)["perplexity_per_word"] == pytest.approx(math.exp(2.5))
+    # the worked example of the README: NLL 10 nats over 4 words and 1 document end
+    assert lm_metrics(10.0, 5, 4, 8, 1)["perplexity_per_word"] == pytest.approx(math.exp(10 / 5))
+    assert lm_metrics(10.0, 5, 4, 8, 1)["perplexity_per_whitespace_word"] == pytest.approx(math.exp(2.5))
+
+
+def test_sliding_window_scores_every_token_once_with_context(tiny_gpt2, tmp_path):
+    """eval --stride: windows of block_size tokens start `stride` apart; each scores only its new tokens,
+    as the Hugging Face perplexity guide computes it (here per document, EOS appended)."""
+    model, tok = load(tiny_gpt2)
+    docs = [" ".join(toy_docs(6, seed=1)), "a short one"]
+    (tmp_path / "eval.txt").write_text("\n".join(docs) + "\n")
+    block, stride = 16, 6
+    from lmforge.train.evaluation import evaluate_split
+    prep = clm.TASK.eval_setup(tiny_gpt2, str(tmp_path / "eval.txt"), ["--data.block_size", str(block)], stride=stride)
+    m = evaluate_split(prep.model, prep.eval, prep, batch_size=3)
+    total, targets = 0.0, 0
+    for ids in tokenize_documents(docs, tok):
+        prev_end = 0
+        for begin in range(0, len(ids), stride):
+            end = min(begin + block, len(ids))
+            window = torch.tensor([ids[begin:end]])
+            with torch.no_grad():
+                logits = model(input_ids=window).logits[0, :-1]
+            nll = F.cross_entropy(logits, window[0, 1:], reduction="none")
+            first_new = max(prev_end - begin, 1)  # tokens before it were scored by the previous window
+            total += float(nll[first_new - 1:].sum())
+            targets += len(nll) - (first_new - 1)
+            prev_end = end
+            if end == len(ids):
+                break
+    assert targets == sum(len(ids) - 1 for ids in tokenize_documents(docs, tok))  # every token once
+    assert m["n_tokens"] == targets
+    assert m["perplexity"] == pytest.approx(math.exp(total / targets), rel=1e-5)
+    assert m["n_words"] == sum(len(d.split()) for d in docs) and m["n_document_ends"] == 2
+    packed = evaluate_split(*(lambda p: (p.model, p.eval, p))(clm.TASK.eval_setup(
+        tiny_gpt2, str(tmp_path / "eval.txt"), ["--data.block_size", str(block)])), batch_size=3)
+    assert packed["n_tokens"] < targets  # packing never scores a block's first token
+    with pytest.raises(LmforgeError, match="--stride"):
+        clm.TASK.eval_setup(tiny_gpt2, str(tmp_path / "eval.txt"), ["--data.block_size", str(block)], stride=block + 1)
 
 
 # ----------------------------------------------------------------------------------- generation

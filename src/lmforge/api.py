@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Union
 from .config import Config, Permissions, resolve_config
 from .data.builtin import DATASETS
 from .models.load import resolve_model_dir
+from .models.push import push_folder
 from .models.zoo import MODELS
 from .report import build_reports, format_duration, list_runs
 from .runtime import quiet_libraries
@@ -38,7 +39,7 @@ from .use import serve as _serve
 ConfigLike = Union[str, Path, Config, dict, None]
 
 __all__ = ["TrainResult", "train", "prepare", "evaluate", "predict", "generate", "fill_mask", "serve", "doctor",
-           "sweep", "train_tokenizer", "report", "runs", "models", "datasets", "task_of", "resolve_model_dir",
+           "sweep", "train_tokenizer", "push", "report", "runs", "models", "datasets", "task_of", "resolve_model_dir",
            "latest_checkpoint", "resolve_config", "launch", "inside_launcher", "quiet_libraries", "format_duration",
            "ServeLimits"]
 
@@ -98,11 +99,12 @@ def task_of(model: Union[str, Path]) -> str:
 
 
 def evaluate(model: Union[str, Path], data: str, batch_size: int = 64, overrides: Optional[Sequence[str]] = None,
-             progress: bool = True) -> dict:
-    """Metrics of a trained model (run or model folder) on a labelled file or built-in dataset."""
+             progress: bool = True, stride: Optional[int] = None) -> dict:
+    """Metrics of a trained model (run or model folder) on a labelled file or built-in dataset; `stride`
+    scores a causal LM in sliding windows (every token with up to block - stride tokens of context)."""
     quiet_libraries()
     model_dir = resolve_model_dir(model)
-    parts = _task_of(model_dir).eval_setup(model_dir, data, overrides)
+    parts = _task_of(model_dir).eval_setup(model_dir, data, overrides, stride=stride)
     with TrainProgress(enabled=progress) as bar:
         return evaluate_split(parts.model, parts.eval, parts, batch_size, progress=bar, desc="eval")
 
@@ -142,6 +144,11 @@ ServeLimits = _serve.Limits
 
 
 # ----------------------------------------------------------------------------------- look
+def push(run: Union[str, Path], repo_id: str, private: bool = False) -> str:
+    """Upload a run's model folder (model, tokenizer, model card) to the Hugging Face Hub; returns its URL."""
+    return push_folder(run, repo_id, private=private)
+
+
 def report(runs: Sequence[str], output: Optional[str] = None) -> Path:
     """Rebuild a run's report.html, or write a page comparing several runs; returns the page's path."""
     return build_reports(runs, output)

@@ -154,10 +154,11 @@ def predict(model: str = typer.Argument(..., help="Run folder or model folder.")
 def eval_cmd(ctx: typer.Context, model: str = typer.Argument(..., help="Run folder or model folder."),
              data: str = typer.Option(..., "--data", "-d", help="Labelled file or built-in dataset (e.g. finefood:test)."),
              batch_size: int = typer.Option(64, "--batch-size"),
+             stride: Optional[int] = typer.Option(None, "--stride", help="causal-lm: score in sliding windows N tokens apart (context for every token)."),
              output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON.")):
     """Metrics of a trained model on a labelled dataset."""
     api = _api()
-    metrics = api.evaluate(model, data, batch_size=batch_size, overrides=list(ctx.args) or None)
+    metrics = api.evaluate(model, data, batch_size=batch_size, overrides=list(ctx.args) or None, stride=stride)
     if output:
         write_json(output, metrics)
     _print_metrics({"eval": metrics})
@@ -386,6 +387,15 @@ def runs_cmd(folder: str = typer.Argument("runs", help="Folder holding run folde
         table.add_row(name, r["task"], r["model"], r["data"], f"[{c}]{r['status']}[/{c}]", best,
                       api.format_duration(r["duration_s"]), (r["started"] or "")[5:16].replace("T", " "))
     Console(width=max(120, Console().width)).print(table)
+
+
+@app.command()
+def push(run: str = typer.Argument(..., help="Run folder (its model/) or model folder."),
+         repo_id: str = typer.Option(..., "--repo-id", help="Hub repository: your-name/model-name."),
+         private: bool = typer.Option(False, "--private", help="Create the repository as private.")):
+    """Upload a trained model (weights, tokenizer, model card) to the Hugging Face Hub."""
+    url = _api().push(run, repo_id, private=private)
+    console.print(f"[green]pushed[/green] {run} to {url}")
 
 
 @app.command()

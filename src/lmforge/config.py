@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from .errors import LmforgeError, did_you_mean
 
+# transformers.SchedulerType's values (a test keeps them equal; a Literal gives a "did you mean" at load time).
+SchedulerName = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                        "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                        "warmup_stable_decay", "greedy"]
 # The task families (tasks/__init__.py registers one module for each; a test keeps the two lists equal).
 TaskName = Literal["classification", "causal-lm", "masked-lm"]
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
@@ -112,7 +116,7 @@ class TrainConfig(Section):
     max_steps: int = -1
     """Total optimizer steps; overrides num_train_epochs when > 0."""
     learning_rate: float = 5e-5
-    """Peak learning rate for AdamW."""
+    """Peak learning rate."""
     head_learning_rate: Optional[float] = None
     """Learning rate for newly initialised parameters (e.g. a classifier head); default: learning_rate."""
     per_device_train_batch_size: int = 16
@@ -129,8 +133,14 @@ class TrainConfig(Section):
     """AdamW beta2."""
     adam_epsilon: float = 1e-8
     """AdamW epsilon."""
-    lr_scheduler_type: Literal["linear", "cosine", "constant"] = "linear"
-    """Schedule after warmup."""
+    optim: Literal["adamw", "adafactor", "sgd", "adamw_8bit"] = "adamw"
+    """Optimizer: adamw (fused where the device supports it), adafactor (transformers'), sgd, adamw_8bit (bitsandbytes, GPU)."""
+    momentum: float = 0.0
+    """SGD momentum (optim: sgd)."""
+    lr_scheduler_type: SchedulerName = "linear"
+    """Learning-rate schedule, any of transformers.get_scheduler's: linear, cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup, inverse_sqrt, reduce_lr_on_plateau, cosine_with_min_lr, cosine_warmup_with_min_lr, warmup_stable_decay, greedy."""
+    lr_scheduler_kwargs: dict[str, Any] = {}
+    """Extra arguments of the schedule (e.g. {num_cycles: 2}, {min_lr_rate: 0.1}, {num_decay_steps: 20}, {patience: 2})."""
     warmup_ratio: float = 0.0
     """Fraction of the steps spent warming up linearly from 0."""
     warmup_steps: int = 0
@@ -149,6 +159,8 @@ class TrainConfig(Section):
     """Keep at most this many checkpoints (the best one is never deleted)."""
     metric_for_best_model: Optional[str] = None
     """Eval metric that picks the best checkpoint (default: the task's, e.g. accuracy or loss)."""
+    greater_is_better: Optional[bool] = None
+    """Whether a higher metric_for_best_model is better; default: lower for loss / perplexity / bits, else the task's."""
     load_best_model_at_end: bool = True
     """Save the best evaluated weights as the final model instead of the last ones."""
     logging_steps: int = 10
@@ -205,6 +217,8 @@ class TrainConfig(Section):
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.num_train_epochs <= 0 and self.max_steps <= 0:
             raise ValueError("set num_train_epochs > 0 or max_steps > 0")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -275,11 +289,22 @@ class PeftConfig(Section):
         return self
 
 
+class EvalConfig(Section):
+    metrics_function: Optional[str] = None
+    """Your metrics, 'module:function' called as fn(predictions, labels, batch_info) -> dict and merged into every evaluation's metrics (classification: logits and labels; language models: each target token's loss and id)."""
+
+
 class OutputConfig(Section):
     output_dir: Optional[str] = None
     """Run folder. Default: runs/<task>-<model>-<timestamp>."""
     overwrite: bool = False
     """Replace an existing finished run folder."""
+    push_to_hub: bool = False
+    """Upload the final model folder (model, tokenizer, model card) to the Hugging Face Hub when training ends."""
+    hub_model_id: Optional[str] = None
+    """The Hub repository to push to, user/name (output.push_to_hub, `lmforge push --repo-id`)."""
+    hub_private: bool = False
+    """Create the Hub repository as private."""
 
 
 class Config(Section):
@@ -293,6 +318,8 @@ class Config(Section):
     """Where the data comes from and how it is encoded."""
     train: TrainConfig = TrainConfig()
     """Optimisation and the training loop."""
+    eval: EvalConfig = EvalConfig()
+    """Evaluation extras (your own metrics function)."""
     output: OutputConfig = OutputConfig()
     """Where results go."""
     peft: Optional[PeftConfig] = None

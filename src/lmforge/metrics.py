@@ -38,19 +38,25 @@ def perplexity(mean_nll: float) -> float:
         return float("inf")
 
 
-def lm_metrics(total_nll: float, n_targets: int, n_words: Optional[int] = None, n_bytes: Optional[int] = None) -> dict:
+def lm_metrics(total_nll: float, n_targets: int, n_words: Optional[int] = None, n_bytes: Optional[int] = None,
+               n_ends: int = 0) -> dict:
     """Language-model metrics from the summed token NLL (nats) of a text.
 
     - loss: mean NLL per predicted token; perplexity = exp(loss)
-    - perplexity_per_word = exp(total NLL / whitespace-separated words of the original text), so models
-      with different tokenizers can be compared on the same text
+    - perplexity_per_word = exp(total NLL / (words + scored document ends)): the word-level convention
+      of the language-modelling literature (Penn Treebank: Mikolov; Zaremba et al.), where each
+      sentence/document end is a word, so models with different tokenizers compare on the same text
+    - perplexity_per_whitespace_word = exp(total NLL / whitespace-separated words only); the NLL still
+      includes the document-end predictions, so it is higher than the convention's figure
     - bits_per_byte = total NLL / ln 2 / UTF-8 bytes of the original text
     """
     loss = total_nll / n_targets if n_targets else float("nan")
     out = {"loss": loss, "perplexity": perplexity(loss) if n_targets else float("nan"), "n_tokens": int(n_targets)}
     if n_words:
-        out["perplexity_per_word"] = perplexity(total_nll / n_words)
+        out["perplexity_per_word"] = perplexity(total_nll / (n_words + n_ends))
+        out["perplexity_per_whitespace_word"] = perplexity(total_nll / n_words)
         out["n_words"] = int(n_words)
+        out["n_document_ends"] = int(n_ends)
     if n_bytes:
         out["bits_per_byte"] = total_nll / math.log(2) / n_bytes
         out["n_bytes"] = int(n_bytes)

@@ -3,9 +3,13 @@ whether the Hugging Face Hub can be reached (offline first: a Hub id fails fast,
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
+import sys
+from pathlib import Path
+from typing import Callable
 
 from .errors import LmforgeError
 
@@ -33,7 +37,7 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     try:
         with socket.create_connection(("huggingface.co", 443), timeout=timeout):
             return True
@@ -55,9 +59,30 @@ def check_hub_available(ident: str, kind: str, alternatives: str) -> None:
             f"off (HF_HUB_OFFLINE=1)",
             f"use {alternatives}, or unset HF_HUB_OFFLINE",
         )
-    if not _hub_reachable():
+    if not hub_reachable():
         raise LmforgeError(
             f"'{ident}' is not a local {kind} or a built-in alias, and the Hugging Face Hub is unreachable "
             f"(no network)",
             f"use {alternatives}",
         )
+
+
+def load_function(spec: str, key: str, example: str) -> Callable:
+    """A user's function named 'module:function' (module importable, or a .py file in the current
+    folder); `key` is the config key that names it, for the error messages."""
+    if ":" not in spec:
+        raise LmforgeError(f"{key} '{spec}' is not of the form module:function",
+                           f"e.g. {example} (the module's .py file in the current folder)")
+    mod_name, _, fn_name = spec.partition(":")
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise LmforgeError(f"{key}: cannot import module '{mod_name}' ({e})",
+                           "put the module in the current folder or install it") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise LmforgeError(f"{key}: '{mod_name}' has no function '{fn_name}'")
+    return fn

@@ -76,6 +76,9 @@ class TaskParts:
     fixed_shapes: bool = False
     # share of the tokens at which the output layer runs (masked-lm: the masked ones), for MFU
     output_layer_share: float = 1.0
+    # eval.metrics_function, loaded: fn(predictions, labels, batch_info) -> dict, merged into the metrics
+    metrics_function: Optional[Callable] = None
+    metrics_function_name: Optional[str] = None
 
     @property
     def best_metric(self) -> str:
@@ -120,7 +123,8 @@ class Task:
     def setup(self, cfg: Config, log: logging.Logger, permissions: Permissions = Permissions()) -> TaskParts:
         raise NotImplementedError
 
-    def eval_setup(self, model_dir: Path, data: str, overrides=None) -> TaskParts:
+    def eval_setup(self, model_dir: Path, data: str, overrides=None, stride: Optional[int] = None) -> TaskParts:
+        """A saved model and new data, encoded as its run did (`stride`: sliding-window scoring, causal-lm)."""
         raise NotImplementedError
 
     def prepare(self, cfg: Config, progress: bool = True) -> dict:
@@ -149,6 +153,10 @@ class Task:
             else:
                 out.append(("info", f"no pad token: the eos token {specials['eos']!r} will pad"))
         return out
+
+    def metric_inputs(self, outputs: dict) -> tuple:
+        """(predictions, labels, batch_info) of a whole evaluation, for eval.metrics_function."""
+        raise NotImplementedError
 
     def describe_example(self, parts: TaskParts, ids: list[int], labels: Optional[torch.Tensor]) -> list[str]:
         """Lines showing one training example's labels (the doctor prints them under the decoded input)."""

@@ -130,14 +130,42 @@ def encode_split(docs: list[str], tokenizer, block_size: int, packing: str, keep
     return EncodedSplit(ds, lengths), info, hit, key
 
 
-def make_collate(pad_id: int, packing: str):
-    """Pad a batch; labels are -100 on padding and on the first token of every packed document."""
+def sliding_windows(docs: list[str], tokenizer, block: int, stride: int) -> EncodedSplit:
+    """Each document (EOS appended) as windows of at most `block` tokens that start `stride` apart; a window
+    scores only the tokens the previous one did not, so every token after a document's first is scored
+    once, with up to block - stride tokens of context (the first `stride` tokens of a block are no longer
+    scored without context). A document's words and bytes count in its first window."""
+    if not 0 < stride <= block:
+        raise LmforgeError(f"--stride {stride} must be between 1 and the block size {block}",
+                           f"e.g. --stride {max(1, block // 2)}")
+    ids, words, nbytes = tokenize_documents(docs, tokenizer, add_eos=True, with_counts=True)
+    rows = []
+    for doc, w, b in zip(ids, words, nbytes):
+        doc = np.asarray(doc)
+        prev_end = 0
+        for begin in range(0, len(doc), stride):
+            end = min(begin + block, len(doc))
+            rows.append({"input_ids": doc[begin:end], "score_from": prev_end - begin,
+                         "n_words": int(np.sum(w)) if begin == 0 else 0, "n_bytes": int(np.sum(b)) if begin == 0 else 0})
+            prev_end = end
+            if end == len(doc):
+                break
+    return EncodedSplit(rows, [len(r["input_ids"]) for r in rows])
+
+
+def make_collate(pad_id: int, packing: str, eos_id: Optional[int] = None):
+    """Pad a batch; labels are -100 on padding, on the first token of every packed document, and (sliding
+    windows) on the context tokens before a row's `score_from`. With `eos_id`, rows that count words also
+    count their scored document ends (`n_ends`: EOS targets), for per-word perplexity."""
     def collate(rows: list[dict]) -> dict:
         ids = [np.asarray(r["input_ids"]) for r in rows]
         lens = [len(x) for x in ids]
         input_ids = pad_sequences(ids, pad_id)
         real = pad_sequences([np.ones(n, dtype=np.int64) for n in lens], 0).bool()
         labels = input_ids.masked_fill(~real, IGNORE)
+        if "score_from" in rows[0]:  # a sliding window: the first tokens are context only
+            context = [(np.arange(n) < int(r["score_from"])).astype(np.int64) for r, n in zip(rows, lens)]
+            labels = labels.masked_fill(pad_sequences(context, 0).bool(), IGNORE)
         batch = {"input_ids": input_ids}
         if packing == "pack":
             # Padding continues as its own segment (positions restart at 0): causal attention
@@ -153,6 +181,8 @@ def make_collate(pad_id: int, packing: str):
         if "n_words" in rows[0]:
             batch["n_words"] = torch.tensor([int(r["n_words"]) for r in rows], dtype=torch.long)
             batch["n_bytes"] = torch.tensor([int(r["n_bytes"]) for r in rows], dtype=torch.long)
+            if eos_id is not None:
+                batch["n_ends"] = (labels[:, 1:] == eos_id).sum(1)
         batch["n_items"] = int((labels[:, 1:] != IGNORE).sum())
         batch["n_tokens"] = int(real.sum())
         return batch
@@ -268,7 +298,8 @@ def make_loss(cfg: Config, model, tokenizer, notes: list[str]) -> CausalLMLoss:
     if packing == "pack":
         notes.append("packing: attention kept inside each document via "
                      + ("restarting position ids" if attention == "position_ids" else "a block-diagonal 4-D mask"))
-    return CausalLMLoss(attention=attention, chunked=chunked, custom=custom)
+    return CausalLMLoss(attention=attention, chunked=chunked, custom=custom,
+                        per_token=bool(cfg.eval.metrics_function))
 
 
 # ----------------------------------------------------------------------------------- the task
@@ -326,7 +357,8 @@ class CausalLM(Task):
                    "chunked_loss": loss.chunked, "tokenization_cache_hit": hit, "lengths": train_split.lengths}
         return TaskParts(
             task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split, test=test_split,
-            collate=make_collate(tokenizer.pad_token_id, d.packing), loss=loss, eval_step=loss.eval_step,
+            collate=make_collate(tokenizer.pad_token_id, d.packing, tokenizer.eos_token_id), loss=loss,
+            eval_step=loss.eval_step,
             finalize=finalize, summary=summary, notes=notes, fingerprints={"train": fp_train, "eval": fp_eval},
             samples=make_samples(tokenizer, prompts), fixed_shapes=d.packing == "pack",
         )
@@ -360,8 +392,9 @@ class CausalLM(Task):
         model.eval()
         return model, tokenizer
 
-    def eval_setup(self, model_dir: Path, data: str, overrides=None) -> TaskParts:
-        """Load a causal LM and encode a corpus the way its run did (block size, packing, separator)."""
+    def eval_setup(self, model_dir: Path, data: str, overrides=None, stride: Optional[int] = None) -> TaskParts:
+        """Load a causal LM and encode a corpus the way its run did (block size, packing, separator); with
+        `stride`, score it in sliding windows instead (see sliding_windows)."""
         model, tokenizer = self.load_for_use(Path(model_dir))
         run_cfg = Path(model_dir).parent / "config.yaml"
         base = load_config(run_cfg if run_cfg.exists() else None, overrides)
@@ -372,13 +405,23 @@ class CausalLM(Task):
         docs = read_corpus(data, base, "eval")
         block_cfg = base.data.block_size if run_cfg.exists() or overrides else None
         block = check_length(block_cfg or default_length(model.config), model.config, None, "data.block_size")
-        packing = base.data.packing
-        split, _, _, _ = encode_split(docs, tokenizer, block, packing, keep_remainder=True)
+        packing = base.data.packing if stride is None else "truncate"
+        if stride is None:
+            split, _, _, _ = encode_split(docs, tokenizer, block, packing, keep_remainder=True)
+        else:
+            split = sliding_windows(docs, tokenizer, block, stride)
         attention = probe_packed_attention(model, tokenizer.pad_token_id) if packing == "pack" else "attention_mask"
         loss = CausalLMLoss(attention=attention, chunked=probe_chunked_loss(model))
         return TaskParts(task=self, model=model, tokenizer=tokenizer, train=None, eval=split,
-                         collate=make_collate(tokenizer.pad_token_id, packing), loss=loss, eval_step=loss.eval_step,
-                         finalize=finalize, summary={"block_size": block, "packing": packing, "documents": len(docs)})
+                         collate=make_collate(tokenizer.pad_token_id, packing, tokenizer.eos_token_id), loss=loss,
+                         eval_step=loss.eval_step,
+                         finalize=finalize, summary={"block_size": block, "packing": packing, "documents": len(docs),
+                                                     "stride": stride})
+
+    def metric_inputs(self, outputs: dict) -> tuple:
+        """Each target token's loss (nats) and id, over the whole evaluation."""
+        return outputs["token_nll"].numpy(), outputs["token_target"].numpy(), {"targets_per_block":
+                                                                                outputs["targets"].numpy()}
 
     def serve_info(self, model, tokenizer) -> dict:
         return {"chat_template": bool(getattr(tokenizer, "chat_template", None))}

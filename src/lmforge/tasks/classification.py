@@ -141,7 +141,7 @@ def loss_fn(model, batch):
 def eval_step(model, batch):
     logits = forward_logits(model, batch).float()
     return {"loss": F.cross_entropy(logits, batch["labels"], reduction="none"),
-            "pred": logits.argmax(-1), "label": batch["labels"]}
+            "pred": logits.argmax(-1), "label": batch["labels"], "logits": logits}
 
 
 def make_finalize(labels: list[str]):
@@ -267,8 +267,10 @@ class Classification(Task):
         model.eval()
         return model, tokenizer
 
-    def eval_setup(self, model_dir: Path, data: str, overrides=None) -> TaskParts:
+    def eval_setup(self, model_dir: Path, data: str, overrides=None, stride: Optional[int] = None) -> TaskParts:
         """Load a trained classifier and encode a labelled dataset with its label mapping."""
+        if stride is not None:
+            raise LmforgeError(f"--stride (sliding-window scoring) is for causal-lm models; this is a {self.name} model")
         model, tokenizer = self.load_for_use(model_dir)
         run_cfg = model_dir.parent / "config.yaml"
         cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
@@ -289,6 +291,12 @@ class Classification(Task):
 
     def serve_info(self, model, tokenizer) -> dict:
         return {"labels": [model.config.id2label[i] for i in range(len(model.config.id2label))]}
+
+    def metric_inputs(self, outputs: dict) -> tuple:
+        """Logits [examples, labels], label ids [examples], and each example's loss."""
+        labels = outputs["label"].numpy()
+        logits = outputs["logits"].numpy().reshape(len(labels), -1)
+        return logits, labels, {"loss": outputs["loss"].numpy()}
 
     def describe_example(self, parts: TaskParts, ids, labels) -> list[str]:
         if labels is None:

@@ -7,10 +7,7 @@ against the model's own behaviour and fall back when they disagree. Used by task
 
 from __future__ import annotations
 
-import importlib
 import logging
-import sys
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -18,6 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import LmforgeError
 from ..metrics import lm_metrics
+from ..runtime import load_function
 
 log = logging.getLogger("lmforge")
 
@@ -102,10 +100,11 @@ class CausalLMLoss:
     """The task's loss and evaluation: chunked head + cross entropy, or the full logits when asked."""
 
     def __init__(self, attention: str = "position_ids", chunked: bool = True,
-                 custom: Optional[Callable] = None):
+                 custom: Optional[Callable] = None, per_token: bool = False):
         self.attention = attention  # "position_ids" or "mask4d"
         self.chunked = chunked and custom is None
         self.custom = custom
+        self.per_token = per_token  # eval_step also returns each target token's loss (eval.metrics_function)
 
     def model_inputs(self, batch: dict) -> dict:
         inputs = {"input_ids": batch["input_ids"]}
@@ -182,9 +181,14 @@ class CausalLMLoss:
         nll = self.token_nll(model, batch)
         targets = self.shifted(batch) != IGNORE
         out = {"nll": nll.sum(1).double(), "targets": targets.sum(1)}
+        if self.per_token:
+            out["token_nll"] = nll[targets]
+            out["token_target"] = self.shifted(batch)[targets]
         if "n_words" in batch:
             out["words"] = batch["n_words"]
             out["bytes"] = batch["n_bytes"]
+        if "n_ends" in batch:
+            out["ends"] = batch["n_ends"]
         return out
 
 
@@ -193,29 +197,15 @@ def finalize(outputs: dict) -> dict:
     targets = int(outputs["targets"].sum())
     words = int(outputs["words"].sum()) if "words" in outputs else None
     nbytes = int(outputs["bytes"].sum()) if "bytes" in outputs else None
-    out = lm_metrics(total_nll, targets, words, nbytes)
+    ends = int(outputs["ends"].sum()) if "ends" in outputs else 0
+    out = lm_metrics(total_nll, targets, words, nbytes, ends)
     out["n_blocks"] = int(outputs["targets"].numel())
     return out
 
 
 def load_loss_function(spec: str) -> Callable:
-    """'module:function' (module importable, or a .py file in the current folder)."""
-    if ":" not in spec:
-        raise LmforgeError(f"train.loss_function '{spec}' is not of the form module:function",
-                           "e.g. loss_function: my_losses:weighted_ce (my_losses.py in the current folder)")
-    mod_name, _, fn_name = spec.partition(":")
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise LmforgeError(f"train.loss_function: cannot import module '{mod_name}' ({e})",
-                           "put the module in the current folder or install it") from None
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        raise LmforgeError(f"train.loss_function: '{mod_name}' has no function '{fn_name}'")
-    return fn
+    """train.loss_function: 'module:function' (module importable, or a .py file in the current folder)."""
+    return load_function(spec, "train.loss_function", "loss_function: my_losses:weighted_ce")
 
 
 # ----------------------------------------------------------------------------------- probes

@@ -228,7 +228,7 @@ def eval_step(model, batch):
     logits, targets = masked_logits(model, batch)
     logits = logits.float()
     return {"nll": F.cross_entropy(logits, targets, reduction="none"),
-            "correct": (logits.argmax(-1) == targets).float()}
+            "correct": (logits.argmax(-1) == targets).float(), "target": targets}
 
 
 def finalize(outputs: dict) -> dict:
@@ -428,8 +428,10 @@ class MaskedLM(Task):
         model, tokenizer, _ = self.load_with_new_params(model_dir)
         return model, tokenizer
 
-    def eval_setup(self, model_dir: Path, data: str, overrides=None) -> TaskParts:
+    def eval_setup(self, model_dir: Path, data: str, overrides=None, stride: Optional[int] = None) -> TaskParts:
         """Fixed-mask perplexity of a masked LM on a corpus, with the run's block size, masking and eval seed."""
+        if stride is not None:
+            raise LmforgeError(f"--stride (sliding-window scoring) is for causal-lm models; this is a {self.name} model")
         model, tokenizer = self.load_for_use(model_dir)
         run_cfg = model_dir.parent / "config.yaml"
         cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
@@ -453,6 +455,10 @@ class MaskedLM(Task):
 
     def serve_info(self, model, tokenizer) -> dict:
         return {"mask_token": tokenizer.mask_token}
+
+    def metric_inputs(self, outputs: dict) -> tuple:
+        """Each masked token's loss (nats) and id, and whether the top prediction was right."""
+        return outputs["nll"].numpy(), outputs["target"].numpy(), {"correct": outputs["correct"].numpy()}
 
     def tokenizer_findings(self, specials: dict) -> list[tuple[str, str]]:
         out = []

@@ -12,6 +12,7 @@ from accelerate.utils import gather_object
 
 from ..config import Config
 from ..data.batching import eval_batches
+from ..errors import LmforgeError
 from ..tasks.base import EncodedSplit, TaskParts
 from .progress import TrainProgress
 
@@ -69,4 +70,27 @@ def evaluate_split(model, split: EncodedSplit, parts: TaskParts, batch_size: int
         keys = dict.fromkeys(k for p in gathered for k in p)  # a process with no batches sends nothing
         cat = {k: torch.cat([p[k] for p in gathered if k in p]) for k in keys}
     model.train(was_training)
-    return parts.finalize(cat)
+    metrics = parts.finalize(cat)
+    if parts.metrics_function is not None:
+        metrics.update(user_metrics(parts, cat))
+    return metrics
+
+
+def user_metrics(parts: TaskParts, outputs: dict) -> dict:
+    """eval.metrics_function on the task's predictions and labels; its numbers, checked."""
+    predictions, labels, info = parts.task.metric_inputs(outputs)
+    name = parts.metrics_function_name
+    try:
+        got = parts.metrics_function(predictions, labels, info)
+    except Exception as e:  # the user's code: one line with its name and the error, not our traceback
+        raise LmforgeError(f"eval.metrics_function {name} failed: {type(e).__name__}: {e}",
+                           "fix the function (it is called as fn(predictions, labels, batch_info))") from None
+    if not isinstance(got, dict) or not all(isinstance(k, str) for k in got):
+        raise LmforgeError(f"eval.metrics_function {name} returned {type(got).__name__}, not a dict of name -> number")
+    out = {}
+    for key, value in got.items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            raise LmforgeError(f"eval.metrics_function {name}: metric '{key}' is {value!r}, not a number") from None
+    return out

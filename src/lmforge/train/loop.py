@@ -30,7 +30,7 @@ from . import compiling
 from .evaluation import evaluate_split, make_accelerator, to_device
 from .perf import count_params, device_peak_flops, peak_memory_mb, release_memory, task_flop_params
 from .progress import TrainProgress
-from .schedule import make_optimizer, make_scheduler
+from .schedule import is_plateau, make_optimizer, make_scheduler, metric_direction
 from .signals import StopRequest
 
 log = logging.getLogger("lmforge")
@@ -74,7 +74,9 @@ class Trainer:
         self.steps_per_epoch = math.ceil(n_batches / accum)
         self.total_steps = self.tc.max_steps if self.tc.max_steps > 0 else \
             max(1, math.ceil(self.tc.num_train_epochs * self.steps_per_epoch))
-        self.scheduler = make_scheduler(self.optimizer, self.tc, self.total_steps)
+        self.best_metric_name, self.greater_is_better = metric_direction(self.tc, parts.best_metric,
+                                                                         parts.greater_is_better)
+        self.scheduler = make_scheduler(self.optimizer, self.tc, self.total_steps, self.greater_is_better)
         self.n_params = count_params(self.accelerator.unwrap_model(self.model))
         self.flop_params = task_flop_params(self.accelerator.unwrap_model(self.model), parts.output_layer_share)
         self.peak_flops = device_peak_flops(self.accelerator.device) * self.accelerator.num_processes
@@ -181,10 +183,11 @@ class Trainer:
         return path
 
     def resume(self, folder: Path) -> None:
-        fresh_lrs = list(self.scheduler.base_lrs)
+        fresh_lrs = [g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups]
         state = ckpt.load_training_state(folder, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler,
                                          scaler=getattr(self.accelerator, "scaler", None))
-        if [round(x, 12) for x in self.scheduler.base_lrs] != [round(x, 12) for x in fresh_lrs]:
+        if hasattr(self.scheduler, "lr_lambdas") and \
+                [round(x, 12) for x in self.scheduler.base_lrs] != [round(x, 12) for x in fresh_lrs]:
             # The checkpoint's optimizer carries its learning rates; a resume after lowering
             # train.learning_rate (say, after a NaN) must use the new ones from here on.
             log.info("learning rate changed since the checkpoint (%g -> %g): continuing with the new one",
@@ -246,14 +249,13 @@ class Trainer:
 
     def _improved(self, value: float) -> bool:
         if self.best is None or (value is not None and not math.isnan(value) and
-                                 (value > self.best if self.parts.greater_is_better else value < self.best)):
+                                 (value > self.best if self.greater_is_better else value < self.best)):
             return True
         return False
 
     def _after_eval(self, metrics: dict) -> bool:
         """Record an evaluation; save the best model; return True to stop early."""
-        name = self.tc.metric_for_best_model or self.parts.best_metric
-        name = name.removeprefix("eval_").removeprefix("eval.")
+        name = self.best_metric_name
         if name not in metrics:
             raise LmforgeError(f"metric_for_best_model '{name}' is not an eval metric of this task",
                                f"choose one of: {', '.join(k for k, v in metrics.items() if isinstance(v, (int, float)))}")
@@ -262,6 +264,8 @@ class Trainer:
                **{f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
         self.eval_history.append(rec)
         self.logw.write(rec)
+        if is_plateau(self.scheduler):
+            self.scheduler.step(value)
         if self._improved(value):
             self.best, self.best_step, self.bad_evals = value, self.step, 0
             if self.tc.load_best_model_at_end and self.is_main:
@@ -379,9 +383,10 @@ class Trainer:
                 return None
         else:
             self.nan_streak = 0
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
-        self.scheduler.step()
+        if not is_plateau(self.scheduler):  # a plateau schedule steps on the eval metric (_after_eval)
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         shape = tuple(micro[-1]["input_ids"].shape)
         if accelerator.device.type == "cpu" and shape != self._last_shape:
@@ -433,7 +438,7 @@ class Trainer:
             metrics = self.evaluate(progress)
             self.win_start += time.perf_counter() - eval_start  # tokens/s counts training time only
             if progress:
-                progress.note_eval(metrics, self.parts.best_metric)
+                progress.note_eval(metrics, self.best_metric_name)
             stopped = self._after_eval(metrics)
         save_every = tc.save_steps if tc.save_strategy == "steps" else None
         if (save_every and self.step % save_every == 0) or (tc.save_strategy == "epoch" and epoch_end):
@@ -451,7 +456,7 @@ class Trainer:
         held = int(marker.read_text()) if marker.exists() else self.best_step
         if best.exists() and self.best_step != self.step and held == self.best_step:
             log.info("loading the best model (step %d, %s = %.4f)", self.best_step,
-                     self.tc.metric_for_best_model or self.parts.best_metric, self.best)
+                     self.best_metric_name, self.best)
             self.accelerator.unwrap_model(self.model).load_state_dict(load_file(str(best)), strict=False)
 
     def _interrupt(self) -> None:

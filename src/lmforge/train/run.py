@@ -28,8 +28,10 @@ from ..config import Config, Permissions
 from ..errors import LmforgeError
 from ..fs import atomic_dir, read_json, write_json, write_text
 from ..models import lora
+from ..models.push import check_can_push, push_folder
 from ..report import model_card, plot_losses, write_html_report, write_metrics
 from ..report.plots import length_histogram
+from ..runtime import load_function
 from ..tasks import get_task
 from ..tasks.base import TaskParts
 from .evaluation import make_accelerator
@@ -58,6 +60,10 @@ def train(cfg: Config, resume: Union[bool, str, Path] = False, progress: bool = 
     """Train as the (resolved) config says; returns the run folder and its final metrics."""
     task = get_task(cfg.task)
     check_installed(cfg.train.report_to)
+    if cfg.eval.metrics_function:
+        user_metrics_function(cfg)  # a wrong name fails here, before the run folder exists
+    if cfg.output.push_to_hub:
+        check_can_push(hub_repo_id(cfg))  # offline or not logged in: say so now, not after training
     accelerator = make_accelerator(cfg)
     cfg = _same_output_dir(cfg, accelerator)
     with open_run(cfg, accelerator, resume) as run:
@@ -85,7 +91,25 @@ def train(cfg: Config, resume: Union[bool, str, Path] = False, progress: bool = 
             save_outputs(cfg, run, trainer, parts, lora_state, metrics)
         accelerator.wait_for_everyone()
         run.ok = True
+    if cfg.output.push_to_hub and run.is_main:
+        try:
+            url = push_folder(run.dir, hub_repo_id(cfg), private=cfg.output.hub_private)
+        except LmforgeError as e:  # the run is finished and saved: say how to push it later
+            raise LmforgeError(f"the run finished in {run.dir}, but pushing it failed: {e.message}",
+                               f"push it later with `lmforge push {run.dir} --repo-id {hub_repo_id(cfg)}`") from None
+        log.info("pushed %s to %s", run.dir, url)
     return TrainResult(run.dir, metrics, cfg)
+
+
+def user_metrics_function(cfg: Config):
+    return load_function(cfg.eval.metrics_function, "eval.metrics_function", "metrics_function: my_metrics:f1_weighted")
+
+
+def hub_repo_id(cfg: Config) -> str:
+    if not cfg.output.hub_model_id:
+        raise LmforgeError("output.push_to_hub needs output.hub_model_id (the Hub repository, user/name)",
+                           "set output.hub_model_id: your-name/model-name")
+    return cfg.output.hub_model_id
 
 
 def _same_output_dir(cfg: Config, accelerator) -> Config:
@@ -104,6 +128,10 @@ def assemble(cfg: Config, task, manifest: dict, permissions: Permissions):
     """The task's parts (data encoded, model loaded), with LoRA applied when the config asks; the
     manifest gets the data fingerprints and summary."""
     parts = task.setup(cfg, log, permissions)
+    if cfg.eval.metrics_function:
+        parts.metrics_function = user_metrics_function(cfg)
+        parts.metrics_function_name = cfg.eval.metrics_function
+        parts.notes.append(f"eval: your metrics from {cfg.eval.metrics_function} are merged into every evaluation")
     lora_state = None
     if cfg.peft is not None:
         lora_state = lora.apply(cfg, parts, log)

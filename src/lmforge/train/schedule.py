@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule."""
+"""Optimizer and learning-rate schedule (transformers.get_scheduler, as the Trainer builds them)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import math
 from typing import Optional
 
 import torch
+from transformers.optimization import Adafactor, get_scheduler
 
 from ..config import TrainConfig
+from ..errors import LmforgeError
 
 
 def param_groups(model: torch.nn.Module, tc: TrainConfig, new_params: set[str],
@@ -37,9 +39,17 @@ def param_groups(model: torch.nn.Module, tc: TrainConfig, new_params: set[str],
 
 def make_optimizer(model, tc: TrainConfig, new_params: set[str],
                    head_learning_rate: Optional[float] = None) -> torch.optim.Optimizer:
-    """AdamW, fused (one kernel over all parameters) where this torch supports it for the parameters."""
+    """train.optim over the weight-decay groups: AdamW (fused where this torch supports it for the
+    parameters), transformers' Adafactor, SGD with momentum, or bitsandbytes' 8-bit AdamW on a GPU."""
     groups = param_groups(model, tc, new_params, head_learning_rate)
+    if tc.optim == "sgd":
+        return torch.optim.SGD(groups, lr=tc.learning_rate, momentum=tc.momentum)
+    if tc.optim == "adafactor":
+        # the given learning rate and schedule, as the Trainer's optim: adafactor does
+        return Adafactor(groups, lr=tc.learning_rate, scale_parameter=False, relative_step=False, warmup_init=False)
     kwargs = dict(lr=tc.learning_rate, betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_epsilon)
+    if tc.optim == "adamw_8bit":
+        return _adamw_8bit(groups, kwargs)
     params = [p for g in groups for p in g["params"]]
     if params and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) and p.device.type in ("cpu", "cuda")
                       for p in params):
@@ -50,19 +60,48 @@ def make_optimizer(model, tc: TrainConfig, new_params: set[str],
     return torch.optim.AdamW(groups, **kwargs)
 
 
-def lr_lambda(kind: str, warmup: int, total: int):
-    def f(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup  # the first step already uses a non-zero LR
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return max(0.0, 1.0 - progress)
-    return f
+def _adamw_8bit(groups: list[dict], kwargs: dict) -> torch.optim.Optimizer:
+    if not torch.cuda.is_available():
+        raise LmforgeError("train.optim adamw_8bit needs a CUDA GPU (bitsandbytes' 8-bit optimizer states live there)",
+                           "use optim: adamw on this machine")
+    try:
+        import bitsandbytes as bnb  # lazy: an optional dependency, GPU only
+    except ImportError:
+        raise LmforgeError("train.optim adamw_8bit needs the bitsandbytes package",
+                           "pip install bitsandbytes, or use optim: adamw") from None
+    return bnb.optim.AdamW8bit(groups, **kwargs)
 
 
-def make_scheduler(optimizer, tc: TrainConfig, total_steps: int):
+def make_scheduler(optimizer, tc: TrainConfig, total_steps: int, greater_is_better: bool = False):
+    """transformers.get_scheduler(train.lr_scheduler_type) with warmup_steps (or warmup_ratio of the steps)
+    and train.lr_scheduler_kwargs. reduce_lr_on_plateau steps on the evaluation metric (see is_plateau)."""
     warmup = tc.warmup_steps or int(math.ceil(tc.warmup_ratio * total_steps))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.lr_scheduler_type, warmup, total_steps))
+    kwargs = dict(tc.lr_scheduler_kwargs)
+    if tc.lr_scheduler_type == "reduce_lr_on_plateau":
+        kwargs.setdefault("mode", "max" if greater_is_better else "min")
+    try:
+        return get_scheduler(tc.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+                             scheduler_specific_kwargs=kwargs)
+    except (TypeError, ValueError) as e:
+        raise LmforgeError(f"train.lr_scheduler_type {tc.lr_scheduler_type} with lr_scheduler_kwargs {kwargs}: "
+                           f"{str(e).splitlines()[0][:300]}",
+                           "see transformers' get_scheduler for each schedule's arguments") from None
+
+
+def is_plateau(scheduler) -> bool:
+    """A schedule that steps on the evaluation metric, not on every optimizer step."""
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+LOWER_IS_BETTER = ("loss", "perplexity", "bits_per_byte")
+
+
+def metric_direction(tc: TrainConfig, task_metric: str, task_greater_is_better: bool) -> tuple[str, bool]:
+    """(metric that picks the best checkpoint, whether higher is better): train.metric_for_best_model and
+    train.greater_is_better, else the task's metric and direction; a metric named like a loss is lower-better."""
+    name = (tc.metric_for_best_model or task_metric).removeprefix("eval_").removeprefix("eval.")
+    if tc.greater_is_better is not None:
+        return name, tc.greater_is_better
+    if name == task_metric:
+        return name, task_greater_is_better
+    return name, not any(word in name for word in LOWER_IS_BETTER)
