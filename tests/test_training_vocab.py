@@ -72,6 +72,11 @@ def test_logged_learning_rates_equal_get_scheduler(name, tiny_bert, tmp_path):
     assert lrs == pytest.approx(_reference_lrs(name, 3e-3, 20, 3, kwargs), rel=1e-9, abs=1e-15)
 
 
+def test_plateau_without_evaluations_is_refused():
+    with pytest.raises(LmforgeError, match="reduce_lr_on_plateau steps on evaluations"):
+        build_config({"train": {"lr_scheduler_type": "reduce_lr_on_plateau", "eval_strategy": "no"}})
+
+
 def test_schedule_with_wrong_arguments_is_one_line(tiny_bert, tmp_path):
     cfg = run_config(tmp_path, tiny_bert, tmp_path / "run", lr_scheduler_type="cosine_with_min_lr")
     with pytest.raises(LmforgeError, match="cosine_with_min_lr"):
@@ -189,6 +194,8 @@ def test_metrics_function_is_merged_reported_and_picks_the_best(metrics_module, 
              if "eval_my_f1" in r]
     assert m["train"]["best_metric"] == max(evals)  # higher-better: not a loss
     assert "my_f1" in (res.run_dir / "report.html").read_text()
+    again = api.evaluate(res.run_dir, str(tmp_path / "eval.csv"), progress=False)  # `lmforge eval` too
+    assert again["my_f1"] == pytest.approx(m["eval"]["my_f1"])
     assert "my_metrics:f1_weighted" in (res.run_dir / "README.md").read_text()
 
 

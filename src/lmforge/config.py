@@ -227,6 +227,9 @@ class TrainConfig(Section):
             raise ValueError("eval_strategy 'steps' needs eval_steps")
         if self.save_strategy == "steps" and not self.save_steps:
             raise ValueError("save_strategy 'steps' needs save_steps")
+        if self.lr_scheduler_type == "reduce_lr_on_plateau" and self.eval_strategy == "no":
+            raise ValueError("lr_scheduler_type reduce_lr_on_plateau steps on evaluations: set eval_strategy to "
+                             "steps or epoch")
         return self
 
 

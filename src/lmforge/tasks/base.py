@@ -24,6 +24,7 @@ import torch
 
 from ..config import Config, Permissions
 from ..errors import LmforgeError
+from ..runtime import load_function
 
 
 @dataclass
@@ -169,6 +170,18 @@ class Task:
         if len(scored) < len(ids) - 1:
             line += f"; no loss on: {clip(parts.tokenizer.decode(unscored), 120)}"
         return [line]
+
+
+def attach_metrics_function(parts: TaskParts, cfg: Config) -> TaskParts:
+    """eval.metrics_function of the config, loaded onto the parts (training runs and `lmforge eval`)."""
+    if cfg.eval.metrics_function:
+        parts.metrics_function = load_metrics_function(cfg.eval.metrics_function)
+        parts.metrics_function_name = cfg.eval.metrics_function
+    return parts
+
+
+def load_metrics_function(spec: str) -> Callable:
+    return load_function(spec, "eval.metrics_function", "metrics_function: my_metrics:f1_weighted")
 
 
 def clip(text: str, n: int = 300) -> str:

@@ -41,7 +41,7 @@ from ..models.lora import load_model as load_model_folder
 from ..models.lora import model_config
 from ..models.scratch import build_model
 from ..tokenizer import load_tokenizer, tokenizer_for_config
-from .base import EncodedSplit, Task, TaskParts
+from .base import EncodedSplit, Task, TaskParts, attach_metrics_function
 from .generation import generate_texts
 from .lm_loss import IGNORE, CausalLMLoss, finalize, load_loss_function, probe_chunked_loss, probe_packed_attention
 
@@ -411,12 +411,13 @@ class CausalLM(Task):
         else:
             split = sliding_windows(docs, tokenizer, block, stride)
         attention = probe_packed_attention(model, tokenizer.pad_token_id) if packing == "pack" else "attention_mask"
-        loss = CausalLMLoss(attention=attention, chunked=probe_chunked_loss(model))
-        return TaskParts(task=self, model=model, tokenizer=tokenizer, train=None, eval=split,
+        loss = CausalLMLoss(attention=attention, chunked=probe_chunked_loss(model),
+                            per_token=bool(base.eval.metrics_function))
+        return attach_metrics_function(TaskParts(task=self, model=model, tokenizer=tokenizer, train=None, eval=split,
                          collate=make_collate(tokenizer.pad_token_id, packing, tokenizer.eos_token_id), loss=loss,
                          eval_step=loss.eval_step,
                          finalize=finalize, summary={"block_size": block, "packing": packing, "documents": len(docs),
-                                                     "stride": stride})
+                                                     "stride": stride}), base)
 
     def metric_inputs(self, outputs: dict) -> tuple:
         """Each target token's loss (nats) and id, over the whole evaluation."""

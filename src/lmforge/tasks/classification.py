@@ -23,7 +23,7 @@ from ..metrics import classification_metrics
 from ..models.load import check_length, default_length, ensure_pad, load_pretrained, model_config_of, model_source
 from ..models.lora import load_model
 from ..tokenizer import load_tokenizer
-from .base import EncodedSplit, Task, TaskParts
+from .base import EncodedSplit, Task, TaskParts, attach_metrics_function
 
 log = logging.getLogger("lmforge")
 
@@ -285,9 +285,9 @@ class Classification(Task):
         max_length = cfg.data.max_length or default_length(model.config, tokenizer)
         split, _, _, _ = encode_cached(df, tokenizer, max_length, label2id)
         labels = [model.config.id2label[i] for i in range(len(label2id))]
-        return TaskParts(task=self, model=model, tokenizer=tokenizer, train=None, eval=split,
+        return attach_metrics_function(TaskParts(task=self, model=model, tokenizer=tokenizer, train=None, eval=split,
                          collate=make_collate(tokenizer.pad_token_id), loss=loss_fn, eval_step=eval_step,
-                         finalize=make_finalize(labels))
+                         finalize=make_finalize(labels)), cfg)
 
     def serve_info(self, model, tokenizer) -> dict:
         return {"labels": [model.config.id2label[i] for i in range(len(model.config.id2label))]}

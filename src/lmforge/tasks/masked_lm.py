@@ -36,7 +36,7 @@ from ..models.load import check_length, default_length, load_pretrained, model_c
 from ..models.lora import load_model, model_config
 from ..models.scratch import build_model
 from ..tokenizer import load_tokenizer, tokenizer_for_config
-from .base import EncodedSplit, Task, TaskParts, clip
+from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip
 from .fill_mask import fill_mask_with
 
 log = logging.getLogger("lmforge")
@@ -449,9 +449,9 @@ class MaskedLM(Task):
         spec = masking.MaskSpec.of(tokenizer, d.mlm_probability, d.masking == "whole-word",
                                    vocab_size=model.get_input_embeddings().num_embeddings)
         split = fixed_masked_split(ds, spec, d.eval_mask_seed, tokenizer.pad_token_id, d.max_eval_samples)
-        return TaskParts(task=self, model=model, tokenizer=tokenizer, train=None, eval=split,
+        return attach_metrics_function(TaskParts(task=self, model=model, tokenizer=tokenizer, train=None, eval=split,
                          collate=make_collate(tokenizer.pad_token_id), loss=loss_fn, eval_step=eval_step,
-                         finalize=finalize)
+                         finalize=finalize), cfg)
 
     def serve_info(self, model, tokenizer) -> dict:
         return {"mask_token": tokenizer.mask_token}

@@ -31,9 +31,8 @@ from ..models import lora
 from ..models.push import check_can_push, push_folder
 from ..report import model_card, plot_losses, write_html_report, write_metrics
 from ..report.plots import length_histogram
-from ..runtime import load_function
 from ..tasks import get_task
-from ..tasks.base import TaskParts
+from ..tasks.base import TaskParts, attach_metrics_function, load_metrics_function
 from .evaluation import make_accelerator
 from .loop import FitResult, Trainer
 from .memory import preflight
@@ -61,7 +60,7 @@ def train(cfg: Config, resume: Union[bool, str, Path] = False, progress: bool = 
     task = get_task(cfg.task)
     check_installed(cfg.train.report_to)
     if cfg.eval.metrics_function:
-        user_metrics_function(cfg)  # a wrong name fails here, before the run folder exists
+        load_metrics_function(cfg.eval.metrics_function)  # a wrong name fails here, before the run folder exists
     if cfg.output.push_to_hub:
         check_can_push(hub_repo_id(cfg))  # offline or not logged in: say so now, not after training
     accelerator = make_accelerator(cfg)
@@ -101,10 +100,6 @@ def train(cfg: Config, resume: Union[bool, str, Path] = False, progress: bool = 
     return TrainResult(run.dir, metrics, cfg)
 
 
-def user_metrics_function(cfg: Config):
-    return load_function(cfg.eval.metrics_function, "eval.metrics_function", "metrics_function: my_metrics:f1_weighted")
-
-
 def hub_repo_id(cfg: Config) -> str:
     if not cfg.output.hub_model_id:
         raise LmforgeError("output.push_to_hub needs output.hub_model_id (the Hub repository, user/name)",
@@ -127,10 +122,8 @@ def _same_output_dir(cfg: Config, accelerator) -> Config:
 def assemble(cfg: Config, task, manifest: dict, permissions: Permissions):
     """The task's parts (data encoded, model loaded), with LoRA applied when the config asks; the
     manifest gets the data fingerprints and summary."""
-    parts = task.setup(cfg, log, permissions)
-    if cfg.eval.metrics_function:
-        parts.metrics_function = user_metrics_function(cfg)
-        parts.metrics_function_name = cfg.eval.metrics_function
+    parts = attach_metrics_function(task.setup(cfg, log, permissions), cfg)
+    if parts.metrics_function is not None:
         parts.notes.append(f"eval: your metrics from {cfg.eval.metrics_function} are merged into every evaluation")
     lora_state = None
     if cfg.peft is not None:
