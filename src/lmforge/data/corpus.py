@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import LmforgeError
 from . import builtin, sources
+from .chat import reject_structured_text
 
 # `data.document_separator` may name a blank line instead of spelling it as an escape.
 BLANK_LINE_NAMES = ("blank-line", "blank_line", "blankline", "paragraph")
@@ -89,6 +90,7 @@ def read_corpus(source: str, cfg, split: str = "train") -> list[str]:
 
 def _table_docs(df, text_column: Optional[str], source: str, sep: Optional[str]) -> list[str]:
     col = sources.pick_column(df, text_column, sources.TEXT_NAMES, "text", source, "data.text_column")
+    reject_structured_text(df[col].tolist(), source, col)
     docs: list[str] = []
     for value in df[col].tolist():
         if value is None or (isinstance(value, float) and np.isnan(value)):

@@ -106,7 +106,8 @@ class Task:
     endpoint: str = ""
     """The `lmforge serve` endpoint that uses a model of this task."""
     data_kind: str = "corpus"
-    """'table' (rows with text and label columns) or 'corpus' (documents): how `doctor` checks the data."""
+    """'table' (rows with text and label columns), 'corpus' (documents) or 'conversations': how `doctor`
+    checks the data."""
     report_sections: tuple[str, ...] = ()
     """Optional sections of report.html that apply (e.g. 'confusion', 'misclassified')."""
     samples_title: str = "Samples"

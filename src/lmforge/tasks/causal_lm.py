@@ -162,7 +162,10 @@ def make_collate(pad_id: int, packing: str, eos_id: Optional[int] = None):
         lens = [len(x) for x in ids]
         input_ids = pad_sequences(ids, pad_id)
         real = pad_sequences([np.ones(n, dtype=np.int64) for n in lens], 0).bool()
-        labels = input_ids.masked_fill(~real, IGNORE)
+        if "labels" in rows[0]:  # the task's own labels (sft: IGNORE outside the trained tokens)
+            labels = pad_sequences([np.asarray(r["labels"]) for r in rows], IGNORE)
+        else:
+            labels = input_ids.masked_fill(~real, IGNORE)
         if "score_from" in rows[0]:  # a sliding window: the first tokens are context only
             context = [(np.arange(n) < int(r["score_from"])).astype(np.int64) for r, n in zip(rows, lens)]
             labels = labels.masked_fill(pad_sequences(context, 0).bool(), IGNORE)

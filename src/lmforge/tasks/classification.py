@@ -17,6 +17,7 @@ from ..config import Config, Permissions, load_config
 from ..data import sources
 from ..data.batching import pad_sequences
 from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
+from ..data.chat import reject_structured_text
 from ..data.split import hold_out
 from ..errors import LmforgeError
 from ..metrics import classification_metrics
@@ -41,6 +42,7 @@ def read_labelled(source: str, cfg: Config, split: str, need_label: bool = True)
     if len(df) == 0:
         raise LmforgeError(f"{source} has no rows", "give a non-empty dataset")
     for col in [c for c in (text_col, pair_col) if c]:
+        reject_structured_text(df[col].tolist(), source, col)
         bad = df[col].isna() | df[col].astype(str).str.strip().eq("")
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0]) + 1

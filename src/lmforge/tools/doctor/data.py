@@ -3,9 +3,11 @@ balance, labels unseen in training, and evaluation rows that leak from the train
 
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 from ...data import sources
+from ...data.chat import read_conversations
 from ...data.corpus import read_corpus
 from ...errors import LmforgeError
 from ...tasks import get_task
@@ -93,10 +95,27 @@ def _check_corpus(out: Out, source: str, cfg, split: str) -> Optional[dict]:
     return {"rows": len(docs), "source": source, "texts": set(docs)}
 
 
+def _check_conversations(out: Out, source: str, cfg, split: str) -> Optional[dict]:
+    """Conversations of a chat dataset: their number, turns, and those without an assistant reply."""
+    convs = read_conversations(source, cfg, split)
+    no_reply = sum(not any(m["role"] == "assistant" for m in c) for c in convs)
+    turns = sum(len(c) for c in convs)
+    out.ok(f"{split}: {source}: {len(convs):,} conversations, {turns:,} turns")
+    if no_reply:
+        out.warn(f"{split} ({source}): {no_reply} conversations have no assistant reply (nothing to train on "
+                 "with data.train_on: assistant); they will be dropped")
+    texts = {json.dumps(c, sort_keys=True) for c in convs}
+    return {"rows": len(convs), "source": source, "texts": texts}
+
+
+CHECKS = {"table": _check_table, "corpus": _check_corpus, "conversations": _check_conversations}
+
+
 def check_data(out: Out, cfg) -> bool:
     """Returns True when the data could be read (the task's setup can run)."""
     d = cfg.data
-    tables = get_task(cfg.task).data_kind == "table"  # rows with labels, or documents
+    kind = get_task(cfg.task).data_kind  # rows with labels, documents, or conversations
+    tables = kind == "table"
     if not d.train:
         out.problem("no training data given — set data.train (a file, folder or built-in dataset)")
         return False
@@ -105,7 +124,7 @@ def check_data(out: Out, cfg) -> bool:
         if not source:
             continue
         try:
-            info = (_check_table if tables else _check_corpus)(out, source, cfg, split)
+            info = CHECKS[kind](out, source, cfg, split)
         except LmforgeError as e:
             out.problem(err(e))
             readable = False

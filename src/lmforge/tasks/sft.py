@@ -1,0 +1,244 @@
+"""Chat and instruction fine-tuning (SFT) of a causal LM, with a loss mask that cannot fail silently.
+
+    lmforge train examples/sft-smollm2-kjv-to-web.yaml
+    lmforge doctor examples/sft-smollm2-kjv-to-web.yaml     # the first example, trained tokens marked
+
+Conversations in any common shape (data/chat.py) are rendered with the model's chat template (ChatML
+when it has none) and masked so that the loss falls on what the model should say: every assistant
+turn and its end-of-turn token (`data.train_on: assistant`), the last one only (`last`), or everything
+(`all`); see tasks/chat_template.py for how the mask is found without generation tags. A conversation
+with no trained token is dropped and counted; a dataset where that is every conversation is an error.
+
+`data.packing: pack` (the default) puts whole conversations into blocks of `block_size` tokens with
+position ids restarting at each one, so attention stays inside a conversation (the causal-lm
+machinery, probed at setup); `truncate` keeps one conversation per example. Conversations longer than
+the block are truncated (the share is reported); those whose trained tokens were all cut are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from transformers import AutoModelForCausalLM
+
+from ..config import Config, Permissions, load_config
+from ..data.chat import read_conversations
+from ..data.split import hold_out
+from ..errors import LmforgeError
+from ..models.load import check_length, default_length, ensure_pad
+from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip
+from .causal_lm import TASK as CAUSAL_LM
+from .causal_lm import load_model, make_collate
+from .chat_template import end_of_turn, ensure_chat_template, render_with_mask
+from .lm_loss import IGNORE, CausalLMLoss, finalize, probe_chunked_loss, probe_packed_attention
+
+log = logging.getLogger("lmforge")
+
+
+@dataclass
+class Encoded:
+    """Conversations as token ids with their trained-token masks, and what was dropped or cut."""
+    ids: list[list[int]] = field(default_factory=list)
+    trained: list[list[bool]] = field(default_factory=list)
+    methods: set = field(default_factory=set)
+    no_trained: int = 0  # dropped: nothing to learn (e.g. no assistant turn)
+    cut_away: int = 0  # dropped: every trained token was beyond the block
+    truncated: int = 0  # kept, but cut at the block size
+    total: int = 0
+
+
+def encode_conversations(convs: list[list[dict]], tokenizer, block: int, train_on: str) -> Encoded:
+    out = Encoded(total=len(convs))
+    eot = end_of_turn(tokenizer)  # once: the template's end-of-turn text
+    for messages in convs:
+        r = render_with_mask(tokenizer, messages, train_on, eot)
+        out.methods.add(r.method)
+        if not any(r.trained):
+            out.no_trained += 1
+            continue
+        ids, trained = r.ids, r.trained
+        if len(ids) > block:
+            ids, trained = ids[:block], trained[:block]
+            if not any(trained[1:]):  # the first token is never a target
+                out.cut_away += 1
+                continue
+            out.truncated += 1
+        out.ids.append(ids)
+        out.trained.append(trained)
+    return out
+
+
+def to_rows(enc: Encoded, block: int, packing: str) -> EncodedSplit:
+    """Rows of input ids, labels (IGNORE where not trained) and, packed, position ids restarting per conversation."""
+    labels = [[t if keep else IGNORE for t, keep in zip(ids, trained)] for ids, trained in zip(enc.ids, enc.trained)]
+    if packing != "pack":
+        rows = [{"input_ids": ids, "labels": lab} for ids, lab in zip(enc.ids, labels)]
+        return EncodedSplit(rows, [len(r["input_ids"]) for r in rows])
+    rows, cur = [], {"input_ids": [], "labels": [], "position_ids": []}
+    for ids, lab in zip(enc.ids, labels):  # whole conversations, in order, while they fit
+        if cur["input_ids"] and len(cur["input_ids"]) + len(ids) > block:
+            rows.append(cur)
+            cur = {"input_ids": [], "labels": [], "position_ids": []}
+        cur["input_ids"] += ids
+        cur["labels"] += lab
+        cur["position_ids"] += list(range(len(ids)))
+    if cur["input_ids"]:
+        rows.append(cur)
+    return EncodedSplit(rows, [len(r["input_ids"]) for r in rows])
+
+
+def check_trainable(enc: Encoded, source: str, train_on: str) -> None:
+    if enc.ids:
+        return
+    if enc.no_trained == enc.total:
+        raise LmforgeError(f"{source}: none of the {enc.total} conversations has a token to train on "
+                           f"(data.train_on: {train_on})",
+                           "the loss falls on assistant turns: give conversations with an assistant reply, "
+                           "or set data.train_on: all")
+    raise LmforgeError(f"{source}: every conversation's trained tokens are beyond the block size",
+                       "raise data.block_size")
+
+
+# ----------------------------------------------------------------------------------- the task
+class SFT(Task):
+    name = "sft"
+    auto_class = AutoModelForCausalLM
+    architectures = ()  # a bare folder is told by its architecture as a causal LM; sft runs say so in config.yaml
+    best_metric = "loss"
+    greater_is_better = False
+    endpoint = "/v1/generate"
+    data_kind = "conversations"
+    samples_title = "Sample generations"
+    pipeline_tag = "text-generation"
+    usage_example = 'print(pipe([{"role": "user", "content": "Hello!"}], max_new_tokens=40))'
+
+    def intended_use(self, summary: dict) -> str:
+        return "Answer in conversations like the training data (chat template included with the tokenizer)."
+
+    def setup(self, cfg: Config, log: logging.Logger = log, permissions: Permissions = Permissions()) -> TaskParts:
+        d = cfg.data
+        if not d.train:
+            raise LmforgeError("no training data given", "set data.train (a jsonl/json/parquet/csv of conversations, "
+                                                         "or the built-in kjv-to-web)")
+        train_convs, eval_convs, notes = self.read(cfg)
+        model, tokenizer, source = load_model(cfg, log, permissions)
+        for note in (ensure_chat_template(tokenizer), ensure_pad(tokenizer, model, source)):
+            if note:
+                notes.append(note)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        block = check_length(d.block_size or default_length(model.config), model.config, None, "data.block_size")
+        train_enc = encode_conversations(train_convs, tokenizer, block, d.train_on)
+        check_trainable(train_enc, d.train, d.train_on)
+        eval_enc = encode_conversations(eval_convs, tokenizer, block, d.train_on)
+        check_trainable(eval_enc, d.eval or "the held-out conversations", d.train_on)
+        notes += self.describe_encoding(train_enc, block)
+        train_split, eval_split = to_rows(train_enc, block, d.packing), to_rows(eval_enc, block, d.packing)
+        attention = probe_packed_attention(model, tokenizer.pad_token_id) if d.packing == "pack" else "attention_mask"
+        loss = CausalLMLoss(attention=attention, chunked=probe_chunked_loss(model),
+                            per_token=bool(cfg.eval.metrics_function))
+        summary = {"train_rows": len(train_split), "eval_rows": len(eval_split), "test_rows": 0,
+                   "block_size": block, "packing": d.packing, "train_on": d.train_on,
+                   "train_conversations": len(train_enc.ids), "dropped_no_trained_tokens": train_enc.no_trained,
+                   "dropped_cut_away": train_enc.cut_away, "truncated_conversations": train_enc.truncated,
+                   "trained_tokens": int(sum(sum(t) for t in train_enc.trained)),
+                   "train_tokens": int(sum(len(x) for x in train_enc.ids)), "mask_method": sorted(train_enc.methods),
+                   "lengths": train_split.lengths}
+        return TaskParts(
+            task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split,
+            collate=make_collate(tokenizer.pad_token_id, d.packing), loss=loss, eval_step=loss.eval_step,
+            finalize=finalize, summary=summary, notes=notes, fingerprints={}, fixed_shapes=False,
+        )
+
+    def read(self, cfg: Config):
+        """(train conversations, eval conversations, notes): eval held out by the shared rule when not given."""
+        d, notes = cfg.data, []
+        train = read_conversations(d.train, cfg, "train")
+        if d.max_train_samples:
+            train = train[:d.max_train_samples]
+        if d.eval:
+            evals = read_conversations(d.eval, cfg, "eval")
+        else:
+            if len(train) < 2:
+                raise LmforgeError(f"{d.train} has a single conversation, so none can be held out for evaluation",
+                                   "give data.eval, or more conversations")
+            train_idx, eval_idx = hold_out(len(train), d.validation_split, cfg.train.seed)
+            train, evals = [train[i] for i in train_idx], [train[i] for i in eval_idx]
+            notes.append(f"no eval data given: held out {len(evals)} of the conversations "
+                         f"({100 * d.validation_split:.0f}%, seed {cfg.train.seed})")
+        if d.max_eval_samples:
+            evals = evals[:d.max_eval_samples]
+        return train, evals, notes
+
+    @staticmethod
+    def describe_encoding(enc: Encoded, block: int) -> list[str]:
+        trained = sum(sum(t) for t in enc.trained)
+        tokens = sum(len(x) for x in enc.ids)
+        out = [f"sft: {len(enc.ids)} conversations, {tokens:,} tokens, {trained:,} trained "
+               f"({100 * trained / max(1, tokens):.1f}%; mask by {', '.join(sorted(enc.methods))})"]
+        if enc.truncated:
+            out.append(f"{enc.truncated} conversations ({100 * enc.truncated / max(1, enc.total):.1f}%) were cut "
+                       f"at {block} tokens")
+        if enc.no_trained or enc.cut_away:
+            out.append(f"dropped {enc.no_trained} conversations with no trained token and {enc.cut_away} whose "
+                       "trained tokens were all beyond the block")
+        return out
+
+    def load_for_use(self, model_dir: Path):
+        return CAUSAL_LM.load_for_use(model_dir)
+
+    def eval_setup(self, model_dir: Path, data: str, overrides=None, stride: Optional[int] = None) -> TaskParts:
+        """Loss and perplexity over the trained tokens of `data`'s conversations, encoded as the run did."""
+        if stride is not None:
+            raise LmforgeError("--stride (sliding-window scoring) is for causal-lm models; this is an sft model")
+        model, tokenizer = self.load_for_use(Path(model_dir))
+        run_cfg = Path(model_dir).parent / "config.yaml"
+        cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
+        if not overrides:
+            cfg.data.format = None
+        ensure_chat_template(tokenizer)
+        block = cfg.data.block_size or default_length(model.config)
+        enc = encode_conversations(read_conversations(data, cfg, "eval"), tokenizer, block, cfg.data.train_on)
+        check_trainable(enc, data, cfg.data.train_on)
+        split = to_rows(enc, block, cfg.data.packing)
+        attention = probe_packed_attention(model, tokenizer.pad_token_id) if cfg.data.packing == "pack" \
+            else "attention_mask"
+        loss = CausalLMLoss(attention=attention, chunked=probe_chunked_loss(model),
+                            per_token=bool(cfg.eval.metrics_function))
+        return attach_metrics_function(TaskParts(
+            task=self, model=model, tokenizer=tokenizer, train=None, eval=split,
+            collate=make_collate(tokenizer.pad_token_id, cfg.data.packing), loss=loss, eval_step=loss.eval_step,
+            finalize=finalize, summary={"block_size": block, "conversations": len(enc.ids)}), cfg)
+
+    def metric_inputs(self, outputs: dict) -> tuple:
+        return CAUSAL_LM.metric_inputs(outputs)
+
+    def serve_info(self, model, tokenizer) -> dict:
+        return {"chat_template": bool(getattr(tokenizer, "chat_template", None))}
+
+    def tokenizer_findings(self, specials: dict) -> list[tuple[str, str]]:
+        return CAUSAL_LM.tokenizer_findings(specials)
+
+    def describe_example(self, parts: TaskParts, ids, labels) -> list[str]:
+        """The example with its trained tokens between [[ and ]]."""
+        if labels is None:
+            return []
+        lab = labels[: len(ids)].tolist()
+        trained = [i for i, t in enumerate(lab) if t != IGNORE]
+        pieces, inside = [], False
+        for i, tok in enumerate(ids):
+            on = lab[i] != IGNORE
+            if on != inside:
+                pieces.append("[[" if on else "]]")
+                inside = on
+            pieces.append(parts.tokenizer.decode([tok], skip_special_tokens=False))
+        if inside:
+            pieces.append("]]")
+        return [f"  trained: {len(trained)} of {len(ids)} tokens (between [[ and ]]):",
+                "          " + clip("".join(pieces), 600)]
+
+
+TASK = SFT()

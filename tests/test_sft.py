@@ -1,0 +1,216 @@
+"""Chat / instruction fine-tuning: the trained positions are exactly the assistant contents and their
+end-of-turn tokens under several chat templates (none with generation tags); every data shape gives the
+same conversation; a packed block's loss is the sum of its conversations' losses; a dataset with nothing
+to train on is one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmforge import api
+from lmforge.cli import main
+from lmforge.config import build_config
+from lmforge.data.chat import read_conversations
+from lmforge.errors import LmforgeError
+from lmforge.tasks import sft
+from lmforge.tasks.causal_lm import make_collate
+from lmforge.tasks.chat_template import CHATML, render_with_mask
+from lmforge.tasks.lm_loss import CausalLMLoss
+from lmforge.tokenizer import train_tokenizer
+
+LLAMA3 = ("{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + "
+          "'<|end_header_id|>\n\n' + m['content'] + '<|eot_id|>' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+PLAIN = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ '### User: ' + m['content'] + '\n' }}"
+         "{% elif m['role'] == 'system' %}{{ m['content'] + '\n\n' }}"
+         "{% else %}{{ '### Assistant: ' + m['content'] + '</s>\n' }}{% endif %}{% endfor %}"
+         "{% if add_generation_prompt %}{{ '### Assistant: ' }}{% endif %}")
+SPECIALS = ["<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+            "<|eot_id|>", "</s>"]
+CONV = [{"role": "system", "content": "You rewrite old English."},
+        {"role": "user", "content": "Thou art kind."},
+        {"role": "assistant", "content": "You are kind."},
+        {"role": "user", "content": "And he saith unto them"},
+        {"role": "assistant", "content": "And he says to them"}]
+
+
+def texts() -> list[str]:
+    words = "thou art kind you are and he saith says unto to them old english rewrite the of a".split()
+    return [" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) for i in range(200)]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    t = train_tokenizer("byte-level-bpe", texts=texts(), vocab_size=400, min_frequency=1,
+                        special_tokens=SPECIALS).tokenizer
+    t.eos_token = "</s>"
+    return t
+
+
+def _runs(ids, trained, tokenizer) -> list[str]:
+    """The decoded text of each contiguous run of trained tokens."""
+    out, cur = [], []
+    for i, on in zip(ids, trained):
+        if on:
+            cur.append(i)
+        elif cur:
+            out.append(tokenizer.decode(cur)), cur.clear()
+    if cur:
+        out.append(tokenizer.decode(cur))
+    return out
+
+
+@pytest.mark.parametrize("template,eot", [(CHATML, "<|im_end|>"), (LLAMA3, "<|eot_id|>"), (PLAIN, "</s>")])
+def test_trained_tokens_are_the_assistant_turns_and_their_end(tok, template, eot):
+    tok.chat_template = template
+    r = render_with_mask(tok, CONV, "assistant")
+    assert r.method == "prefix"
+    assert _runs(r.ids, r.trained, tok) == ["You are kind." + eot, "And he says to them" + eot]
+    untrained = tok.decode([i for i, on in zip(r.ids, r.trained) if not on])
+    for m in CONV:
+        if m["role"] != "assistant":
+            assert m["content"] in untrained
+    last = render_with_mask(tok, CONV, "last")
+    assert _runs(last.ids, last.trained, tok) == ["And he says to them" + eot]
+    assert all(render_with_mask(tok, CONV, "all").trained)
+
+
+def test_a_template_that_is_not_prefix_stable_falls_back_to_search(tok):
+    # the last message is rendered differently (no end marker), as some templates do for generation
+    tok.chat_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] }}"
+                         "{% if not loop.last %}{{ '<|im_end|>\n' }}{% endif %}{% endfor %}"
+                         "{% if add_generation_prompt %}{{ '<|im_end|>\n<|im_start|>assistant\n' }}{% endif %}")
+    r = render_with_mask(tok, CONV, "assistant")
+    assert r.method == "search"
+    assert _runs(r.ids, r.trained, tok) == ["You are kind.<|im_end|>", "And he says to them"]
+
+
+SHAPES = {
+    "messages.jsonl": [{"messages": [{"role": "user", "content": "Thou art kind."},
+                                     {"role": "assistant", "content": "You are kind."}]}],
+    "sharegpt.jsonl": [{"conversations": [{"from": "human", "value": "Thou art kind."},
+                                          {"from": "gpt", "value": "You are kind."}]}],
+    "alpaca.jsonl": [{"instruction": "Thou art", "input": "kind.", "output": "You are kind."}],
+    "pc.jsonl": [{"prompt": "Thou art kind.", "completion": "You are kind."}],
+}
+
+
+def test_every_data_shape_gives_the_same_conversation(tmp_path):
+    cfg = build_config({"task": "sft"})
+    got = {}
+    for name, rows in SHAPES.items():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        got[name] = read_conversations(str(tmp_path / name), cfg)
+    want = [[{"role": "user", "content": "Thou art kind."}, {"role": "assistant", "content": "You are kind."}]]
+    assert got["messages.jsonl"] == got["sharegpt.jsonl"] == got["pc.jsonl"] == want
+    assert got["alpaca.jsonl"] == [[{"role": "user", "content": "Thou art\n\nkind."},
+                                    {"role": "assistant", "content": "You are kind."}]]
+    # csv: the messages column as JSON text; parquet keeps the lists
+    import pandas as pd
+    pd.DataFrame({"messages": [json.dumps(SHAPES["messages.jsonl"][0]["messages"])]}).to_csv(tmp_path / "m.csv")
+    assert read_conversations(str(tmp_path / "m.csv"), cfg) == want
+    pd.DataFrame(SHAPES["messages.jsonl"]).to_parquet(tmp_path / "m.parquet")
+    assert read_conversations(str(tmp_path / "m.parquet"), cfg) == want
+
+
+def test_a_list_in_a_text_column_names_the_chat_formats(tmp_path):
+    (tmp_path / "chat.jsonl").write_text(json.dumps(SHAPES["messages.jsonl"][0]) + "\n")
+    cfg = build_config({"task": "causal-lm", "data": {"text_column": "messages"}})
+    from lmforge.data.corpus import read_corpus
+    with pytest.raises(LmforgeError, match="task: sft") as e:
+        read_corpus(str(tmp_path / "chat.jsonl"), cfg)
+    assert "holds a list, not text" in e.value.message
+    with pytest.raises(LmforgeError, match="role 'robot'"):
+        (tmp_path / "bad.jsonl").write_text(json.dumps({"messages": [{"role": "robot", "content": "x"}]}) + "\n")
+        read_conversations(str(tmp_path / "bad.jsonl"), build_config({"task": "sft"}))
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tok, tmp_path_factory):
+    """A 2-layer GPT-2 folder with the test tokenizer and ChatML."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    d = tmp_path_factory.mktemp("tiny-chat")
+    tok.chat_template = CHATML
+    tok.pad_token = tok.eos_token
+    tok.save_pretrained(d)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=256,
+                               resid_pdrop=0, embd_pdrop=0, attn_pdrop=0, bos_token_id=tok.eos_token_id,
+                               eos_token_id=tok.eos_token_id)).save_pretrained(d)
+    return d
+
+
+def test_packed_block_loss_is_the_sum_of_its_conversations(tok, tiny_chat_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model).eval()
+    t = AutoTokenizer.from_pretrained(tiny_chat_model)
+    convs = [CONV, CONV[1:3], [{"role": "user", "content": "unto them"}, {"role": "assistant", "content": "to them"}]]
+    enc = sft.encode_conversations(convs, t, 256, "assistant")
+    packed = sft.to_rows(enc, 256, "pack")
+    assert len(packed) == 1  # all three fit one block
+    loss = CausalLMLoss(attention="position_ids", chunked=False)
+    with torch.no_grad():
+        together = float(loss(model, make_collate(t.pad_token_id, "pack")(packed.take([0]))))
+        alone = sum(float(CausalLMLoss(attention="attention_mask", chunked=False)(
+            model, make_collate(t.pad_token_id, "truncate")([row]))) for row in sft.to_rows(enc, 256, "truncate").rows)
+    assert together == pytest.approx(alone, rel=1e-5)
+    batch = make_collate(t.pad_token_id, "pack")(packed.take([0]))
+    assert batch["n_items"] == sum(sum(x[1:]) for x in enc.trained)  # exactly the trained tokens are targets
+
+
+def _chat_jsonl(path, n: int, with_reply: bool = True):
+    rows = []
+    for i in range(n):
+        msgs = [{"role": "user", "content": f"Thou art kind {i % 7}."}]
+        if with_reply:
+            msgs.append({"role": "assistant", "content": f"You are kind {i % 7}."})
+        rows.append({"messages": msgs})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _sft_config(data, model, out, **train):
+    tr = {"max_steps": 12, "learning_rate": 3e-3, "per_device_train_batch_size": 4, "seed": 1, "logging_steps": 1,
+          "eval_strategy": "steps", "eval_steps": 6, "save_strategy": "no"}
+    tr.update(train)
+    return {"task": "sft", "model": {"name": str(model)}, "data": {"train": str(data), "block_size": 64},
+            "train": tr, "output": {"output_dir": str(out)}}
+
+
+def test_sft_trains_on_the_assistant_turns(tiny_chat_model, tmp_path, capsys):
+    data = _chat_jsonl(tmp_path / "chat.jsonl", 80)
+    res = api.train(_sft_config(data, tiny_chat_model, tmp_path / "run"), progress=False)
+    m = res.metrics
+    assert m["eval"]["loss"] < m["before"]["loss"] - 0.5
+    assert m["eval"]["n_tokens"] > 0 and res.config.task == "sft"
+    summary = json.loads((res.run_dir / "manifest.json").read_text())["data_summary"]
+    assert summary["trained_tokens"] < summary["train_tokens"] and summary["mask_method"] == ["prefix"]
+    # the run's model answers `lmforge eval` on new conversations, over the trained tokens
+    again = api.evaluate(res.run_dir, str(data), progress=False)
+    assert again["loss"] < m["before"]["loss"]
+    # doctor shows the trained tokens of the first example
+    (tmp_path / "c.yaml").write_text(json.dumps(_sft_config(data, tiny_chat_model, tmp_path / "d")))
+    assert main(["doctor", str(tmp_path / "c.yaml"), "--no-probe"]) == 0
+    out = capsys.readouterr().out
+    assert "trained:" in out and "[[You are kind" in out and "<|im_end|>]]" in out
+
+
+def test_a_dataset_with_nothing_to_train_on_exits_2(tiny_chat_model, tmp_path, capsys):
+    data = _chat_jsonl(tmp_path / "users.jsonl", 20, with_reply=False)
+    (tmp_path / "c.yaml").write_text(json.dumps(_sft_config(data, tiny_chat_model, tmp_path / "run")))
+    assert main(["train", str(tmp_path / "c.yaml"), "--no-progress"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "none of the" in err and "has a token to train on" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_sft_with_lora(tiny_chat_model, tmp_path):
+    data = _chat_jsonl(tmp_path / "chat.jsonl", 40)
+    cfg = _sft_config(data, tiny_chat_model, tmp_path / "run", learning_rate=1e-2)
+    cfg["peft"] = {"r": 4, "alpha": 8, "target_modules": ["c_attn"]}
+    res = api.train(cfg, progress=False)
+    assert (res.run_dir / "adapter" / "adapter_config.json").exists()
+    assert res.metrics["eval"]["loss"] < res.metrics["before"]["loss"]
