@@ -214,3 +214,27 @@ def test_sft_with_lora(tiny_chat_model, tmp_path):
     res = api.train(cfg, progress=False)
     assert (res.run_dir / "adapter" / "adapter_config.json").exists()
     assert res.metrics["eval"]["loss"] < res.metrics["before"]["loss"]
+
+
+def test_chat_answers_two_turns_through_a_pipe(tiny_chat_model, tmp_path):
+    import io
+    import subprocess
+    import sys
+
+    from lmforge.tasks import causal_lm
+    from lmforge.tasks.generation import generate_texts
+    out = io.StringIO()
+    msgs = api.chat(tiny_chat_model, input_stream=io.StringIO("Thou art kind.\n/system Be brief.\nunto them\n"),
+                    output=out, max_new_tokens=8)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant"] and msgs[0]["content"] == "Be brief."
+    model, tok = causal_lm.TASK.load_for_use(tiny_chat_model)
+    want = generate_texts(model, tok, [msgs[:2]], max_new_tokens=8)[0][0]  # greedy: the same reply
+    assert msgs[2]["content"] == want and want in out.getvalue()
+    expected = io.StringIO()
+    two = api.chat(tiny_chat_model, input_stream=io.StringIO("Thou art kind.\nAnd he saith\n"), output=expected,
+                   max_new_tokens=6)
+    assert [m["role"] for m in two] == ["user", "assistant", "user", "assistant"]
+    p = subprocess.run([sys.executable, "-m", "lmforge.cli", "chat", str(tiny_chat_model), "--max-new-tokens", "6"],
+                       input="Thou art kind.\nAnd he saith\n", capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout == expected.getvalue()  # both replies streamed, each followed by a newline

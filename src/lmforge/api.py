@@ -31,6 +31,7 @@ from .train.evaluation import evaluate_split
 from .train.progress import TrainProgress
 from .train.recovery import latest_checkpoint as _latest_checkpoint
 from .train.run import TrainResult
+from .use import chat as _chat
 from .use import classify as _classify
 from .use import fill_mask as _fill_mask
 from .use import generate as _generate
@@ -38,7 +39,7 @@ from .use import serve as _serve
 
 ConfigLike = Union[str, Path, Config, dict, None]
 
-__all__ = ["TrainResult", "train", "prepare", "evaluate", "predict", "generate", "fill_mask", "serve", "doctor",
+__all__ = ["TrainResult", "train", "prepare", "evaluate", "predict", "generate", "fill_mask", "chat", "serve", "doctor",
            "sweep", "train_tokenizer", "push", "report", "runs", "models", "datasets", "task_of", "resolve_model_dir",
            "latest_checkpoint", "resolve_config", "launch", "inside_launcher", "quiet_libraries", "format_duration",
            "ServeLimits"]
@@ -133,6 +134,13 @@ def fill_mask(model: Union[str, Path], texts: Optional[Sequence[str]] = None, in
     quiet_libraries()
     return _fill_mask.fill_mask(resolve_model_dir(model), texts=texts, input_file=input_file, output=output,
                                 top_k=top_k, batch_size=batch_size, text_column=text_column)
+
+
+def chat(model: Union[str, Path], input_stream=None, output=None, **kwargs) -> list[dict]:
+    """A multi-turn chat with a causal LM or sft run over a text stream (default: the terminal); see
+    lmforge.use.chat.chat for the options."""
+    quiet_libraries()
+    return _chat.chat(str(model), input_stream=input_stream, output=output, **kwargs)
 
 
 def serve(model: Union[str, Path], host: str = "127.0.0.1", port: int = 8000, limits=None) -> None:

@@ -270,6 +270,17 @@ def generate(model: str = typer.Argument(..., help="Run folder, model folder or 
             print(json.dumps(r, ensure_ascii=False))
 
 
+@app.command()
+def chat(model: str = typer.Argument(..., help="Run folder, model folder or alias of a causal LM with a chat template."),
+         system: Optional[str] = typer.Option(None, "--system", help="System message."),
+         max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Tokens per reply at most."),
+         temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="Sample at this temperature (default: greedy)."),
+         top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample from the smallest set with this probability."),
+         seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling.")):
+    """Chat with a model in the terminal (or through a pipe, one turn per line); /reset, /system TEXT, /exit."""
+    _api().chat(model, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def doctor(ctx: typer.Context,
            config: Optional[str] = typer.Argument(None, help="YAML config; none = the built-in default recipe."),

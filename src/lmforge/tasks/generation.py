@@ -6,7 +6,7 @@ Used by the causal-lm task for its sample generations, by `lmforge generate` and
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from transformers import TextStreamer
@@ -41,18 +41,20 @@ def _sampling_args(temperature: Optional[float], top_k: Optional[int], top_p: Op
     return args
 
 
-def encode_prompt(tokenizer, prompt: str, chat: bool = False) -> list[int]:
-    if chat:
+def encode_prompt(tokenizer, prompt: Union[str, list[dict]], chat: bool = False) -> list[int]:
+    """Token ids of a prompt: plain text, or (chat, or a list of {role, content} messages) the chat template's
+    rendering of the conversation followed by the assistant's turn opening."""
+    if chat or isinstance(prompt, list):
         if not getattr(tokenizer, "chat_template", None):
-            raise LmforgeError("--chat: this model's tokenizer has no chat template",
-                               "drop --chat to continue the prompt as plain text")
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             tokenize=False)
+            raise LmforgeError("this model's tokenizer has no chat template, so it cannot continue a conversation",
+                               "fine-tune it with task: sft (which adds one), or continue plain text instead")
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
 
-def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 50,
+def generate_texts(model, tokenizer, prompts: Sequence[Union[str, list[dict]]], max_new_tokens: int = 50,
                    temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
                    repetition_penalty: Optional[float] = None, num_return_sequences: int = 1,
                    seed: Optional[int] = None, chat: bool = False, stream=None) -> list[list[str]]:
@@ -88,7 +90,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
             streamer = None
             if stream is not None and num_return_sequences == 1:
                 streamer = _FileStreamer(tokenizer, stream)
-                if not chat:
+                if not chat and isinstance(prompt, str):
                     stream.write(prompt)
             input_ids = torch.tensor([ids], device=device)
             with torch.no_grad():

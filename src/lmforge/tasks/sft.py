@@ -33,6 +33,7 @@ from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip
 from .causal_lm import TASK as CAUSAL_LM
 from .causal_lm import load_model, make_collate
 from .chat_template import end_of_turn, ensure_chat_template, render_with_mask
+from .generation import generate_texts
 from .lm_loss import IGNORE, CausalLMLoss, finalize, probe_chunked_loss, probe_packed_attention
 
 log = logging.getLogger("lmforge")
@@ -102,6 +103,28 @@ def check_trainable(enc: Encoded, source: str, train_on: str) -> None:
                        "raise data.block_size")
 
 
+def sample_prompts(convs: list[list[dict]], n: int = 3) -> list[tuple[list[dict], str]]:
+    """(the conversation up to its last assistant turn, that turn's reference answer) of the first n conversations."""
+    out = []
+    for messages in convs:
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last:
+            out.append((messages[:last], messages[last]["content"]))
+        if len(out) == n:
+            break
+    return out
+
+
+def make_samples(tokenizer, prompts: list[tuple[list[dict], str]], max_new_tokens: int = 48):
+    """Greedy answers to a few eval conversations, logged at each evaluation beside the reference answers."""
+    def samples(model) -> list:
+        if not prompts:
+            return []
+        outs = generate_texts(model, tokenizer, [p for p, _ in prompts], max_new_tokens=max_new_tokens)
+        return [{"prompt": p[-1]["content"], "completion": o[0], "reference": ref} for (p, ref), o in zip(prompts, outs)]
+    return samples
+
+
 # ----------------------------------------------------------------------------------- the task
 class SFT(Task):
     name = "sft"
@@ -151,6 +174,7 @@ class SFT(Task):
             task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split,
             collate=make_collate(tokenizer.pad_token_id, d.packing), loss=loss, eval_step=loss.eval_step,
             finalize=finalize, summary=summary, notes=notes, fingerprints={}, fixed_shapes=False,
+            samples=make_samples(tokenizer, sample_prompts(eval_convs)),
         )
 
     def read(self, cfg: Config):
