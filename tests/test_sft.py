@@ -238,3 +238,28 @@ def test_chat_answers_two_turns_through_a_pipe(tiny_chat_model, tmp_path):
                        input="Thou art kind.\nAnd he saith\n", capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout == expected.getvalue()  # both replies streamed, each followed by a newline
+
+
+def test_openai_client_gets_a_completion_and_a_stream(tiny_chat_model):
+    openai = pytest.importorskip("openai")
+    from test_serve import Live
+
+    from lmforge.tasks import causal_lm
+    from lmforge.tasks.generation import generate_texts
+    live = Live(tiny_chat_model)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{live.port}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list()] == [tiny_chat_model.name]
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Thou art kind."}]
+        res = client.chat.completions.create(model="x", messages=messages, max_tokens=8, seed=1)
+        model, tok = causal_lm.TASK.load_for_use(tiny_chat_model)
+        want = generate_texts(model, tok, [messages], max_new_tokens=8)[0][0]  # greedy, as the server is
+        assert res.choices[0].message.role == "assistant" and res.choices[0].message.content == want
+        assert res.usage.completion_tokens > 0 and res.usage.prompt_tokens > 5
+        pieces = [c.choices[0].delta.content or "" for c in
+                  client.chat.completions.create(model="x", messages=messages, max_tokens=8, stream=True)]
+        assert "".join(pieces) == want and len(pieces) >= 3  # role, pieces..., the end
+        with pytest.raises(openai.UnprocessableEntityError):  # a 4xx, never a 500
+            client.chat.completions.create(model="x", messages=[{"role": "robot", "content": "x"}])
+    finally:
+        live.stop()

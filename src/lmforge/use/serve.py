@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import importlib.resources
 import ipaddress
-import json
 import logging
-import queue
 import socket
 import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Callable, Optional, Union
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import StreamingResponse
 
 from ..errors import LmforgeError
 from ..models.load import context_length, resolve_model_dir
@@ -38,7 +35,9 @@ from ..tasks import Task, generation, task_of
 from ..tasks.fill_mask import fill_mask_with
 from ..tasks.generation import encode_prompt
 from .classify import classify
+from .openai_api import add_openai_endpoints
 from .serve_limits import ApiError, ClassifyIn, FillMaskIn, GenerateIn, Limits, ModelSlot, _BodyLimit, _error_body
+from .streaming import GenerationStream, Stopped, TokenSink, stream_generation
 
 log = logging.getLogger("lmforge")
 
@@ -63,7 +62,8 @@ class Backend:
     def generate(self, params: dict, on_token: Optional[Callable[[str], None]] = None,
                  stop: Optional[threading.Event] = None) -> dict:
         """Continue params["prompt"]; with on_token, call it with each piece of text as it comes."""
-        sink = _TokenSink(on_token, stop, skip_first=not params.get("chat")) if on_token else None
+        plain = not params.get("chat") and isinstance(params["prompt"], str)  # plain prompts are echoed first
+        sink = TokenSink(on_token, stop, skip_first=plain) if on_token else None
         top_k = params.get("top_k") or None
         top_p = params.get("top_p") if params.get("top_p") not in (None, 1.0) else None
         if params.get("temperature") == 0:  # temperature 0 means greedy, whatever top-k / top-p say
@@ -74,7 +74,7 @@ class Backend:
                 temperature=params.get("temperature"), top_k=top_k, top_p=top_p,
                 repetition_penalty=params.get("repetition_penalty"), seed=params.get("seed"),
                 chat=bool(params.get("chat")), stream=sink)
-        except _Stopped:
+        except Stopped:
             return {"completion": sink.text if sink else "", "stopped": True}
         return {"completion": out[0][0], "greedy": not (params.get("temperature") or top_k or top_p)}
 
@@ -94,39 +94,6 @@ class Backend:
 
     def fill_mask(self, text: str, top_k: int) -> dict:
         return fill_mask_with(self.model, self.tokenizer, [text], top_k=top_k)[0]
-
-
-class _Stopped(Exception):
-    """The client went away: stop generating."""
-
-
-class _TokenSink:
-    """A file-like stream for generate_texts: passes generated text on as it comes. It skips the
-    prompt (written first when not in chat mode) and the newline written after the end."""
-
-    def __init__(self, on_token: Callable[[str], None], stop: Optional[threading.Event], skip_first: bool):
-        self.on_token, self.stop, self.skip_first = on_token, stop, skip_first
-        self.pending = ""
-        self.text = ""
-
-    def write(self, piece: str) -> None:
-        if self.stop is not None and self.stop.is_set():
-            raise _Stopped()
-        if self.skip_first:
-            self.skip_first = False
-            return
-        if self.pending:
-            self.text += self.pending
-            self.on_token(self.pending)
-            self.pending = ""
-        if piece == "\n":  # maybe the end-of-output newline: hold it until more text comes
-            self.pending = piece
-        elif piece:
-            self.text += piece
-            self.on_token(piece)
-
-    def flush(self) -> None:
-        pass
 
 
 # ----------------------------------------------------------------------------------- app
@@ -155,6 +122,7 @@ def create_app(model: Union[str, Path], limits: Optional[Limits] = None, backend
     _add_error_handlers(app)
     _add_info_endpoints(app, backend, slot, limits)
     _add_task_endpoints(app, backend, slot, limits)
+    add_openai_endpoints(app, backend, slot, limits, model_id=Path(str(model)).name or str(model))
     return _BodyLimit(app, limits.max_body_bytes)
 
 
@@ -285,60 +253,7 @@ def _generate(slot: ModelSlot, backend: Backend, req: GenerateIn):
             slot.leave()
         return {**out, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
     stop = threading.Event()
-    return GenerationStream(_stream(slot, backend, params, stop), stop)
-
-
-class GenerationStream(StreamingResponse):
-    """Streams NDJSON; however the response ends (done, client gone, server shutting down),
-    it tells the generating thread to stop, so a departed client does not keep the model busy."""
-
-    def __init__(self, content, stop: threading.Event):
-        super().__init__(content, media_type="application/x-ndjson")
-        self.stop = stop
-
-    async def __call__(self, scope, receive, send):
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.stop.set()
-
-
-def _stream(slot: ModelSlot, backend: Backend, params: dict, stop: threading.Event) -> Iterator[bytes]:
-    """NDJSON lines {"token": ...} as they come, then {"done": true, ...}; the slot is held
-    (entered by the caller) until generation ends or the client goes away."""
-    q: "queue.Queue[tuple[str, Any]]" = queue.Queue()
-
-    def work():
-        try:
-            out = backend.generate(params, on_token=lambda piece: q.put(("token", piece)), stop=stop)
-            q.put(("done", out))
-        except LmforgeError as e:
-            q.put(("error", e.message + (f" — {e.hint}" if e.hint else "")))
-        except Exception as e:  # a bug: log it, tell the client without a traceback
-            log.exception("error while generating")
-            q.put(("error", f"internal error ({type(e).__name__}); see the server log"))
-        finally:
-            slot.leave()
-
-    def lines():
-        thread = threading.Thread(target=work, daemon=True)
-        t0 = time.perf_counter()
-        thread.start()
-        try:
-            while True:
-                kind, value = q.get()
-                if kind == "token":
-                    yield (json.dumps({"token": value}, ensure_ascii=False) + "\n").encode()
-                elif kind == "done":
-                    yield (json.dumps({"done": True, **value, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)},
-                                      ensure_ascii=False) + "\n").encode()
-                    return
-                else:
-                    yield (json.dumps({"done": True, "error": {"message": value}}) + "\n").encode()
-                    return
-        finally:
-            stop.set()  # the client left early: stop generating, free the model
-    return lines()
+    return GenerationStream(stream_generation(slot, backend, params, stop), stop)
 
 
 def _static(name: str) -> str:
