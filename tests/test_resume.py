@@ -55,7 +55,7 @@ def log_without_timing(run: Path) -> list[dict]:
 
 def metrics_without_timing(run: Path) -> dict:
     m = json.loads((run / "metrics.json").read_text())
-    for k in ("runtime_s", "tokens_per_s", "mfu", "peak_mem_mb"):
+    for k in ("runtime_s", "eval_s", "tokens_per_s", "mfu", "peak_mem_mb"):
         m.get("train", {}).pop(k, None)
     return m
 

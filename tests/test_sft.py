@@ -263,3 +263,37 @@ def test_openai_client_gets_a_completion_and_a_stream(tiny_chat_model):
             client.chat.completions.create(model="x", messages=[{"role": "robot", "content": "x"}])
     finally:
         live.stop()
+
+
+def test_batched_greedy_generation_equals_one_at_a_time(tiny_chat_model):
+    from lmforge.tasks import causal_lm
+    from lmforge.tasks.generation import generate_greedy_batched, generate_texts
+    model, tok = causal_lm.TASK.load_for_use(tiny_chat_model)
+    prompts = ["thou", "And he saith unto them that the", "kind", "old english rewrite of a verse"] + \
+        [[{"role": "user", "content": "Thou art kind."}], CONV[:4]]
+    one = [generate_texts(model, tok, [p], max_new_tokens=10)[0][0] for p in prompts]
+    assert generate_greedy_batched(model, tok, prompts, max_new_tokens=10, batch_size=4) == one
+    assert generate_greedy_batched(model, tok, prompts, max_new_tokens=10, batch_size=1) == one
+
+
+def test_eval_generate_scores_exact_match_and_chrf(tiny_chat_model, tmp_path, capsys):
+    import sacrebleu
+
+    from lmforge.tasks import causal_lm
+    from lmforge.tasks.generation import generate_texts
+    run = api.train(_sft_config(_chat_jsonl(tmp_path / "chat.jsonl", 40), tiny_chat_model, tmp_path / "run",
+                                max_steps=4, eval_strategy="no"), progress=False).run_dir
+    model, tok = causal_lm.TASK.load_for_use(run / "model")
+    users = ["Thou art kind.", "And he saith unto them", "unto them"]
+    own = [generate_texts(model, tok, [[{"role": "user", "content": u}]], max_new_tokens=8)[0][0] for u in users]
+    refs = [own[0], own[1], "something else entirely"]  # two answers the model gives, one it does not
+    rows = [{"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": r}]}
+            for u, r in zip(users, refs)]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = api.evaluate(run, str(tmp_path / "eval.jsonl"), progress=False, generate=True, max_new_tokens=8)
+    assert m["exact_match"] == pytest.approx(2 / 3) and m["n_generated"] == 3
+    assert m["chrf"] == pytest.approx(sacrebleu.corpus_chrf(own, [refs]).score)
+    assert m["loss"] > 0 and m["n_tokens"] > 0  # the loss over the references' tokens, as the run trained
+    assert main(["eval", str(run), "--data", str(tmp_path / "eval.jsonl"), "--generate",
+                 "--max-new-tokens", "8"]) == 0
+    assert '"chrf"' in capsys.readouterr().out

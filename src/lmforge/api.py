@@ -36,6 +36,7 @@ from .use import classify as _classify
 from .use import fill_mask as _fill_mask
 from .use import generate as _generate
 from .use import serve as _serve
+from .use.generate_eval import generation_scores
 
 ConfigLike = Union[str, Path, Config, dict, None]
 
@@ -100,14 +101,20 @@ def task_of(model: Union[str, Path]) -> str:
 
 
 def evaluate(model: Union[str, Path], data: str, batch_size: int = 64, overrides: Optional[Sequence[str]] = None,
-             progress: bool = True, stride: Optional[int] = None) -> dict:
+             progress: bool = True, stride: Optional[int] = None, generate: bool = False,
+             max_new_tokens: int = 64) -> dict:
     """Metrics of a trained model (run or model folder) on a labelled file or built-in dataset; `stride`
-    scores a causal LM in sliding windows (every token with up to block - stride tokens of context)."""
+    scores a causal LM in sliding windows (every token with up to block - stride tokens of context);
+    `generate` adds exact match and chrF of greedy answers to conversations (causal-lm, sft)."""
     quiet_libraries()
     model_dir = resolve_model_dir(model)
-    parts = _task_of(model_dir).eval_setup(model_dir, data, overrides, stride=stride)
+    task = _task_of(model_dir)
+    parts = task.eval_setup(model_dir, data, overrides, stride=stride)
     with TrainProgress(enabled=progress) as bar:
-        return evaluate_split(parts.model, parts.eval, parts, batch_size, progress=bar, desc="eval")
+        metrics = evaluate_split(parts.model, parts.eval, parts, batch_size, progress=bar, desc="eval")
+    if generate:
+        metrics.update(generation_scores(model_dir, task, data, overrides, max_new_tokens=max_new_tokens))
+    return metrics
 
 
 def predict(model: Union[str, Path], texts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,

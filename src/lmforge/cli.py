@@ -114,7 +114,8 @@ def _print_interrupted(e: BaseException) -> None:
 
 
 def _print_metrics(metrics: dict) -> None:
-    keys = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro", "f1_weighted", "bits_per_byte")
+    keys = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro", "f1_weighted", "bits_per_byte",
+            "exact_match", "chrf")
     table = Table(title="metrics")
     table.add_column("metric")
     splits = [s for s in ("before", "eval", "test") if metrics.get(s)]
@@ -155,10 +156,13 @@ def eval_cmd(ctx: typer.Context, model: str = typer.Argument(..., help="Run fold
              data: str = typer.Option(..., "--data", "-d", help="Labelled file or built-in dataset (e.g. finefood:test)."),
              batch_size: int = typer.Option(64, "--batch-size"),
              stride: Optional[int] = typer.Option(None, "--stride", help="causal-lm: score in sliding windows N tokens apart (context for every token)."),
+             generate: bool = typer.Option(False, "--generate", help="causal-lm/sft: greedy answers to the conversations, scored by exact match and chrF."),
+             max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="With --generate: tokens per answer at most."),
              output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON.")):
     """Metrics of a trained model on a labelled dataset."""
     api = _api()
-    metrics = api.evaluate(model, data, batch_size=batch_size, overrides=list(ctx.args) or None, stride=stride)
+    metrics = api.evaluate(model, data, batch_size=batch_size, overrides=list(ctx.args) or None, stride=stride,
+                           generate=generate, max_new_tokens=max_new_tokens)
     if output:
         write_json(output, metrics)
     _print_metrics({"eval": metrics})

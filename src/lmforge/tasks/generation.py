@@ -123,3 +123,48 @@ class _FileStreamer:
 
     def end(self):
         self.inner.end()
+
+
+@torch.no_grad()
+def generate_greedy_batched(model, tokenizer, prompts: Sequence[Union[str, list[dict]]], max_new_tokens: int = 50,
+                            batch_size: int = 16, chat: bool = False) -> list[str]:
+    """Greedy completions of many prompts, batched: prompts sorted by length and left-padded, so a batch
+    wastes little padding; the outputs are those of one-at-a-time greedy generation, in input order."""
+    if max_new_tokens < 1:
+        raise LmforgeError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    limit = context_length(model.config)
+    device = next(model.parameters()).device
+    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
+        else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = []
+    for i, prompt in enumerate(prompts):
+        ids = encode_prompt(tokenizer, prompt, chat)
+        if not ids:
+            raise LmforgeError(f"prompt {i + 1} is empty", "give some text to continue")
+        if limit and len(ids) >= limit:
+            raise LmforgeError(f"prompt {i + 1} is {len(ids)} tokens long, the model's context is {limit} tokens",
+                               "shorten the prompt")
+        encoded.append(ids)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    results: list[str] = [""] * len(encoded)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            longest = max(len(encoded[i]) for i in idx)
+            new = min(max_new_tokens, limit - longest) if limit else max_new_tokens
+            input_ids = torch.full((len(idx), longest), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), longest), dtype=torch.long)
+            for row, i in enumerate(idx):  # left padding: every prompt ends where generation starts
+                input_ids[row, longest - len(encoded[i]):] = torch.tensor(encoded[i])
+                mask[row, longest - len(encoded[i]):] = 1
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), max_new_tokens=new,
+                                 eos_token_id=eos, pad_token_id=pad, do_sample=False, temperature=None, top_k=None,
+                                 top_p=None)
+            for row, i in enumerate(idx):
+                results[i] = tokenizer.decode(out[row, longest:], skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+    return results

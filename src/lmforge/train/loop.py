@@ -42,6 +42,7 @@ class FitResult:
     epochs: float
     train_loss: Optional[float]
     runtime_s: float
+    eval_s: float = 0.0  # of runtime_s, the evaluations during training
     best_metric: Optional[float] = None
     best_step: Optional[int] = None
     eval_history: list = field(default_factory=list)
@@ -98,7 +99,7 @@ class Trainer:
         self.nan_skipped = 0  # all skipped batches
         self.step_times: list[float] = []  # seconds per optimizer step (excluding eval and saving)
         # this fit() call: tokens trained, the logging window's tokens and start, records written
-        self.tokens_seen, self.win_tokens, self.win_start = 0, 0, 0.0
+        self.tokens_seen, self.win_tokens, self.win_start, self.eval_seconds = 0, 0, 0.0, 0.0
         self.last_saved: Optional[Path] = None
         self.stop = StopRequest()
         self._last_shape: Optional[tuple] = None
@@ -329,6 +330,7 @@ class Trainer:
         self.model.train()
         start = time.perf_counter()
         self.tokens_seen, self.win_tokens, self.win_start = 0, 0, time.perf_counter()
+        self.eval_seconds = 0.0
         stopped = False
         if progress:
             progress.start_train(self.total_steps, self.step)
@@ -347,9 +349,10 @@ class Trainer:
                 self._interrupt()
         runtime = time.perf_counter() - start
         self._restore_best()
-        tok_s = self.tokens_seen * self.accelerator.num_processes / runtime if runtime > 0 else 0.0
+        train_time = runtime - self.eval_seconds  # tokens/s over training steps only, not evaluations
+        tok_s = self.tokens_seen * self.accelerator.num_processes / train_time if train_time > 0 else 0.0
         return FitResult(steps=self.step, epochs=round(self.step / self.steps_per_epoch, 4), train_loss=self.last_loss,
-                         runtime_s=runtime, best_metric=self.best, best_step=self.best_step,
+                         runtime_s=runtime, eval_s=self.eval_seconds, best_metric=self.best, best_step=self.best_step,
                          eval_history=self.eval_history, tokens_per_s=tok_s, mfu=self._mfu(tok_s),
                          peak_mem_mb=peak_memory_mb(self.accelerator.device), stopped_early=stopped)
 
@@ -436,10 +439,12 @@ class Trainer:
                                  (tc.eval_strategy == "epoch" and epoch_end) or self.step == self.total_steps):
             eval_start = time.perf_counter()
             metrics = self.evaluate(progress)
-            self.win_start += time.perf_counter() - eval_start  # tokens/s counts training time only
             if progress:
                 progress.note_eval(metrics, self.best_metric_name)
-            stopped = self._after_eval(metrics)
+            stopped = self._after_eval(metrics)  # with the best-model save and the sample generations
+            spent = time.perf_counter() - eval_start
+            self.win_start += spent  # tokens/s counts training time only
+            self.eval_seconds += spent
         save_every = tc.save_steps if tc.save_strategy == "steps" else None
         if (save_every and self.step % save_every == 0) or (tc.save_strategy == "epoch" and epoch_end):
             self.save()

@@ -176,7 +176,8 @@ def train_and_evaluate(trainer: Trainer, parts: TaskParts, metrics: dict, tracke
 
 def _train_metrics(result: FitResult) -> dict:
     return {"loss": result.train_loss, "steps": result.steps, "epochs": result.epochs,
-            "runtime_s": round(result.runtime_s, 2), "tokens_per_s": round(result.tokens_per_s, 1),
+            "runtime_s": round(result.runtime_s, 2), "eval_s": round(result.eval_s, 2),
+            "tokens_per_s": round(result.tokens_per_s, 1),
             "mfu": result.mfu, "peak_mem_mb": round(result.peak_mem_mb, 1),
             "best_step": result.best_step, "best_metric": result.best_metric, "stopped_early": result.stopped_early}
 

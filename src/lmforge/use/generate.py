@@ -17,7 +17,7 @@ from ..fs import write_jsonl
 from ..models.load import resolve_model_dir
 from ..runtime import inference_device
 from ..tasks import causal_lm
-from ..tasks.generation import generate_texts
+from ..tasks.generation import generate_greedy_batched, generate_texts
 from .inputs import read_texts
 
 PROMPT_NAMES = ("prompt", "text", "input", "question", "instruction")
@@ -36,10 +36,15 @@ def generate(model: str, prompts: Optional[Sequence[str]] = None, input_file: Op
         raise LmforgeError("no prompt given", "give a prompt after the model, or --input FILE")
     lm, tokenizer = causal_lm.TASK.load_for_use(resolve_model_dir(model))
     lm.to(inference_device())
-    outs = generate_texts(lm, tokenizer, all_prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                          top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                          num_return_sequences=num_return_sequences, seed=seed, chat=chat,
-                          stream=sys.stdout if stream else None)
+    greedy = not temperature and top_k is None and top_p is None and repetition_penalty is None
+    if greedy and not stream and num_return_sequences == 1 and len(all_prompts) > 1:  # a file: batched
+        outs = [[c] for c in generate_greedy_batched(lm, tokenizer, all_prompts, max_new_tokens=max_new_tokens,
+                                                     chat=chat)]
+    else:
+        outs = generate_texts(lm, tokenizer, all_prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                              num_return_sequences=num_return_sequences, seed=seed, chat=chat,
+                              stream=sys.stdout if stream else None)
     rows = [{"prompt": p, "completion": c, "sequence": j}
             for p, cs in zip(all_prompts, outs) for j, c in enumerate(cs)]
     if output:
