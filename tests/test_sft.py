@@ -188,6 +188,13 @@ def test_sft_trains_on_the_assistant_turns(tiny_chat_model, tmp_path, capsys):
     assert m["eval"]["n_tokens"] > 0 and res.config.task == "sft"
     summary = json.loads((res.run_dir / "manifest.json").read_text())["data_summary"]
     assert summary["trained_tokens"] < summary["train_tokens"] and summary["mask_method"] == ["prefix"]
+    # the report shows the first example with its trained tokens highlighted
+    trained = [t for t, on in summary["mask_preview"] if on]
+    assert trained and all(t.endswith("<|im_end|>") and t.startswith("You are kind") for t in trained)
+    page = (res.run_dir / "report.html").read_text()
+    assert "<mark class='trained'>You are kind" in page
+    samples = [json.loads(x) for x in (res.run_dir / "log.jsonl").read_text().splitlines() if '"samples"' in x]
+    assert samples and {"prompt", "completion", "reference"} <= set(samples[-1]["samples"][0])
     # the run's model answers `lmforge eval` on new conversations, over the trained tokens
     again = api.evaluate(res.run_dir, str(data), progress=False)
     assert again["loss"] < m["before"]["loss"]

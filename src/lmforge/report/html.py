@@ -45,6 +45,7 @@ img{max-width:100%;height:auto} .row{display:flex;flex-wrap:wrap;gap:16px;align-
 .good{color:#1a7f37} .bad{color:#c62828} .muted{color:#6b7480;font-size:13px}
 .sample{white-space:pre-wrap} .badge{display:inline-block;padding:2px 8px;border-radius:10px;font-size:12px;background:#e7ecf3}
 .badge.finished{background:#d5f5dc} .badge.failed,.badge.crashed{background:#fbd9d9} .badge.running{background:#fff1c2}
+.mask-preview{white-space:pre-wrap} .mask-preview .trained{background:#c9f0d3;color:#0b4d1f} .mask-preview .context{color:#6b7480}
 """
 
 
@@ -142,7 +143,18 @@ def _sec_data(run: dict) -> str:
         body += _table(["label", "train examples", "share"],
                        [(k, v, f"{100 * v / total:.1f}%") for k, v in
                         sorted(s["label_counts"].items(), key=lambda kv: -kv[1])[:50]])
-    return _section("data", "Data", f"<div class='row'><div>{body}</div><div>{figs}</div></div>")
+    preview = _mask_preview(s.get("mask_preview"))
+    return _section("data", "Data", f"<div class='row'><div>{body}</div><div>{figs}</div></div>{preview}")
+
+
+def _mask_preview(pieces) -> str:
+    """The first training example with the tokens that carry a loss highlighted ([text, trained] pieces)."""
+    if not pieces:
+        return ""
+    spans = "".join(f"<mark class='trained'>{_e(t)}</mark>" if on else f"<span class='context'>{_e(t)}</span>"
+                    for t, on in pieces)
+    return ("<h3>first training example: highlighted tokens carry the loss</h3>"
+            f"<pre class='mask-preview'>{spans}</pre>")
 
 
 def _sec_metrics(run: dict) -> str:

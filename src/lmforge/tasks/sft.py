@@ -91,6 +91,17 @@ def to_rows(enc: Encoded, block: int, packing: str) -> EncodedSplit:
     return EncodedSplit(rows, [len(r["input_ids"]) for r in rows])
 
 
+def mask_preview(tokenizer, ids: list[int], trained: list[bool], limit: int = 400) -> list[list]:
+    """[text, trained] runs of one conversation (the report shows them highlighted)."""
+    runs: list[list] = []
+    for tok, on in zip(ids[:limit], trained[:limit]):
+        if runs and runs[-1][1] == on:
+            runs[-1][2].append(tok)
+        else:
+            runs.append([None, on, [tok]])
+    return [[tokenizer.decode(toks, skip_special_tokens=False), on] for _, on, toks in runs]
+
+
 def check_trainable(enc: Encoded, source: str, train_on: str) -> None:
     if enc.ids:
         return
@@ -169,6 +180,7 @@ class SFT(Task):
                    "dropped_cut_away": train_enc.cut_away, "truncated_conversations": train_enc.truncated,
                    "trained_tokens": int(sum(sum(t) for t in train_enc.trained)),
                    "train_tokens": int(sum(len(x) for x in train_enc.ids)), "mask_method": sorted(train_enc.methods),
+                   "mask_preview": mask_preview(tokenizer, train_enc.ids[0], train_enc.trained[0]),
                    "lengths": train_split.lengths}
         return TaskParts(
             task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split,
