@@ -304,3 +304,7 @@ def test_eval_generate_scores_exact_match_and_chrf(tiny_chat_model, tmp_path, ca
     assert main(["eval", str(run), "--data", str(tmp_path / "eval.jsonl"), "--generate",
                  "--max-new-tokens", "8"]) == 0
     assert '"chrf"' in capsys.readouterr().out
+    # a base causal LM evaluated as sft on conversations (the "before" of a fine-tune)
+    base = api.evaluate(tiny_chat_model, str(tmp_path / "eval.jsonl"), progress=False, generate=True,
+                        max_new_tokens=8, task="sft")
+    assert base["n_generated"] == 3 and base["loss"] > 0

@@ -102,13 +102,14 @@ def task_of(model: Union[str, Path]) -> str:
 
 def evaluate(model: Union[str, Path], data: str, batch_size: int = 64, overrides: Optional[Sequence[str]] = None,
              progress: bool = True, stride: Optional[int] = None, generate: bool = False,
-             max_new_tokens: int = 64) -> dict:
+             max_new_tokens: int = 64, task: Optional[str] = None) -> dict:
     """Metrics of a trained model (run or model folder) on a labelled file or built-in dataset; `stride`
     scores a causal LM in sliding windows (every token with up to block - stride tokens of context);
-    `generate` adds exact match and chrF of greedy answers to conversations (causal-lm, sft)."""
+    `generate` adds exact match and chrF of greedy answers to conversations (causal-lm, sft); `task`
+    evaluates the model as that task (e.g. a base causal LM as sft, on conversations)."""
     quiet_libraries()
     model_dir = resolve_model_dir(model)
-    task = _task_of(model_dir)
+    task = get_task(task) if task else _task_of(model_dir)
     parts = task.eval_setup(model_dir, data, overrides, stride=stride)
     with TrainProgress(enabled=progress) as bar:
         metrics = evaluate_split(parts.model, parts.eval, parts, batch_size, progress=bar, desc="eval")

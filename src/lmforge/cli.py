@@ -158,11 +158,12 @@ def eval_cmd(ctx: typer.Context, model: str = typer.Argument(..., help="Run fold
              stride: Optional[int] = typer.Option(None, "--stride", help="causal-lm: score in sliding windows N tokens apart (context for every token)."),
              generate: bool = typer.Option(False, "--generate", help="causal-lm/sft: greedy answers to the conversations, scored by exact match and chrF."),
              max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="With --generate: tokens per answer at most."),
+             task: Optional[str] = typer.Option(None, "--task", help="Evaluate as this task (e.g. a base causal LM as sft); default: the model's."),
              output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON.")):
     """Metrics of a trained model on a labelled dataset."""
     api = _api()
     metrics = api.evaluate(model, data, batch_size=batch_size, overrides=list(ctx.args) or None, stride=stride,
-                           generate=generate, max_new_tokens=max_new_tokens)
+                           generate=generate, max_new_tokens=max_new_tokens, task=task)
     if output:
         write_json(output, metrics)
     _print_metrics({"eval": metrics})
