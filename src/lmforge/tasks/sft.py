@@ -237,7 +237,9 @@ class SFT(Task):
             cfg.data.format = None
         ensure_chat_template(tokenizer)
         block = cfg.data.block_size or default_length(model.config)
-        enc = encode_conversations(read_conversations(data, cfg, "eval"), tokenizer, block, cfg.data.train_on)
+        convs = read_conversations(data, cfg, "eval")
+        enc = encode_conversations(convs[:cfg.data.max_eval_samples] if cfg.data.max_eval_samples else convs,
+                                   tokenizer, block, cfg.data.train_on)
         check_trainable(enc, data, cfg.data.train_on)
         split = to_rows(enc, block, cfg.data.packing)
         attention = probe_packed_attention(model, tokenizer.pad_token_id) if cfg.data.packing == "pack" \

@@ -28,7 +28,7 @@ def generation_scores(model_dir: Path, task, data: str, overrides: Optional[Sequ
     cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
     if not overrides:
         cfg.data.format = None
-    pairs = sample_prompts(read_conversations(data, cfg, "eval"), n=10**9)
+    pairs = sample_prompts(read_conversations(data, cfg, "eval"), n=cfg.data.max_eval_samples or 10**9)
     if not pairs:
         raise LmforgeError(f"{data}: no conversation ends with an assistant answer to compare with",
                            "give conversations whose last turn is the reference answer")
