@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..config import Config, Permissions
+from ..config import Config, Permissions, load_config
 from ..errors import LmforgeError
 from ..runtime import load_function
 
@@ -171,6 +171,23 @@ class Task:
         if len(scored) < len(ids) - 1:
             line += f"; no loss on: {clip(parts.tokenizer.decode(unscored), 120)}"
         return [line]
+
+
+def eval_config(model_dir: Path, overrides, task: Task) -> Config:
+    """The config a saved model's run used (the default recipe for a bare folder, as `task`), with the
+    overrides; the run's data format is dropped unless overridden (the file evaluated need not have it)."""
+    run_cfg = Path(model_dir).parent / "config.yaml"
+    cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
+    if not run_cfg.exists():
+        cfg = cfg.model_copy(update={"task": task.name})
+    if not overrides:
+        cfg.data.format = None
+    return cfg
+
+
+def refuse_stride(task: Task, stride: Optional[int]) -> None:
+    if stride is not None:
+        raise LmforgeError(f"--stride (sliding-window scoring) is for causal-lm models; this is a {task.name} model")
 
 
 def attach_metrics_function(parts: TaskParts, cfg: Config) -> TaskParts:

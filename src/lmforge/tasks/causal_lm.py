@@ -29,7 +29,7 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from ..config import Config, Permissions, load_config
+from ..config import Config, Permissions
 from ..data import stream
 from ..data.batching import pad_sequences
 from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
@@ -41,7 +41,7 @@ from ..models.lora import load_model as load_model_folder
 from ..models.lora import model_config
 from ..models.scratch import build_model
 from ..tokenizer import load_tokenizer, tokenizer_for_config
-from .base import EncodedSplit, Task, TaskParts, attach_metrics_function
+from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, eval_config
 from .generation import generate_texts
 from .lm_loss import IGNORE, CausalLMLoss, finalize, load_loss_function, probe_chunked_loss, probe_packed_attention
 
@@ -399,14 +399,10 @@ class CausalLM(Task):
         """Load a causal LM and encode a corpus the way its run did (block size, packing, separator); with
         `stride`, score it in sliding windows instead (see sliding_windows)."""
         model, tokenizer = self.load_for_use(Path(model_dir))
-        run_cfg = Path(model_dir).parent / "config.yaml"
-        base = load_config(run_cfg if run_cfg.exists() else None, overrides)
-        if not run_cfg.exists():
-            base = base.model_copy(update={"task": self.name})
-        if not overrides:
-            base.data.format = None
+        base = eval_config(model_dir, overrides, self)
         docs = read_corpus(data, base, "eval")
-        block_cfg = base.data.block_size if run_cfg.exists() or overrides else None
+        from_run = (Path(model_dir).parent / "config.yaml").exists()
+        block_cfg = base.data.block_size if from_run or overrides else None
         block = check_length(block_cfg or default_length(model.config), model.config, None, "data.block_size")
         packing = base.data.packing if stride is None else "truncate"
         if stride is None:

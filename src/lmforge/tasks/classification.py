@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
-from ..config import Config, Permissions, load_config
+from ..config import Config, Permissions
 from ..data import sources
 from ..data.batching import pad_sequences
 from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
@@ -24,7 +24,7 @@ from ..metrics import classification_metrics
 from ..models.load import check_length, default_length, ensure_pad, load_pretrained, model_config_of, model_source
 from ..models.lora import load_model
 from ..tokenizer import load_tokenizer
-from .base import EncodedSplit, Task, TaskParts, attach_metrics_function
+from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, eval_config, refuse_stride
 
 log = logging.getLogger("lmforge")
 
@@ -271,13 +271,9 @@ class Classification(Task):
 
     def eval_setup(self, model_dir: Path, data: str, overrides=None, stride: Optional[int] = None) -> TaskParts:
         """Load a trained classifier and encode a labelled dataset with its label mapping."""
-        if stride is not None:
-            raise LmforgeError(f"--stride (sliding-window scoring) is for causal-lm models; this is a {self.name} model")
+        refuse_stride(self, stride)
         model, tokenizer = self.load_for_use(model_dir)
-        run_cfg = model_dir.parent / "config.yaml"
-        cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
-        if not overrides:  # the run's training format need not be the format of this file
-            cfg.data.format = None
+        cfg = eval_config(model_dir, overrides, self)
         df = read_labelled(data, cfg, "eval")
         label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
         unseen = sorted(set(df["label"]) - set(label2id))

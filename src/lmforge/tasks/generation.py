@@ -54,6 +54,17 @@ def encode_prompt(tokenizer, prompt: Union[str, list[dict]], chat: bool = False)
     return tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
 
+def checked_prompt(tokenizer, prompt, chat: bool, limit: Optional[int], i: int) -> list[int]:
+    """The prompt's token ids, refused when empty or not shorter than the model's context."""
+    ids = encode_prompt(tokenizer, prompt, chat)
+    if not ids:
+        raise LmforgeError(f"prompt {i + 1} is empty", "give some text to continue")
+    if limit and len(ids) >= limit:
+        raise LmforgeError(f"prompt {i + 1} is {len(ids)} tokens long, the model's context is {limit} tokens",
+                           "shorten the prompt")
+    return ids
+
+
 def generate_texts(model, tokenizer, prompts: Sequence[Union[str, list[dict]]], max_new_tokens: int = 50,
                    temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
                    repetition_penalty: Optional[float] = None, num_return_sequences: int = 1,
@@ -76,12 +87,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[Union[str, list[dict]]], 
     results: list[list[str]] = []
     try:
         for i, prompt in enumerate(prompts):
-            ids = encode_prompt(tokenizer, prompt, chat)
-            if not ids:
-                raise LmforgeError(f"prompt {i + 1} is empty", "give some text to continue")
-            if limit and len(ids) >= limit:
-                raise LmforgeError(f"prompt {i + 1} is {len(ids)} tokens long, the model's context is {limit} tokens",
-                                   "shorten the prompt")
+            ids = checked_prompt(tokenizer, prompt, chat, limit, i)
             new = min(max_new_tokens, limit - len(ids)) if limit else max_new_tokens
             if seed is not None:
                 torch.manual_seed(seed)
@@ -137,15 +143,7 @@ def generate_greedy_batched(model, tokenizer, prompts: Sequence[Union[str, list[
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
         else tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = []
-    for i, prompt in enumerate(prompts):
-        ids = encode_prompt(tokenizer, prompt, chat)
-        if not ids:
-            raise LmforgeError(f"prompt {i + 1} is empty", "give some text to continue")
-        if limit and len(ids) >= limit:
-            raise LmforgeError(f"prompt {i + 1} is {len(ids)} tokens long, the model's context is {limit} tokens",
-                               "shorten the prompt")
-        encoded.append(ids)
+    encoded = [checked_prompt(tokenizer, prompt, chat, limit, i) for i, prompt in enumerate(prompts)]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[str] = [""] * len(encoded)
     was_training = model.training

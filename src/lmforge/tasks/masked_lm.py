@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from ..config import Config, Permissions, load_config
+from ..config import Config, Permissions
 from ..data import masking
 from ..data.batching import pad_sequences
 from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
@@ -36,7 +36,7 @@ from ..models.load import check_length, default_length, load_pretrained, model_c
 from ..models.lora import load_model, model_config
 from ..models.scratch import build_model
 from ..tokenizer import load_tokenizer, tokenizer_for_config
-from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip
+from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, refuse_stride
 from .fill_mask import fill_mask_with
 
 log = logging.getLogger("lmforge")
@@ -430,15 +430,9 @@ class MaskedLM(Task):
 
     def eval_setup(self, model_dir: Path, data: str, overrides=None, stride: Optional[int] = None) -> TaskParts:
         """Fixed-mask perplexity of a masked LM on a corpus, with the run's block size, masking and eval seed."""
-        if stride is not None:
-            raise LmforgeError(f"--stride (sliding-window scoring) is for causal-lm models; this is a {self.name} model")
+        refuse_stride(self, stride)
         model, tokenizer = self.load_for_use(model_dir)
-        run_cfg = model_dir.parent / "config.yaml"
-        cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
-        if not run_cfg.exists():
-            cfg = cfg.model_copy(update={"task": self.name})
-        if not overrides:
-            cfg.data.format = None
+        cfg = eval_config(model_dir, overrides, self)
         d = cfg.data
         block_size = d.block_size or default_length(model.config, tokenizer)
         docs = read_corpus(data, cfg, "eval")

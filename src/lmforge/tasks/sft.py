@@ -24,12 +24,12 @@ from typing import Optional
 
 from transformers import AutoModelForCausalLM
 
-from ..config import Config, Permissions, load_config
+from ..config import Config, Permissions
 from ..data.chat import read_conversations
 from ..data.split import hold_out
 from ..errors import LmforgeError
 from ..models.load import check_length, default_length, ensure_pad
-from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip
+from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, refuse_stride
 from .causal_lm import TASK as CAUSAL_LM
 from .causal_lm import load_model, make_collate
 from .chat_template import end_of_turn, ensure_chat_template, render_with_mask
@@ -228,13 +228,9 @@ class SFT(Task):
 
     def eval_setup(self, model_dir: Path, data: str, overrides=None, stride: Optional[int] = None) -> TaskParts:
         """Loss and perplexity over the trained tokens of `data`'s conversations, encoded as the run did."""
-        if stride is not None:
-            raise LmforgeError("--stride (sliding-window scoring) is for causal-lm models; this is an sft model")
+        refuse_stride(self, stride)
         model, tokenizer = self.load_for_use(Path(model_dir))
-        run_cfg = Path(model_dir).parent / "config.yaml"
-        cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
-        if not overrides:
-            cfg.data.format = None
+        cfg = eval_config(model_dir, overrides, self)
         ensure_chat_template(tokenizer)
         block = cfg.data.block_size or default_length(model.config)
         convs = read_conversations(data, cfg, "eval")
