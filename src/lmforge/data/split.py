@@ -29,3 +29,9 @@ def hold_out(n: int, share: float, seed: int, labels: Optional[Sequence] = None)
             return train_idx.tolist(), eval_idx.tolist()
     held = set(np.random.default_rng(seed).permutation(n)[:held_out_count(n, share)].tolist())
     return [i for i in range(n) if i not in held], [i for i in range(n) if i in held]
+
+
+def split_items(items: list, share: float, seed: int) -> tuple[list, list]:
+    """(train, held out) of a list of documents or conversations, by `hold_out`, each in its original order."""
+    train_idx, eval_idx = hold_out(len(items), share, seed)
+    return [items[i] for i in train_idx], [items[i] for i in eval_idx]

@@ -34,7 +34,7 @@ from ..data import stream
 from ..data.batching import pad_sequences
 from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
 from ..data.corpus import pack, read_corpus, tokenize_documents, truncate
-from ..data.split import held_out_count, hold_out
+from ..data.split import held_out_count, split_items
 from ..errors import LmforgeError
 from ..models.load import check_length, default_length, ensure_pad, load_pretrained, model_config_of, model_source
 from ..models.lora import load_model as load_model_folder
@@ -233,8 +233,7 @@ def read_documents(cfg: Config, streaming: bool, notes: list[str]):
     if d.eval:
         eval_docs = read_corpus(d.eval, cfg, "eval")
     elif not streaming and len(train_docs) >= 10:
-        train_idx, eval_idx = hold_out(len(train_docs), d.validation_split, cfg.train.seed)
-        train_docs, eval_docs = [train_docs[i] for i in train_idx], [train_docs[i] for i in eval_idx]
+        train_docs, eval_docs = split_items(train_docs, d.validation_split, cfg.train.seed)
         notes.append(f"no eval data given: held out {len(eval_docs)} of the documents "
                      f"({100 * d.validation_split:.0f}%, seed {cfg.train.seed}) for evaluation")
     else:

@@ -29,7 +29,7 @@ from ..data import masking
 from ..data.batching import pad_sequences
 from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
 from ..data.corpus import read_corpus
-from ..data.split import hold_out
+from ..data.split import split_items
 from ..errors import LmforgeError
 from ..metrics import perplexity
 from ..models.load import check_length, default_length, load_pretrained, model_config_of, model_source
@@ -312,8 +312,7 @@ def read_documents(cfg: Config, log: logging.Logger):
         if len(train_docs) < 2:
             raise LmforgeError(f"{d.train} has a single document, so no eval set can be held out",
                                "give data.eval, or split the text into documents (lines or data.document_separator)")
-        train_idx, eval_idx = hold_out(len(train_docs), d.validation_split, cfg.train.seed)
-        train_docs, eval_docs = [train_docs[i] for i in train_idx], [train_docs[i] for i in eval_idx]
+        train_docs, eval_docs = split_items(train_docs, d.validation_split, cfg.train.seed)
         log.info("no eval data given: held out %d of %d documents (%.0f%%, seed %d)", len(eval_docs),
                  len(eval_docs) + len(train_docs), 100 * d.validation_split, cfg.train.seed)
     test_docs = read_corpus(d.test, cfg, "test") if d.test else None

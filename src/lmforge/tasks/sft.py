@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM
 
 from ..config import Config, Permissions
 from ..data.chat import read_conversations
-from ..data.split import hold_out
+from ..data.split import split_items
 from ..errors import LmforgeError
 from ..models.load import check_length, default_length, ensure_pad
 from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, refuse_stride
@@ -201,8 +201,7 @@ class SFT(Task):
             if len(train) < 2:
                 raise LmforgeError(f"{d.train} has a single conversation, so none can be held out for evaluation",
                                    "give data.eval, or more conversations")
-            train_idx, eval_idx = hold_out(len(train), d.validation_split, cfg.train.seed)
-            train, evals = [train[i] for i in train_idx], [train[i] for i in eval_idx]
+            train, evals = split_items(train, d.validation_split, cfg.train.seed)
             notes.append(f"no eval data given: held out {len(evals)} of the conversations "
                          f"({100 * d.validation_split:.0f}%, seed {cfg.train.seed})")
         if d.max_eval_samples:
