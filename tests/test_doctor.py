@@ -9,21 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import toy_sentiment_rows, write_csv
 from rich.console import Console
 
-from conftest import toy_sentiment_rows, write_csv
 from lmforge.cli import main
 from lmforge.tools.doctor import run_doctor
 from lmforge.train import memory
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# tiny models run fastest on one thread (conftest.one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -16,23 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import toy_sentiment_rows, write_csv
 from safetensors.torch import load_file
 
-from conftest import toy_sentiment_rows, write_csv
 from lmforge import api
 from lmforge.errors import LmforgeError
 
 TIMING = ("tokens_per_s", "mfu", "peak_mem_mb")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and on a busy machine two OpenMP threads spin-wait
-    (measured: a 32x32 linear layer took 9 ms with 2 threads and 0.1 ms with 1 under load)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# tiny models run fastest on one thread (conftest.one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_config(d: Path, model: Path, out: Path, **train) -> dict:
@@ -282,9 +276,10 @@ def _lm_model(task: str, tiny_bert: Path, d: Path) -> Path:
 def test_language_model_tasks_resume_exactly(task, tiny_bert, tmp_path, monkeypatch):
     """A crash two steps after a checkpoint: masks (masked-lm), packing and generated samples
     (causal-lm) and dropout replay exactly."""
+    from conftest import corpus_text
+
     from lmforge.tasks import TASKS
     from lmforge.train import loop
-    from conftest import corpus_text
     if task not in TASKS:
         pytest.skip(f"no {task} task in this checkout")
     model = _lm_model(task, tiny_bert, tmp_path)

@@ -26,12 +26,8 @@ SCHEDULE_KWARGS = {"cosine_with_restarts": {"num_cycles": 2}, "polynomial": {"po
                    "warmup_stable_decay": {"num_decay_steps": 4, "num_stable_steps": 4}, "inverse_sqrt": {}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# tiny models run fastest on one thread (conftest.one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _logged(run: Path, key: str) -> list:
