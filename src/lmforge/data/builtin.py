@@ -141,6 +141,16 @@ def _kjv_to_web(split: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["instruction", "output", "book", "verse_id"])
 
 
+@register("kjv-to-web-pairs", "Preference pairs: the kjv-to-web instruction, chosen = the World English Bible's "
+                              "verse, rejected = the King James verse unchanged; test = the kjv test books")
+def _kjv_to_web_pairs(split: str) -> pd.DataFrame:
+    """prompt / chosen / rejected per verse (a verse the two Bibles word the same is dropped by the task)."""
+    df = _kjv_to_web(split)
+    return pd.DataFrame({"prompt": df["instruction"], "chosen": df["output"],
+                         "rejected": df["instruction"].str[len(REWRITE_PROMPT):],
+                         "book": df["book"], "verse_id": df["verse_id"]})
+
+
 def looks_like_hub_id(name: str) -> bool:
     return not name.startswith((".", "/", "~")) and name.count("/") <= 1 and "." not in Path(name).suffix
 

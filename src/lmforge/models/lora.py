@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from transformers import AutoConfig
@@ -192,3 +193,18 @@ def model_config_dict(model_dir: Path) -> dict:
             except ValueError:
                 return {}
     return {}
+
+
+@contextmanager
+def adapters_disabled(model: torch.nn.Module) -> Iterator[int]:
+    """The model with its injected LoRA layers (and modules_to_save copies) switched off: the base model,
+    without a second copy in memory. Yields how many layers were switched."""
+    layers = [m for m in model.modules() if hasattr(m, "_disable_adapters")]
+    saved = [m._disable_adapters for m in layers]
+    for m in layers:
+        m._disable_adapters = True
+    try:
+        yield len(layers)
+    finally:
+        for m, was in zip(layers, saved):
+            m._disable_adapters = was

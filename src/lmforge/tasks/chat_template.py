@@ -66,12 +66,13 @@ def end_of_turn(tokenizer) -> str:
 
 
 def assistant_spans(tokenizer, messages: list[dict], train_on: str,
-                    eot: Optional[str] = None) -> tuple[str, list[tuple[int, int]], str]:
-    """(full rendering, character spans to train on, method); `eot`: end_of_turn(tokenizer), if known."""
+                    eot: Optional[str] = None, from_turn: int = 0) -> tuple[str, list[tuple[int, int]], str]:
+    """(full rendering, character spans to train on, method); `eot`: end_of_turn(tokenizer), if known;
+    `from_turn`: only assistant turns from this message index on (preference pairs: after the prompt)."""
     full = _render(tokenizer, messages)
     if train_on == "all":
         return full, [(0, len(full))], "all"
-    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= from_turn]
     if train_on == "last":
         turns = turns[-1:]
     eot = end_of_turn(tokenizer) if eot is None else eot

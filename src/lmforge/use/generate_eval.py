@@ -11,10 +11,23 @@ from typing import Optional, Sequence
 
 from ..config import load_config
 from ..data.chat import read_conversations
+from ..data.preference import read_pairs
 from ..errors import LmforgeError
 from ..runtime import inference_device
 from ..tasks.generation import generate_greedy_batched
 from ..tasks.sft import sample_prompts
+
+
+def _conversations(data: str, cfg) -> list[list[dict]]:
+    """The conversations of `data`; preference pairs count as their prompt and chosen reply."""
+    try:
+        return read_conversations(data, cfg, "eval")
+    except LmforgeError as e:
+        try:
+            pairs = read_pairs(data, cfg, "eval")
+        except LmforgeError:
+            raise e from None
+        return [p.prompt + p.chosen for p in pairs]
 
 
 def generation_scores(model_dir: Path, task, data: str, overrides: Optional[Sequence[str]] = None,
@@ -28,7 +41,7 @@ def generation_scores(model_dir: Path, task, data: str, overrides: Optional[Sequ
     cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
     if not overrides:
         cfg.data.format = None
-    pairs = sample_prompts(read_conversations(data, cfg, "eval"), n=cfg.data.max_eval_samples or 10**9)
+    pairs = sample_prompts(_conversations(data, cfg), n=cfg.data.max_eval_samples or 10**9)
     if not pairs:
         raise LmforgeError(f"{data}: no conversation ends with an assistant answer to compare with",
                            "give conversations whose last turn is the reference answer")

@@ -9,6 +9,7 @@ from typing import Optional
 from ...data import sources
 from ...data.chat import read_conversations
 from ...data.corpus import read_corpus
+from ...data.preference import read_pairs
 from ...errors import LmforgeError
 from ...tasks import get_task
 from .output import Out, err
@@ -18,14 +19,14 @@ def _check_table(out: Out, source: str, cfg, split: str) -> Optional[dict]:
     """Rows, empty texts, duplicates and labels of one table split (classification)."""
     df = sources.read_table(source, cfg.data.format, split)
     d = cfg.data
-    text_col = sources.pick_column(df, d.text_column, sources.TEXT_NAMES, "text", source, "data.text_column")
+    text_col, pair_col = sources.pick_text_columns(df, d.text_column, d.text_pair_column, source)
     label_col = sources.pick_column(df, d.label_column, sources.LABEL_NAMES, "label", source, "data.label_column")
-    pair_col = d.text_pair_column if d.text_pair_column in df.columns else None
     n = len(df)
     texts = df[text_col]
     empty = texts.isna() | texts.astype(str).str.strip().eq("")
     info = {"rows": n, "source": source}
-    out.ok(f"{split}: {source}: {n:,} rows, text column '{text_col}', label column '{label_col}'")
+    pair = f", text pair column '{pair_col}'" if pair_col else ""
+    out.ok(f"{split}: {source}: {n:,} rows, text column '{text_col}'{pair}, label column '{label_col}'")
     if empty.any():
         rows = [int(i) + 1 for i in empty.to_numpy().nonzero()[0][:5]]
         out.problem(f"{split} ({source}): {int(empty.sum())} rows with empty text (rows {', '.join(map(str, rows))}) "
@@ -108,7 +109,20 @@ def _check_conversations(out: Out, source: str, cfg, split: str) -> Optional[dic
     return {"rows": len(convs), "source": source, "texts": texts}
 
 
-CHECKS = {"table": _check_table, "corpus": _check_corpus, "conversations": _check_conversations}
+def _check_pairs(out: Out, source: str, cfg, split: str) -> Optional[dict]:
+    """Preference pairs: their number, and those whose chosen and rejected replies are the same."""
+    pairs = read_pairs(source, cfg, split)
+    same = sum(p.chosen == p.rejected for p in pairs)
+    out.ok(f"{split}: {source}: {len(pairs):,} preference pairs")
+    if same:
+        out.warn(f"{split} ({source}): {same} pairs have identical chosen and rejected replies (nothing to learn); "
+                 "they will be dropped")
+    texts = {json.dumps([p.prompt, p.chosen, p.rejected], sort_keys=True) for p in pairs}
+    return {"rows": len(pairs), "source": source, "texts": texts}
+
+
+CHECKS = {"table": _check_table, "corpus": _check_corpus, "conversations": _check_conversations,
+          "pairs": _check_pairs}
 
 
 def check_data(out: Out, cfg) -> bool:
