@@ -24,6 +24,7 @@ from .tasks import get_task
 from .tasks import task_of as _task_of
 from .tokenizer import train_from_source
 from .tools import doctor as _doctor
+from .tools import starter as _starter
 from .tools import sweep as _sweep
 from .tools.launch import inside_launcher, launch
 from .train import run as _run
@@ -43,7 +44,7 @@ ConfigLike = Union[str, Path, Config, dict, None]
 __all__ = ["TrainResult", "train", "prepare", "evaluate", "predict", "generate", "fill_mask", "chat", "serve", "doctor",
            "sweep", "train_tokenizer", "push", "report", "runs", "models", "datasets", "task_of", "resolve_model_dir",
            "latest_checkpoint", "resolve_config", "launch", "inside_launcher", "quiet_libraries", "format_duration",
-           "ServeLimits"]
+           "ServeLimits", "starter_config", "config_keys", "next_steps"]
 
 
 # ----------------------------------------------------------------------------------- train
@@ -100,31 +101,50 @@ def task_of(model: Union[str, Path]) -> str:
     return _task_of(resolve_model_dir(model)).name
 
 
-def evaluate(model: Union[str, Path], data: str, batch_size: int = 64, overrides: Optional[Sequence[str]] = None,
-             progress: bool = True, stride: Optional[int] = None, generate: bool = False,
-             max_new_tokens: int = 64, task: Optional[str] = None) -> dict:
+def evaluate(model: Union[str, Path], data: Optional[str] = None, batch_size: int = 64,
+             overrides: Optional[Sequence[str]] = None, progress: bool = True, stride: Optional[int] = None,
+             generate: bool = False, max_new_tokens: int = 64, task: Optional[str] = None) -> dict:
     """Metrics of a trained model (run or model folder) on a labelled file or built-in dataset; `stride`
     scores a causal LM in sliding windows (every token with up to block - stride tokens of context);
     `generate` adds exact match and chrF of greedy answers to conversations (causal-lm, sft); `task`
-    evaluates the model as that task (e.g. a base causal LM as sft, on conversations)."""
+    evaluates the model as that task (e.g. a base causal LM as sft, on conversations). Without `data`, a run
+    is evaluated on its own test set (else its eval set)."""
     quiet_libraries()
     model_dir = resolve_model_dir(model)
     task = get_task(task) if task else _task_of(model_dir)
+    data = data or _run_eval_data(model_dir)
     parts = task.eval_setup(model_dir, data, overrides, stride=stride)
     with TrainProgress(enabled=progress) as bar:
         metrics = evaluate_split(parts.model, parts.eval, parts, batch_size, progress=bar, desc="eval")
+    metrics["data"] = data
+    if "confusion_matrix" in metrics and getattr(parts.model.config, "id2label", None):
+        metrics["labels"] = [parts.model.config.id2label[i] for i in range(len(parts.model.config.id2label))]
     if generate:
         metrics.update(generation_scores(model_dir, task, data, overrides, max_new_tokens=max_new_tokens))
     return metrics
 
 
+def _run_eval_data(model_dir: Path) -> str:
+    """The test (else eval) set of the run a model folder belongs to."""
+    run_cfg = Path(model_dir).parent / "config.yaml"
+    if run_cfg.exists():
+        cfg = resolve_config(str(run_cfg))
+        if cfg.data.test or cfg.data.eval:
+            return cfg.data.test or cfg.data.eval
+    from .errors import LmforgeError
+    raise LmforgeError(f"no --data given, and {model_dir} is not from a run with a test or eval set",
+                       "pass --data FILE (or a built-in dataset such as finefood:test)")
+
+
 def predict(model: Union[str, Path], texts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,
             output: Optional[str] = None, batch_size: int = 64, text_column: Optional[str] = None,
-            text_pair_column: Optional[str] = None, progress: bool = True) -> list[dict]:
-    """Label + class probabilities per text (classification models)."""
+            text_pair_column: Optional[str] = None, progress: bool = True,
+            allow_untrained: bool = False) -> list[dict]:
+    """Label + class probabilities per text (classification models). A model whose classification head was never
+    trained is refused (its labels would be random) unless `allow_untrained`."""
     return _classify.classify(resolve_model_dir(model), texts=texts, input_file=input_file, output=output,
                               batch_size=batch_size, text_column=text_column, text_pair_column=text_pair_column,
-                              progress=progress)
+                              progress=progress, allow_untrained=allow_untrained)
 
 
 def generate(model: Union[str, Path], prompts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,
@@ -151,9 +171,10 @@ def chat(model: Union[str, Path], input_stream=None, output=None, **kwargs) -> l
     return _chat.chat(str(model), input_stream=input_stream, output=output, **kwargs)
 
 
-def serve(model: Union[str, Path], host: str = "127.0.0.1", port: int = 8000, limits=None) -> None:
+def serve(model: Union[str, Path], host: str = "127.0.0.1", port: int = 8000, limits=None,
+          allow_untrained: bool = False) -> None:
     """Serve a model over HTTP until interrupted (see lmforge.use.serve)."""
-    _serve.serve(model, host=host, port=port, limits=limits)
+    _serve.serve(model, host=host, port=port, limits=limits, allow_untrained=allow_untrained)
 
 
 ServeLimits = _serve.Limits
@@ -183,3 +204,28 @@ def models() -> list:
 def datasets() -> dict:
     """The built-in datasets: name -> (description, loader)."""
     return dict(DATASETS)
+
+
+def next_steps(result: TrainResult) -> list[str]:
+    """What to do with a finished run: look at its report, try it, evaluate it, serve it."""
+    run = str(result.run_dir)
+    task = get_task(result.config.task)
+    out = [f"report:  {run}/report.html   (lmforge report {run} --open)"]
+    if task.try_command:
+        out.append("try it:  " + task.try_command.format(run=run))
+    data = result.config.data.test or result.config.data.eval or "FILE"
+    out.append(f"eval:    lmforge eval {run} --data {data}")
+    out.append(f"serve:   lmforge serve {run}")
+    return out
+
+
+# ----------------------------------------------------------------------------------- configs
+def starter_config(task: str, model: Optional[str] = None, data: Optional[str] = None,
+                   output_dir: Optional[str] = None) -> str:
+    """A commented starter config (YAML text) for `task` that `train` accepts as written."""
+    return _starter.starter_config(task, model, data, output_dir)
+
+
+def config_keys(section: Optional[str] = None) -> list[dict]:
+    """Every config key (of one section): [{key, type, default, doc}], from the schema."""
+    return _starter.config_keys(section)

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from .config import build_config
+from .config import build_config, parse_overrides
 from .errors import LmforgeError
 from .fs import write_json
 from .runtime import quiet_libraries
@@ -65,6 +65,7 @@ def _split_resume(extra: list[str]) -> tuple[list[str], object]:
             continue
         out.append(extra[i])
         i += 1
+    parse_overrides(out)  # a malformed override is a usage error, said before anything loads
     return out, resume
 
 
@@ -104,6 +105,8 @@ def train(ctx: typer.Context,
         raise typer.Exit(130)
     _print_metrics(result.metrics)
     console.print(f"[green]done[/green]: run folder {result.run_dir}")
+    for line in api.next_steps(result):
+        console.print("  " + line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_interrupted(e: BaseException) -> None:
@@ -115,7 +118,7 @@ def _print_interrupted(e: BaseException) -> None:
 
 def _print_metrics(metrics: dict) -> None:
     keys = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro", "f1_weighted", "bits_per_byte",
-            "exact_match", "chrf")
+            "exact_match", "chrf", "reward_accuracy", "reward_margin", "rewards_chosen", "rewards_rejected")
     table = Table(title="metrics")
     table.add_column("metric")
     splits = [s for s in ("before", "eval", "test") if metrics.get(s)]
@@ -134,40 +137,70 @@ def predict(model: str = typer.Argument(..., help="Run folder or model folder.")
             output: Optional[str] = typer.Option(None, "--output", "-o", help="Write predictions as jsonl."),
             text_column: Optional[str] = typer.Option(None, "--text-column"),
             text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
-            batch_size: int = typer.Option(64, "--batch-size")):
-    """Classify texts: label and probabilities per row."""
+            batch_size: int = typer.Option(64, "--batch-size"),
+            allow_untrained: bool = typer.Option(False, "--allow-untrained", help="Run a model whose classification head was never trained (random labels).")):
+    """Classify texts: label and probabilities per row (the same JSON on stdout and in --output)."""
     api = _api()
     if not texts and not input:
         raise LmforgeError("nothing to predict", "give texts after the model, or --input FILE")
     if batch_size <= 0:
         raise LmforgeError(f"--batch-size must be positive, got {batch_size}", "pass --batch-size 1 or more")
     rows = api.predict(model, texts=texts or None, input_file=input, output=output, batch_size=batch_size,
-                       text_column=text_column, text_pair_column=text_pair_column)
+                       text_column=text_column, text_pair_column=text_pair_column, allow_untrained=allow_untrained)
     if output:
         console.print(f"wrote {len(rows)} predictions to {output}")
     else:
         for r in rows:
-            print(json.dumps({"label": r["label"], "score": round(r["score"], 4), "probabilities": r["probabilities"],
-                              "text": r["text"][:80]}, ensure_ascii=False))
+            print(json.dumps(r, ensure_ascii=False))
 
 
 @app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def eval_cmd(ctx: typer.Context, model: str = typer.Argument(..., help="Run folder or model folder."),
-             data: str = typer.Option(..., "--data", "-d", help="Labelled file or built-in dataset (e.g. finefood:test)."),
+             data: Optional[str] = typer.Option(None, "--data", "-d", help="Labelled file or built-in dataset (e.g. finefood:test); default: the run's own test set (else eval set)."),
              batch_size: int = typer.Option(64, "--batch-size"),
              stride: Optional[int] = typer.Option(None, "--stride", help="causal-lm: score in sliding windows N tokens apart (context for every token)."),
              generate: bool = typer.Option(False, "--generate", help="causal-lm/sft: greedy answers to the conversations, scored by exact match and chrF."),
              max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="With --generate: tokens per answer at most."),
              task: Optional[str] = typer.Option(None, "--task", help="Evaluate as this task (e.g. a base causal LM as sft); default: the model's."),
-             output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON.")):
-    """Metrics of a trained model on a labelled dataset."""
+             output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON."),
+             as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON (the same as --output writes) instead of a table.")):
+    """Metrics of a trained model on a labelled dataset (default: the run's own test set)."""
+    if ctx.args:  # --section.key value overrides: a mistake is reported before any model is loaded
+        build_config(parse_overrides(list(ctx.args)), "command-line overrides")
     api = _api()
     metrics = api.evaluate(model, data, batch_size=batch_size, overrides=list(ctx.args) or None, stride=stride,
                            generate=generate, max_new_tokens=max_new_tokens, task=task)
     if output:
         write_json(output, metrics)
-    _print_metrics({"eval": metrics})
-    print(json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}, indent=1))
+    if as_json:
+        print(json.dumps(metrics, indent=1, default=str))
+        return
+    _print_eval(metrics)
+
+
+def _print_eval(metrics: dict) -> None:
+    """Each metric once, then the confusion matrix and the generated samples when there are some."""
+    table = Table(title=f"metrics on {metrics.get('data', 'the data')}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        table.add_row(k, f"{v:,}" if isinstance(v, int) else f"{v:.4f}")
+    out = Console()
+    out.print(table)
+    if metrics.get("confusion_matrix"):
+        labels = metrics.get("labels") or [str(i) for i in range(len(metrics["confusion_matrix"]))]
+        cm = Table(title="confusion matrix (rows: true label, columns: predicted)")
+        cm.add_column("")
+        for lab in labels:
+            cm.add_column(str(lab), justify="right")
+        for lab, row in zip(labels, metrics["confusion_matrix"]):
+            cm.add_row(str(lab), *[f"{x:,}" for x in row])
+        out.print(cm)
+    for g in metrics.get("generations") or []:
+        out.print(f"prompt: {g['prompt'][:200]}\n  answer:    {g['completion'][:200]}\n  reference: {g['reference'][:200]}",
+                  markup=False, highlight=False)
 
 
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train tokenizers (BPE, byte-level BPE, WordPiece, Unigram).")
@@ -240,10 +273,8 @@ def fill_mask_cmd(model: str = typer.Argument(..., help="Run folder, model folde
     if output:
         console.print(f"wrote {len(rows)} results to {output}")
         return
-    for r in rows:
-        print(json.dumps({"text": r["text"], "filled": r["filled"],
-                          "masks": [[[c["token"], round(c["score"], 4)] for c in m["candidates"]] for m in r["masks"]]},
-                         ensure_ascii=False))
+    for r in rows:  # the same records as --output writes
+        print(json.dumps(r, ensure_ascii=False))
 
 
 @app.command()
@@ -253,26 +284,32 @@ def generate(model: str = typer.Argument(..., help="Run folder, model folder or 
              output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results as jsonl."),
              max_new_tokens: int = typer.Option(50, "--max-new-tokens", "-n", help="Tokens to generate at most."),
              temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="Sample at this temperature (default: greedy)."),
-             top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample from the k most likely tokens."),
+             top_k: Optional[int] = typer.Option(None, "--top-k", "-k", help="Sample from the k most likely tokens."),
              top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample from the smallest set with this probability."),
              repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="> 1 discourages repeats."),
              num_return_sequences: int = typer.Option(1, "--num-return-sequences", help="Samples per prompt."),
              seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling (same seed, same text)."),
              chat: bool = typer.Option(False, "--chat", help="Wrap each prompt in the tokenizer's chat template."),
              prompt_column: Optional[str] = typer.Option(None, "--prompt-column", help="Column of --input tables."),
-             no_stream: bool = typer.Option(False, "--no-stream", help="Print whole results instead of streaming.")):
-    """Continue prompts with a causal LM; tokens stream to the terminal as they come."""
+             no_stream: bool = typer.Option(False, "--no-stream", help="Print whole results instead of streaming."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON records (the same as --output writes) instead of text.")):
+    """Continue prompts with a causal LM; tokens stream to the terminal as they come (text; --json for records)."""
     api = _api()
-    stream = not no_stream and not output and num_return_sequences == 1
+    stream = not no_stream and not output and not as_json and num_return_sequences == 1
     rows = api.generate(model, prompts=prompts or None, input_file=input, output=output,
                         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         repetition_penalty=repetition_penalty, num_return_sequences=num_return_sequences,
                         seed=seed, chat=chat, stream=stream, prompt_column=prompt_column)
     if output:
         console.print(f"wrote {len(rows)} generations to {output}")
-    elif not stream:
+    elif as_json:
         for r in rows:
             print(json.dumps(r, ensure_ascii=False))
+    elif not stream:  # text, as streaming prints it; several samples of a prompt each under a header
+        for r in rows:
+            if num_return_sequences > 1:
+                print(f"--- sample {r['sequence'] + 1}/{num_return_sequences} of {r['prompt'][:60]!r}")
+            print(r["prompt"] + r["completion"])
 
 
 @app.command()
@@ -291,12 +328,15 @@ def doctor(ctx: typer.Context,
            config: Optional[str] = typer.Argument(None, help="YAML config; none = the built-in default recipe."),
            allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) model weights."),
            trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the Hub."),
-           no_probe: bool = typer.Option(False, "--no-probe", help="Skip the 3-step timing probe.")):
+           no_probe: bool = typer.Option(False, "--no-probe", help="Skip the 3-step timing probe."),
+           overwrite: bool = typer.Option(False, "--overwrite", help="Check as `train --overwrite` would run (a finished run in output_dir is replaced).")):
     """Check a config before training: config, data, tokenizer, memory, time per step, offline files."""
     if config and config.startswith("--"):
         ctx.args.insert(0, config)
         config = None
     overrides, _ = _split_resume(list(ctx.args))
+    if overwrite:
+        overrides += ["--output.overwrite", "true"]
     report = _api().doctor(config, overrides, probe=not no_probe, allow_pickle=allow_pickle,
                            trust_remote_code=trust_remote_code)
     if report.problems:
@@ -307,6 +347,7 @@ def doctor(ctx: typer.Context,
 def prepare(ctx: typer.Context, config: str = typer.Argument(..., help="YAML config (causal-lm)."),
             no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
     """Tokenize a config's training data into the on-disk token cache; `lmforge train` then starts at once."""
+    parse_overrides(list(ctx.args))
     api = _api()
     res = api.prepare(config, overrides=list(ctx.args) or None, progress=not no_progress)
     s = res["splits"]["train"]
@@ -321,7 +362,7 @@ def prepare(ctx: typer.Context, config: str = typer.Argument(..., help="YAML con
 def sweep(ctx: typer.Context,
           config: Optional[str] = typer.Argument(None, help="YAML config; none = the built-in default recipe."),
           param: List[str] = typer.Option(..., "--param", "-p", help="section.key=loguniform:LO:HI | uniform:LO:HI | int:LO:HI | choice:A,B,..."),
-          trials: int = typer.Option(10, "--trials", "-n", help="Number of trials."),
+          trials: int = typer.Option(10, "--trials", help="Number of trials."),
           metric: str = typer.Option("eval.loss", "--metric", help="What to optimise: eval.<metric> or test.<metric>."),
           direction: Optional[str] = typer.Option(None, "--direction", help="maximize or minimize (default: from the metric)."),
           output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Sweep folder (default runs/sweep-...); reuse it to add trials."),
@@ -333,6 +374,7 @@ def sweep(ctx: typer.Context,
     if config and config.startswith("--"):
         ctx.args.insert(0, config)
         config = None
+    parse_overrides(list(ctx.args))
     if pruner not in ("median", "none"):
         raise LmforgeError(f"--pruner must be median or none, got '{pruner}'")
     res = _api().sweep(config, param, trials=trials, metric=metric, direction=direction, output_dir=output_dir,
@@ -350,6 +392,44 @@ def sweep(ctx: typer.Context,
                       f"config in {res.sweep_dir / 'best_config.yaml'}")
     else:
         console.print("no trial finished")
+
+
+@app.command()
+def init(task: str = typer.Argument(..., help="classification, causal-lm, masked-lm, sft or dpo."),
+         model: Optional[str] = typer.Option(None, "--model", "-m", help="Model alias, folder or Hub id (default: the task's built-in one)."),
+         data: Optional[str] = typer.Option(None, "--data", "-d", help="Training data file or built-in dataset (default: the task's built-in one)."),
+         output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the config to this file (default: print it)."),
+         force: bool = typer.Option(False, "--force", help="Replace the --output file if it exists.")):
+    """Write a commented starter config for a task, which `lmforge train` accepts as written."""
+    from pathlib import Path
+    text = _api().starter_config(task, model, data)
+    if output is None:
+        print(text, end="")
+        return
+    if Path(output).exists() and not force:
+        raise LmforgeError(f"{output} exists", "choose another --output, or add --force to replace it")
+    from .fs import write_text
+    write_text(output, text)
+    print(f"wrote {output}: task {task}; next: lmforge doctor {output}, then lmforge train {output}")
+
+
+config_app = typer.Typer(no_args_is_help=True, help="Config keys: `lmforge config keys [SECTION]`.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("keys")
+def config_keys_cmd(section: Optional[str] = typer.Argument(None, help="One section (model, data, train, ...)."),
+                    as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table.")):
+    """Every config key with its type, default and doc (from the schema)."""
+    rows = _api().config_keys(section)
+    if as_json:
+        for r in rows:
+            print(json.dumps(r, default=str))
+        return
+    for r in rows:
+        print(f"{r['key']}  ({r['type']}, default {json.dumps(r['default'], default=str)})")
+        if r["doc"]:
+            print(f"    {r['doc']}")
 
 
 @app.command()
@@ -420,7 +500,8 @@ def serve(model: str = typer.Argument(..., help="Run folder, model folder or bui
           port: int = typer.Option(8000, "--port", "-p", help="TCP port."),
           max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Cap on max_new_tokens per request."),
           max_chars: int = typer.Option(8000, "--max-chars", help="Cap on characters per text."),
-          max_queue: int = typer.Option(16, "--max-queue", help="Requests that may wait for the model; more get 503.")):
+          max_queue: int = typer.Option(16, "--max-queue", help="Requests that may wait for the model; more get 503."),
+          allow_untrained: bool = typer.Option(False, "--allow-untrained", help="Serve a classifier whose head was never trained (random labels).")):
     """Serve a model over HTTP: JSON endpoints (/v1/classify, /v1/generate, /v1/fill-mask) and a web page at /."""
     api = _api()
     for name, v in (("--max-new-tokens", max_new_tokens), ("--max-chars", max_chars), ("--max-queue", max_queue)):
@@ -428,12 +509,37 @@ def serve(model: str = typer.Argument(..., help="Run folder, model folder or bui
             raise LmforgeError(f"{name} must be positive, got {v}")
     api.serve(model, host=host, port=port, limits=api.ServeLimits(
         max_new_tokens=max_new_tokens, max_chars=max_chars, max_body_bytes=max(64 * 1024, 8 * max_chars),
-        max_queue=max_queue))
+        max_queue=max_queue), allow_untrained=allow_untrained)
+
+
+# typer raises its own vendored click classes (typer._click), plain click raises click's: catch both.
+try:
+    from typer._click import exceptions as _tclick
+    USAGE_ERRORS: tuple = (click.UsageError, _tclick.UsageError)
+    EXITS: tuple = (click.exceptions.Exit, typer.Exit)
+    ABORTS: tuple = (click.Abort, typer.Abort)
+except ImportError:  # a typer that uses click itself
+    USAGE_ERRORS, EXITS, ABORTS = (click.UsageError,), (click.exceptions.Exit,), (click.Abort,)
+
+
+def _usage_error(e: Exception, argv: Optional[list[str]]) -> int:
+    """A command-line mistake: one line naming it and the fix, exit 2 (the traceback only with --debug)."""
+    if STATE["debug"]:
+        console.print_exception()
+    ctx = getattr(e, "ctx", None)
+    if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        print(ctx.get_help())  # bare `lmforge` (or a group without its command): the help is the answer
+        return 2
+    command = ctx.command_path if ctx is not None else "lmforge"
+    message = e.format_message() if hasattr(e, "format_message") else str(e)
+    message = " ".join(message.split())
+    console.print(f"error: {message} — see `{command} --help`", markup=False, highlight=False, soft_wrap=True)
+    return 2
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     try:
-        rv = app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False, prog_name="lmforge")
         return rv if isinstance(rv, int) else 0  # typer returns the code of typer.Exit / an interrupt
     except LmforgeError as e:
         if STATE["debug"]:
@@ -441,12 +547,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         msg = f"error: {e.message}" + (f" — {e.hint}" if e.hint else "")
         console.print(msg, markup=False, highlight=False, soft_wrap=True)
         return e.exit_code
-    except click.exceptions.Exit as e:
+    except EXITS as e:
         return e.exit_code
-    except click.UsageError as e:
-        e.show()
-        return 2
-    except click.Abort:
+    except USAGE_ERRORS as e:
+        return _usage_error(e, argv)
+    except ABORTS:
         console.print("aborted")
         return 130
     except KeyboardInterrupt as e:

@@ -23,7 +23,7 @@ SchedulerName = Literal["linear", "cosine", "cosine_with_restarts", "polynomial"
                         "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
                         "warmup_stable_decay", "greedy"]
 # The task families (tasks/__init__.py registers one module for each; a test keeps the two lists equal).
-TaskName = Literal["classification", "causal-lm", "masked-lm", "sft"]
+TaskName = Literal["classification", "causal-lm", "masked-lm", "sft", "dpo"]
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
 
 
@@ -179,7 +179,7 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     compile: Union[Literal["auto"], bool] = "auto"
-    """torch.compile the model's repeated layers for training steps; auto: packed causal-lm runs of 30+ steps."""
+    """torch.compile the model's repeated layers for training steps; auto: packed causal-lm runs of 60+ steps (twice the measured break-even)."""
     early_stopping_patience: Optional[int] = None
     """Stop after this many evaluations without improvement of the best metric."""
     dataloader_num_workers: int = 0
@@ -297,6 +297,33 @@ class PeftConfig(Section):
         return self
 
 
+class DpoConfig(Section):
+    loss_type: Literal["sigmoid", "ipo", "simpo", "orpo"] = "sigmoid"
+    """dpo: sigmoid (DPO), ipo, simpo (reference-free, length-normalised) or orpo (reference-free, odds ratio + the chosen reply's NLL)."""
+    beta: float = 0.1
+    """dpo: the loss's temperature: DPO's beta (0.1 is usual), IPO's tau, SimPO's beta (about 2), ORPO's lambda (about 0.1)."""
+    label_smoothing: float = 0.0
+    """dpo: share of pairs assumed mislabelled (conservative DPO; sigmoid and simpo), in [0, 0.5)."""
+    simpo_gamma: float = 0.5
+    """dpo: SimPO's target reward margin gamma."""
+    reference: Literal["cached", "live"] = "cached"
+    """dpo: reference log-probs computed once before training and cached on disk, or at each step (live; with LoRA the adapter is disabled, without it a frozen copy is kept)."""
+    max_prompt_length: Optional[int] = None
+    """dpo: a prompt keeps its last this-many tokens. Default: half of data.block_size (the limit of prompt + reply)."""
+    share_prompt: bool = True
+    """dpo: score chosen and rejected in one row that runs the prompt once (checked against separate rows at setup)."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be a positive integer, got {self.max_prompt_length}")
+        return self
+
+
 class EvalConfig(Section):
     metrics_function: Optional[str] = None
     """Your metrics, 'module:function' called as fn(predictions, labels, batch_info) -> dict and merged into every evaluation's metrics (classification: logits and labels; language models: each target token's loss and id)."""
@@ -317,7 +344,7 @@ class OutputConfig(Section):
 
 class Config(Section):
     task: TaskName = "classification"
-    """classification, causal-lm or masked-lm."""
+    """classification, causal-lm, masked-lm, sft (chat / instruction fine-tuning) or dpo (preference tuning)."""
     model: ModelConfig = ModelConfig()
     """Which model to start from."""
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -330,6 +357,8 @@ class Config(Section):
     """Evaluation extras (your own metrics function)."""
     output: OutputConfig = OutputConfig()
     """Where results go."""
+    dpo: DpoConfig = DpoConfig()
+    """Preference tuning (task: dpo): the loss, beta, and the reference model's log-probs."""
     peft: Optional[PeftConfig] = None
     """LoRA fine-tuning: {r, alpha, dropout, target_modules, merge}; absent = train every weight."""
 
@@ -398,6 +427,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         source = str(path)
     if overrides:
         extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        if path is None and (extra.get("data") or {}).get("train"):
+            # your own data with the built-in recipe: none of the recipe's data settings (its finefood test
+            # split, its columns) are mixed in, and the run gets its own folder
+            raw = {**raw, "data": {}, "output": {k: v for k, v in (raw.get("output") or {}).items()
+                                                 if k != "output_dir"}}
+            source += " (its data settings replaced by yours)"
         raw = deep_merge(raw, extra)
         source += " + command-line overrides"
     return build_config(raw, source)

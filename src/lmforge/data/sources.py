@@ -200,6 +200,27 @@ PAIR_NAMES = ("text_pair", "sentence2", "text2", "hypothesis", "context")
 LABEL_NAMES = ("label", "labels", "class", "category", "target", "sentiment", "score", "y", "topic")
 
 
+# Text-pair columns known from common datasets (NLI, paraphrase, QA ranking): both present = a pair task.
+KNOWN_PAIRS = (("premise", "hypothesis"), ("sentence1", "sentence2"), ("question1", "question2"),
+               ("text_a", "text_b"), ("text1", "text2"), ("text", "text_pair"), ("sentence_a", "sentence_b"),
+               ("sentence", "sentence2"), ("query", "passage"), ("query", "document"))
+
+
+def pick_text_columns(df: pd.DataFrame, text_column: Optional[str], pair_column: Optional[str], source: str,
+                      text_option: str = "data.text_column", pair_option: str = "data.text_pair_column",
+                      text_names: tuple[str, ...] = TEXT_NAMES) -> tuple[str, Optional[str]]:
+    """(text column, pair column or None): the named ones, else a known pair of columns (premise / hypothesis,
+    sentence1 / sentence2, ...) when both are present, else the first usual text column alone."""
+    if text_column is None and pair_column is None:
+        lower = {str(c).lower(): str(c) for c in df.columns}
+        for first, second in KNOWN_PAIRS:
+            if first in lower and second in lower:
+                return lower[first], lower[second]
+    text = pick_column(df, text_column, text_names, "text", source, text_option)
+    pair = pick_column(df, pair_column, PAIR_NAMES, "text pair", source, pair_option) if pair_column else None
+    return text, pair
+
+
 def pick_column(df: pd.DataFrame, wanted: Optional[str], candidates: tuple[str, ...], role: str,
                 source: str, config_key: str, required: bool = True) -> Optional[str]:
     cols = [str(c) for c in df.columns]

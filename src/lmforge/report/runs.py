@@ -85,6 +85,8 @@ def list_runs(root: Union[str, Path] = "runs") -> list[dict]:
             evals = [r.get(f"eval_{name}") for r in JsonLog(d / "log.jsonl").read() if _scalar(r.get(f"eval_{name}"))]
             if evals:
                 best = max(evals) if name not in ("loss", "perplexity", "perplexity_per_word") else min(evals)
+        if best is None and _scalar((metrics.get("eval") or {}).get(name)):  # no evaluation during training
+            best = metrics["eval"][name]
         duration = m.get("duration_s")
         if duration is None and m.get("started_unix"):
             end = time.time() if status == "running" else max(

@@ -44,6 +44,24 @@ class EncodedSplit:
         return [dict(zip(keys, vals)) for vals in zip(*(cols[k] for k in keys))]
 
 
+class StepStats:
+    """Sums of per-item statistics over a logging window; `drain` gives their means and starts a new window.
+    The window is part of a checkpoint's state, so a resumed run logs the same numbers."""
+
+    def __init__(self, names: tuple[str, ...], count: str = "items"):
+        self.names, self.count = names, count
+        self.window: dict[str, float] = {}
+
+    def add(self, sums: dict) -> None:
+        for k, v in sums.items():
+            self.window[k] = self.window.get(k, 0.0) + float(v)
+
+    def drain(self) -> dict:
+        w, self.window = self.window, {}
+        n = w.get(self.count, 0.0)
+        return {k: round(w[k] / n, 6) for k in self.names if k in w} if n else {}
+
+
 @dataclass
 class TaskParts:
     """What a task's `setup` (or `eval_setup`) assembles for the loop and the evaluation."""
@@ -77,6 +95,8 @@ class TaskParts:
     fixed_shapes: bool = False
     # share of the tokens at which the output layer runs (masked-lm: the masked ones), for MFU
     output_layer_share: float = 1.0
+    # optional: statistics of the training steps (reward accuracy, ...) added to each log.jsonl line
+    step_stats: Optional["StepStats"] = None
     # eval.metrics_function, loaded: fn(predictions, labels, batch_info) -> dict, merged into the metrics
     metrics_function: Optional[Callable] = None
     metrics_function_name: Optional[str] = None
@@ -116,6 +136,11 @@ class Task:
     """The Hugging Face pipeline that runs the model (model card, `pipeline(...)`)."""
     usage_example: str = ""
     """One line of Python after `pipe = pipeline(...)` that shows the model at work (model card)."""
+    starter: dict = {}
+    """`lmforge init`: {model, data (built-in defaults), about (one line), keys (section -> task-specific keys to
+    write out), values (section -> key -> starter value)}."""
+    try_command: str = ""
+    """The command that tries a trained model ({run} = its run folder), printed when `lmforge train` ends."""
 
     def intended_use(self, summary: dict) -> str:
         """The model card's 'Intended use' sentence."""
@@ -135,8 +160,9 @@ class Task:
                            "tokenizes its data when training starts", "run lmforge train directly")
 
     # ------------------------------------------------------------------ use
-    def load_for_use(self, model_dir: Path) -> tuple[Any, Any]:
-        """(model in eval mode, tokenizer) of a saved model or LoRA adapter folder of this task."""
+    def load_for_use(self, model_dir: Path, allow_untrained: bool = False) -> tuple[Any, Any]:
+        """(model in eval mode, tokenizer) of a saved model or LoRA adapter folder of this task. A model whose
+        task head was never trained (its weights would be random now) is refused unless `allow_untrained`."""
         raise NotImplementedError
 
     def serve_info(self, model, tokenizer) -> dict:

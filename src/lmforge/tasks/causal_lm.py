@@ -315,6 +315,10 @@ class CausalLM(Task):
     samples_title = "Sample generations"
     pipeline_tag = "text-generation"
     usage_example = 'print(pipe("Once upon a time", max_new_tokens=40))'
+    try_command = 'lmforge generate {run} "Once upon a time"'
+    starter = {"model": "smollm2-135m", "data": "kjv", "about": "continue text: fine-tune (or pretrain) a decoder on documents",
+               "keys": {"data": ["block_size", "packing", "document_separator"]},
+               "values": {"data": {"block_size": 256}, "train": {"per_device_train_batch_size": 8}}}
 
     def intended_use(self, summary: dict) -> str:
         return "Generate text in the style of the training corpus."
@@ -385,7 +389,7 @@ class CausalLM(Task):
         out["seconds"] = round(time.perf_counter() - t0, 2)
         return out
 
-    def load_for_use(self, model_dir: Path):
+    def load_for_use(self, model_dir: Path, allow_untrained: bool = False):
         """A saved causal LM and its tokenizer, ready to evaluate or generate."""
         check_causal(model_config(model_dir), str(model_dir))  # a model folder or a LoRA adapter folder
         tokenizer = load_tokenizer(str(model_dir))

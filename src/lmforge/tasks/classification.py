@@ -34,9 +34,7 @@ def read_labelled(source: str, cfg: Config, split: str, need_label: bool = True)
     """Read a table and pick (text, pair, label) columns, validating every row."""
     df = sources.read_table(source, cfg.data.format, split)
     d = cfg.data
-    text_col = sources.pick_column(df, d.text_column, sources.TEXT_NAMES, "text", source, "data.text_column")
-    pair_col = sources.pick_column(df, d.text_pair_column, sources.PAIR_NAMES, "text pair", source,
-                                   "data.text_pair_column", required=False) if d.text_pair_column else None
+    text_col, pair_col = sources.pick_text_columns(df, d.text_column, d.text_pair_column, source)
     label_col = sources.pick_column(df, d.label_column, sources.LABEL_NAMES, "label", source,
                                     "data.label_column", required=need_label)
     if len(df) == 0:
@@ -224,6 +222,10 @@ class Classification(Task):
     samples_title = "Samples and misclassified examples"
     pipeline_tag = "text-classification"
     usage_example = 'print(pipe("a text to classify"))'
+    try_command = 'lmforge predict {run} "a text to label"'
+    starter = {"model": "minilm-l6", "data": "finefood", "about": "label texts (or text pairs) with one of a fixed set of labels",
+               "keys": {"data": ["text_column", "text_pair_column", "label_column", "max_length"]},
+               "values": {"train": {"per_device_train_batch_size": 16}}}
 
     def intended_use(self, summary: dict) -> str:
         return ("Classify texts into the labels seen in training: "
@@ -262,9 +264,17 @@ class Classification(Task):
             fingerprints={"train": fp_train, "eval": fp_eval},
         )
 
-    def load_for_use(self, model_dir: Path):
+    def load_for_use(self, model_dir: Path, allow_untrained: bool = False):
         tokenizer = load_tokenizer(str(model_dir))
-        model = load_model(AutoModelForSequenceClassification, model_dir)  # a model or a LoRA adapter folder
+        # a model or a LoRA adapter folder; the loading info says which weights were not in the checkpoint
+        model, info = load_model(AutoModelForSequenceClassification, model_dir, output_loading_info=True)
+        missing = sorted(info.get("missing_keys") or [])
+        if missing and not allow_untrained:
+            raise LmforgeError(
+                f"the model at {model_dir} has no trained classification head ({', '.join(missing[:3])} "
+                "would start at random now), so its labels and scores would be meaningless",
+                "train a classifier first (lmforge train, task: classification), or pass --allow-untrained "
+                "to look at the untrained head anyway")
         ensure_pad(tokenizer, where=str(model_dir))
         model.eval()
         return model, tokenizer

@@ -8,6 +8,7 @@ task for its samples, by `lmforge fill-mask` and by the server.
 
 from __future__ import annotations
 
+import logging
 from typing import Optional, Sequence
 
 import torch
@@ -15,6 +16,8 @@ import torch
 from ..data.batching import eval_batches, pad_sequences
 from ..errors import LmforgeError
 from ..models.load import default_length
+
+log = logging.getLogger("lmforge")
 
 MASK_SPELLINGS = ("[MASK]", "<mask>")
 
@@ -39,17 +42,27 @@ def fill_mask_with(model, tokenizer, texts: Sequence[str], top_k: int = 5, batch
     prepared = [translate_masks(t, mask) for t in texts]
     limit = default_length(model.config, tokenizer)
     enc = tokenizer(prepared, truncation=True, max_length=limit)["input_ids"]
+    results: list[Optional[dict]] = [None] * len(texts)
+    spellings = ' or '.join(dict.fromkeys((mask,) + MASK_SPELLINGS))
     for i, ids in enumerate(enc):
         if tokenizer.mask_token_id not in ids:
             label = where[i] if where else f"text {i + 1}"
-            raise LmforgeError(f"{label} has no mask token: {texts[i][:80]!r}",
-                               f"write {' or '.join(dict.fromkeys((mask,) + MASK_SPELLINGS))} where a word should be filled in")
+            if where is None:  # texts given one by one: each is wanted, so say which one is wrong
+                raise LmforgeError(f"{label} has no mask token: {texts[i][:80]!r}",
+                                   f"write {spellings} where a word should be filled in")
+            # a row of a file: reported in its result and counted, the other rows still filled
+            results[i] = {"text": texts[i], "masks": [], "filled": None, "error": f"no mask token ({spellings})"}
+    bad = sum(r is not None for r in results)
+    if bad:
+        log.warning("%d of %d rows have no mask token and were skipped (their results carry an 'error')",
+                    bad, len(texts))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     k = min(top_k, model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else top_k)
-    results: list[Optional[dict]] = [None] * len(texts)
-    for idx in eval_batches([len(x) for x in enc], batch_size):
+    todo = [i for i in range(len(texts)) if results[i] is None]
+    for batch in eval_batches([len(enc[i]) for i in todo], batch_size):
+        idx = [todo[b] for b in batch]
         rows = [enc[i] for i in idx]
         ids = pad_sequences(rows, tokenizer.pad_token_id).to(device)
         attn = pad_sequences([[1] * len(r) for r in rows], 0).to(device)

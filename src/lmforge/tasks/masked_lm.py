@@ -377,6 +377,10 @@ class MaskedLM(Task):
     samples_title = "Fill-mask completions"
     pipeline_tag = "fill-mask"
     usage_example = 'print(pipe(f"Paris is the {pipe.tokenizer.mask_token} of France."))'
+    try_command = 'lmforge fill-mask {run} "Paris is the [MASK] of France."'
+    starter = {"model": "minilm-l6", "data": "kjv", "about": "adapt an encoder to a domain by filling in masked words",
+               "keys": {"data": ["block_size", "masking", "mlm_probability"]},
+               "values": {"data": {"block_size": 256}, "train": {"per_device_train_batch_size": 8}}}
 
     def intended_use(self, summary: dict) -> str:
         return "Fill masked words, or serve as an encoder adapted to the training domain."
@@ -423,7 +427,7 @@ class MaskedLM(Task):
         model.eval()
         return model, tokenizer, set(info.get("missing_keys", []))
 
-    def load_for_use(self, model_dir: Path):
+    def load_for_use(self, model_dir: Path, allow_untrained: bool = False):
         model, tokenizer, _ = self.load_with_new_params(model_dir)
         return model, tokenizer
 

@@ -148,6 +148,10 @@ class SFT(Task):
     samples_title = "Sample generations"
     pipeline_tag = "text-generation"
     usage_example = 'print(pipe([{"role": "user", "content": "Hello!"}], max_new_tokens=40))'
+    try_command = 'lmforge chat {run}'
+    starter = {"model": "smollm2-135m", "data": "kjv-to-web", "about": "chat / instruction fine-tuning on conversations",
+               "keys": {"data": ["block_size", "packing", "chat_format", "train_on"]},
+               "values": {"data": {"block_size": 256}, "train": {"per_device_train_batch_size": 8}}}
 
     def intended_use(self, summary: dict) -> str:
         return "Answer in conversations like the training data (chat template included with the tokenizer)."
@@ -222,7 +226,7 @@ class SFT(Task):
                        "trained tokens were all beyond the block")
         return out
 
-    def load_for_use(self, model_dir: Path):
+    def load_for_use(self, model_dir: Path, allow_untrained: bool = False):
         return CAUSAL_LM.load_for_use(model_dir)
 
     def eval_setup(self, model_dir: Path, data: str, overrides=None, stride: Optional[int] = None) -> TaskParts:

@@ -258,6 +258,20 @@ def _mark(run_dir: Path, status: str, reason: str) -> None:
         write_json(path, manifest)
 
 
+def _best_trial(done: list, direction: str):
+    """The best complete trial; a tie on the metric goes to the lower eval loss (then the earlier trial)."""
+    if not done:
+        return None
+    top = (max if direction == "maximize" else min)(t.value for t in done)
+    tied = [t for t in done if t.value == top]
+
+    def eval_loss(t) -> float:
+        run = t.user_attrs.get("run_dir")
+        loss = ((read_json(Path(run) / "metrics.json", {}) or {}).get("eval") or {}).get("loss") if run else None
+        return float(loss) if isinstance(loss, (int, float)) else float("inf")
+    return min(tied, key=lambda t: (eval_loss(t), t.number))
+
+
 def summarize(study, sweep_dir: Path, specs: list[ParamSpec], metric: str, direction: str) -> SweepResult:
     """summary.csv / summary.md / best_config.yaml / sweep.json from the study's trials."""
     import optuna
@@ -275,7 +289,7 @@ def summarize(study, sweep_dir: Path, specs: list[ParamSpec], metric: str, direc
     df = pd.DataFrame(rows)
     df.to_csv(sweep_dir / "summary.csv", index=False)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    best = study.best_trial if done else None
+    best = _best_trial(done, direction)
     lines = [f"# sweep: {metric} ({direction})", "",
              "| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     for r in rows:

@@ -168,7 +168,8 @@ class Trainer:
                 "total_steps": self.total_steps, "seed": self.tc.seed,
                 "world_size": self.accelerator.num_processes, "last_loss": self.last_loss, "win_loss": self.win_loss,
                 "win_items": self.win_items, "nan_streak": self.nan_streak, "nan_skipped": self.nan_skipped,
-                "batches_per_epoch": self.batches_per_epoch}
+                "batches_per_epoch": self.batches_per_epoch,
+                "step_stats": dict(self.parts.step_stats.window) if self.parts.step_stats else None}
 
     def save(self) -> Optional[Path]:
         self.accelerator.wait_for_everyone()
@@ -210,6 +211,8 @@ class Trainer:
         for key, default in (("last_loss", None), ("win_loss", 0.0), ("win_items", 0), ("nan_streak", 0),
                              ("nan_skipped", 0)):
             setattr(self, key, state.get(key, default))
+        if self.parts.step_stats is not None:
+            self.parts.step_stats.window = dict(state.get("step_stats") or {})
         self.last_saved = Path(folder)
         self.logw.truncate_after(self.step)
         if self.is_main:
@@ -422,7 +425,8 @@ class Trainer:
                          "loss": round(self.win_loss / self.win_items, 6),
                          "lr": lr, "grad_norm": round(grad_norm, 6), "tokens_per_s": round(tok_s, 1),
                          "mfu": round(mfu, 4) if mfu is not None else None,
-                         "peak_mem_mb": round(peak_memory_mb(self.accelerator.device), 1)})
+                         "peak_mem_mb": round(peak_memory_mb(self.accelerator.device), 1),
+                         **(self.parts.step_stats.drain() if self.parts.step_stats else {})})
         if progress:
             progress.set_rate(tok_s, mfu)
         self.win_tokens, self.win_start = 0, time.perf_counter()

@@ -43,7 +43,8 @@ from .trackers import check_installed, open_trackers
 
 log = logging.getLogger("lmforge")
 
-SHOWN_METRICS = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro")
+SHOWN_METRICS = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro", "reward_accuracy",
+                 "reward_margin")
 
 
 @dataclass
@@ -67,7 +68,9 @@ def train(cfg: Config, resume: Union[bool, str, Path] = False, progress: bool = 
     cfg = _same_output_dir(cfg, accelerator)
     with open_run(cfg, accelerator, resume) as run:
         set_seed(cfg.train.seed)
+        t_setup = time.perf_counter()
         parts, lora_state = assemble(cfg, task, run.manifest, permissions)
+        run.manifest["setup_s"] = round(time.perf_counter() - t_setup, 2)  # load, encode (dpo: reference pass)
         if run.is_main:
             write_text(run.dir / "config.yaml", cfg.to_yaml())
             write_json(run.dir / "manifest.json", run.manifest)
@@ -168,6 +171,9 @@ def train_and_evaluate(trainer: Trainer, parts: TaskParts, metrics: dict, tracke
             metrics["eval"] = trainer.evaluate(bar, desc="eval (final model)")
         if parts.test is not None and len(parts.test):
             metrics["test"] = trainer.evaluate(bar, parts.test, desc="test")
+    for split in ("eval", "test"):
+        if metrics.get(split):
+            log.info("final %s: %s", split, short_metrics(metrics[split]))
     if trackers:
         trackers.log_metrics(metrics.get("eval", {}), result.steps, "final_eval")
         trackers.log_metrics(metrics.get("test", {}), result.steps, "test")

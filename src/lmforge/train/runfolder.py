@@ -45,6 +45,11 @@ def prepare_run_dir(path: Path, overwrite: bool, resume: bool, data_paths: list[
     if path.exists() and path.is_file():
         raise LmforgeError(f"output_dir {path} is a file", "choose a folder path for output.output_dir")
     if path.exists() and any(path.iterdir()):
+        if resume and is_finished(path):
+            raise LmforgeError(f"{path} holds a finished run: there is nothing to resume",
+                               f"to train it further, start a new run from its model: --model.name {path}/model "
+                               "--output.output_dir NEW_FOLDER (with the steps or epochs to add); --overwrite "
+                               "starts this one again")
         if resume:
             return
         if overwrite:

@@ -25,13 +25,13 @@ from .inputs import read_texts
 def classify(model_dir: Path, texts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,
              output: Optional[str] = None, batch_size: int = 64, text_column: Optional[str] = None,
              text_pair_column: Optional[str] = None, pairs: Optional[Sequence[str]] = None,
-             progress: bool = True, model_and_tokenizer=None) -> list[dict]:
+             progress: bool = True, model_and_tokenizer=None, allow_untrained: bool = False) -> list[dict]:
     """Label and probabilities for each text, in input order."""
     if input_file:
-        texts, pairs = read_texts(input_file, text_column, pair_column=text_pair_column)
+        texts, pairs = read_texts(input_file, text_column, pair_column=text_pair_column, detect_pairs=True)
     if not texts:
         raise LmforgeError("no texts to classify", "give texts as arguments or --input FILE")
-    model, tokenizer = model_and_tokenizer or classification.TASK.load_for_use(model_dir)
+    model, tokenizer = model_and_tokenizer or classification.TASK.load_for_use(model_dir, allow_untrained)
     device = inference_device()
     model.to(device)
     max_length = default_length(model.config, tokenizer)

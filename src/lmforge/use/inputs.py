@@ -15,7 +15,8 @@ PLAIN_TEXT_SUFFIXES = (".txt", ".text", "")
 
 def read_texts(path: str, column: Optional[str] = None, names: Sequence[str] = sources.TEXT_NAMES,
                what: str = "text", option: str = "--text-column", pair_column: Optional[str] = None,
-               pair_option: str = "--text-pair-column") -> tuple[list[str], Optional[list[str]]]:
+               pair_option: str = "--text-pair-column", detect_pairs: bool = False,
+               ) -> tuple[list[str], Optional[list[str]]]:
     """(texts, pairs or None) from an input file; an error names the file and the fix."""
     p = Path(path)
     if not p.exists():
@@ -25,9 +26,12 @@ def read_texts(path: str, column: Optional[str] = None, names: Sequence[str] = s
         pairs = None
     else:
         df = sources.read_table(str(p))
-        col = sources.pick_column(df, column, names, what, path, option)
-        pair = sources.pick_column(df, pair_column, sources.PAIR_NAMES, "text pair", path, pair_option) \
-            if pair_column else None
+        if detect_pairs:  # classification input: a known pair of columns is used as text pairs
+            col, pair = sources.pick_text_columns(df, column, pair_column, path, option, pair_option, tuple(names))
+        else:
+            col = sources.pick_column(df, column, names, what, path, option)
+            pair = sources.pick_column(df, pair_column, sources.PAIR_NAMES, "text pair", path, pair_option) \
+                if pair_column else None
         texts = df[col].astype(str).tolist()
         pairs = df[pair].astype(str).tolist() if pair else None
     if not texts:

@@ -45,9 +45,9 @@ log = logging.getLogger("lmforge")
 class Backend:
     """Loads the model for its task and answers requests (called under the slot's lock)."""
 
-    def __init__(self, model_dir: Path, task: Task):
+    def __init__(self, model_dir: Path, task: Task, allow_untrained: bool = False):
         self.model_dir, self.task = model_dir, task
-        self.model, self.tokenizer = task.load_for_use(model_dir)
+        self.model, self.tokenizer = task.load_for_use(model_dir, allow_untrained)
         self.model.to(inference_device())
         self.model.eval()
 
@@ -108,13 +108,14 @@ def _is_loopback(host: str) -> bool:
 
 
 
-def create_app(model: Union[str, Path], limits: Optional[Limits] = None, backend: Optional[Backend] = None):
+def create_app(model: Union[str, Path], limits: Optional[Limits] = None, backend: Optional[Backend] = None,
+               allow_untrained: bool = False):
     """The FastAPI app serving one model (a run folder, model folder or built-in alias)."""
     limits = limits or Limits()
     if backend is None:
         quiet_libraries()
         model_dir = resolve_model_dir(model)
-        backend = Backend(model_dir, task_of(model_dir))
+        backend = Backend(model_dir, task_of(model_dir), allow_untrained)
     slot = ModelSlot(limits.max_queue)
     # No /docs: Swagger UI loads its scripts from a CDN, and lmforge works offline. /openapi.json stays.
     app = FastAPI(title="lmforge", version=VERSION, docs_url=None, redoc_url=None)
@@ -261,14 +262,14 @@ def _static(name: str) -> str:
 
 
 def serve(model: Union[str, Path], host: str = "127.0.0.1", port: int = 8000, limits: Optional[Limits] = None,
-          log_level: str = "info") -> None:
+          log_level: str = "info", allow_untrained: bool = False) -> None:
     """Load the model and serve it until Ctrl-C (`lmforge serve`)."""
     import uvicorn  # lazy: only the serve command needs the server
     if not _is_loopback(host):
         log.warning("serving on %s: anyone who can reach this machine on port %d can use the model "
                     "(there is no authentication)", host, port)
     _check_port(host, port)
-    app = create_app(model, limits)
+    app = create_app(model, limits, allow_untrained=allow_untrained)
     backend = app.app.state.backend
     shown = f"[{host}]" if ":" in host else host
     log.info("serving %s (%s) on http://%s:%d — open it in a browser to try the model", backend.model_dir,
