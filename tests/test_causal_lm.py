@@ -406,9 +406,8 @@ def test_finetuned_folder_reloads_with_plain_transformers(trained):
 def test_eval_cli_reports_word_perplexity(trained, capsys):
     from lmforge.cli import main
     res, d = trained
-    assert main(["eval", str(res.run_dir), "--data", str(d / "valid.txt")]) == 0
-    out = capsys.readouterr().out
-    payload = json.loads(out[out.index("{"):])
+    assert main(["eval", str(res.run_dir), "--data", str(d / "valid.txt"), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
     for key in ("loss", "perplexity", "perplexity_per_word", "bits_per_byte"):
         assert key in payload
     assert payload["loss"] == pytest.approx(res.metrics["eval"]["loss"], rel=1e-4)

@@ -59,4 +59,5 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_bert_no
 
     # a checkpoint of 2 processes does not resume in 1
     with pytest.raises(LmforgeError, match="same number of processes"):
-        api.train(ddp_cfg | {"output": {"output_dir": str(ddp_run)}}, resume=True, progress=False)
+        last = sorted((ddp_run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+        api.train(ddp_cfg | {"output": {"output_dir": str(ddp_run)}}, resume=last, progress=False)

@@ -227,3 +227,17 @@ def test_relative_links_in_the_readme_and_docs_exist():
             if not (md.parent / target).exists():
                 broken.append(f"{md.relative_to(ROOT)} -> {target}")
     assert not broken, broken
+
+
+def test_input_id_columns_are_carried_and_bad_fill_mask_rows_are_skipped(tiny_cls_run, tiny_bert, tmp_path, capsys):
+    f = tmp_path / "in.csv"
+    f.write_text("id,text\nr7,great tasty\nr9,awful bland\n")
+    assert main(["predict", str(tiny_cls_run), "--input", str(f)]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in rows] == ["r7", "r9"] and rows[0]["text"] == "great tasty"
+    g = tmp_path / "masks.csv"
+    g.write_text("id,text\n1,the [MASK] is good\n2,no mask here\n3,[MASK] food\n")
+    assert main(["fill-mask", str(tiny_bert), "--input", str(g), "-o", str(tmp_path / "out.jsonl")]) == 0
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in out] == [1, 2, 3]
+    assert out[1]["error"].startswith("no mask token") and out[0]["masks"] and out[2]["filled"]

@@ -161,6 +161,8 @@ def test_cut_off_checkpoint_is_skipped(reference, tiny_bert, tmp_path, caplog):
         shutil.rmtree(run / "checkpoints" / later, ignore_errors=True)
     (run / "checkpoints" / "step-15" / "COMPLETE").unlink()
     (run / "model").rename(run / "model-old")
+    man = json.loads((run / "manifest.json").read_text())  # what a crash leaves: an unfinished run
+    (run / "manifest.json").write_text(json.dumps({**man, "status": "interrupted"}))
     with caplog.at_level("INFO", logger="lmforge"):
         api.train(run_config(d, tiny_bert, run, save_total_limit=None), resume=True, progress=False)
     text = caplog.text

@@ -302,8 +302,11 @@ def test_eval_generate_scores_exact_match_and_chrf(tiny_chat_model, tmp_path, ca
     assert m["chrf"] == pytest.approx(sacrebleu.corpus_chrf(own, [refs]).score)
     assert m["loss"] > 0 and m["n_tokens"] > 0  # the loss over the references' tokens, as the run trained
     assert main(["eval", str(run), "--data", str(tmp_path / "eval.jsonl"), "--generate",
-                 "--max-new-tokens", "8"]) == 0
-    assert '"chrf"' in capsys.readouterr().out
+                 "--max-new-tokens", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["chrf"] == pytest.approx(m["chrf"])
+    assert main(["eval", str(run), "--data", str(tmp_path / "eval.jsonl"), "--generate", "--max-new-tokens", "8"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("chrf") == 1 and "answer:" in table  # each metric once, then the generations
     # a base causal LM evaluated as sft on conversations (the "before" of a fine-tune)
     base = api.evaluate(tiny_chat_model, str(tmp_path / "eval.jsonl"), progress=False, generate=True,
                         max_new_tokens=8, task="sft")

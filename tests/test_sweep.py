@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -44,7 +45,12 @@ def test_three_trial_sweep_writes_three_runs_and_the_best_config(tiny_bert, tmp_
     assert len({r["train.learning_rate"] for r in rows}) == 3  # the sampler explored
 
     done = [r for r in rows if r["state"] == "complete"]
-    best = max(done, key=lambda r: float(r["eval.accuracy"]))
+    # the best accuracy; a tie goes to the lower eval loss, then the earlier trial
+    top = max(float(r["eval.accuracy"]) for r in done)
+
+    def eval_loss(r):
+        return json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["eval"]["loss"]
+    best = min((r for r in done if float(r["eval.accuracy"]) == top), key=lambda r: (eval_loss(r), int(r["trial"])))
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["best"]["value"] == pytest.approx(float(best["eval.accuracy"]))
     best_cfg = yaml.safe_load((out / "best_config.yaml").read_text())

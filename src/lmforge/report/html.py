@@ -38,7 +38,7 @@ main{max-width:1100px;margin:0 auto;padding:24px}
 h1{margin:0 0 4px 0;font-size:26px} h2{font-size:19px;margin:0 0 12px 0;border-bottom:1px solid #e2e5ea;padding-bottom:6px}
 .sub{color:#5a6572;margin-bottom:18px}
 section{background:#fff;border:1px solid #e2e5ea;border-radius:8px;padding:16px 20px;margin:16px 0}
-table{border-collapse:collapse;font-size:14px;margin:6px 0} th,td{border-bottom:1px solid #eceef1;padding:4px 10px;text-align:left}
+table{border-collapse:collapse;font-size:14px;margin:6px 0;max-width:100%;table-layout:auto} th,td{border-bottom:1px solid #eceef1;padding:4px 10px;text-align:left;overflow-wrap:anywhere;word-break:break-word}
 th{background:#f2f4f7} td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f2f4f7;padding:10px;border-radius:6px;overflow:auto;font-size:13px;max-height:420px}
 img{max-width:100%;height:auto} .row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
@@ -59,7 +59,14 @@ def _num(v) -> str:
     if isinstance(v, float):
         if math.isnan(v) or math.isinf(v):
             return str(v)
-        return f"{v:.4g}" if abs(v) >= 1000 or abs(v) < 1e-3 and v != 0 else f"{v:.4f}"
+        a = abs(v)
+        if a >= 1e6 or 0 < a < 1e-3:
+            return f"{v:.3g}"
+        if a >= 1000:
+            return f"{v:,.0f}"
+        if a >= 100:
+            return f"{v:.1f}"
+        return f"{v:.4f}".rstrip("0").rstrip(".") if a >= 1 else f"{v:.4f}"
     return str(v)
 
 
@@ -190,7 +197,7 @@ def _sec_curves(run: dict) -> str:
     rows = run["log"]
     body = _img(_loss_figure(rows, run["name"]), "loss curves")
     names = [best_metric_name(run["cfg"])]
-    for extra in ("accuracy", "f1_macro", "mcc", "perplexity"):
+    for extra in ("accuracy", "f1_macro", "mcc", "perplexity", "reward_accuracy", "reward_margin"):
         if extra not in names and any(f"eval_{extra}" in r for r in rows):
             names.append(extra)
     if names != ["loss"]:

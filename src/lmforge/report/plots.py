@@ -38,7 +38,7 @@ def _loss_figure(rows: list[dict], title: str):
         return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if train:
-        ax.plot(*zip(*train), label="train loss", color="tab:blue")
+        ax.plot(*zip(*train), "o-" if len(train) < 3 else "-", label="train loss", color="tab:blue")
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss", color="tab:orange")
     ax.set_xlabel("optimizer step")
@@ -91,7 +91,8 @@ def _perf_figure(rows: list[dict]):
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4), dpi=110)
     x = [r["step"] for r in steps]
-    a1.plot(x, [r["tokens_per_s"] for r in steps], color="tab:green", label="tokens/s (real, non-pad)")
+    a1.plot(x, [r["tokens_per_s"] for r in steps], "o-" if len(steps) < 3 else "-", color="tab:green",
+            label="tokens/s (real, non-pad)")
     a1.set_xlabel("optimizer step")
     a1.set_ylabel("tokens/s")
     a1.grid(alpha=0.3)
@@ -107,7 +108,7 @@ def _perf_figure(rows: list[dict]):
     a1.set_title("throughput")
     mem = [(r["step"], r["peak_mem_mb"]) for r in steps if r.get("peak_mem_mb") is not None]
     if mem:
-        a2.plot(*zip(*mem), color="tab:red")
+        a2.plot(*zip(*mem), "o-" if len(mem) < 3 else "-", color="tab:red")
     a2.set_xlabel("optimizer step")
     a2.set_ylabel("peak memory (MB)")
     a2.set_title("peak memory")

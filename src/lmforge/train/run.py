@@ -240,7 +240,8 @@ def open_run(cfg: Config, accelerator, resume) -> Iterator[OpenRun]:
     created = not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())) or \
         (bool(cfg.output.overwrite) and not resume)
     if is_main:
-        prepare_run_dir(run_dir, cfg.output.overwrite, bool(resume), [cfg.data.train, cfg.data.eval, cfg.data.test])
+        prepare_run_dir(run_dir, cfg.output.overwrite, resume if resume else False,
+                        [cfg.data.train, cfg.data.eval, cfg.data.test])
     accelerator.wait_for_everyone()
     resume_from = _resume_point(run_dir, resume, is_main, created, accelerator) if resume else None
     run = OpenRun(run_dir, is_main, new_manifest(cfg, str(accelerator.device), cfg.train.seed), resume_from, created)

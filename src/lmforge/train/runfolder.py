@@ -27,7 +27,9 @@ def default_run_name(task: str, model: Optional[str]) -> str:
     return f"runs/{task}-{base}-{stamp}"
 
 
-def prepare_run_dir(path: Path, overwrite: bool, resume: bool, data_paths: list[str]) -> None:
+def prepare_run_dir(path: Path, overwrite: bool, resume, data_paths: list[str]) -> None:
+    """Check and create the run folder. `resume`: False, True (the latest checkpoint) or a checkpoint path;
+    a plain resume of a finished run is refused (nothing is left to train; it used to start over)."""
     path = Path(path)
     for d in data_paths:
         if not d:
@@ -45,11 +47,11 @@ def prepare_run_dir(path: Path, overwrite: bool, resume: bool, data_paths: list[
     if path.exists() and path.is_file():
         raise LmforgeError(f"output_dir {path} is a file", "choose a folder path for output.output_dir")
     if path.exists() and any(path.iterdir()):
-        if resume and is_finished(path):
+        if resume is True and is_finished(path):
             raise LmforgeError(f"{path} holds a finished run: there is nothing to resume",
                                f"to train it further, start a new run from its model: --model.name {path}/model "
                                "--output.output_dir NEW_FOLDER (with the steps or epochs to add); --overwrite "
-                               "starts this one again")
+                               "starts this one again, --resume CHECKPOINT replays from one of its checkpoints")
         if resume:
             return
         if overwrite:

@@ -18,7 +18,7 @@ from ..fs import write_jsonl
 from ..models.load import default_length
 from ..runtime import inference_device
 from ..tasks import classification
-from .inputs import read_texts
+from .inputs import read_ids, read_texts, with_ids
 
 
 @torch.no_grad()
@@ -55,6 +55,7 @@ def classify(model_dir: Path, texts: Optional[Sequence[str]] = None, input_file:
                               "label": id2label[best], "score": p[best],
                               "probabilities": {id2label[k]: round(v, 6) for k, v in enumerate(p)}}
             bar.advance(task, len(idx))
+    results = with_ids(results, read_ids(input_file) if input_file else None)
     if output:
         write_jsonl(output, results)
     return results

@@ -15,7 +15,7 @@ from ..fs import write_jsonl
 from ..runtime import inference_device
 from ..tasks import masked_lm
 from ..tasks.fill_mask import fill_mask_with
-from .inputs import read_texts
+from .inputs import read_ids, read_texts, with_ids
 
 log = logging.getLogger("lmforge")
 
@@ -37,6 +37,7 @@ def fill_mask(model_dir: Path, texts: Optional[Sequence[str]] = None, input_file
                     note.split(", so the perplexity")[0] + ".")
     model.to(inference_device())
     rows = fill_mask_with(model, tokenizer, list(texts), top_k=top_k, batch_size=batch_size, where=where)
+    rows = with_ids(rows, read_ids(input_file) if input_file else None)
     if output:
         write_jsonl(output, rows)
     return rows

@@ -18,7 +18,7 @@ from ..models.load import resolve_model_dir
 from ..runtime import inference_device
 from ..tasks import causal_lm
 from ..tasks.generation import generate_greedy_batched, generate_texts
-from .inputs import read_texts
+from .inputs import read_ids, read_texts, with_ids
 
 PROMPT_NAMES = ("prompt", "text", "input", "question", "instruction")
 
@@ -30,7 +30,10 @@ def generate(model: str, prompts: Optional[Sequence[str]] = None, input_file: Op
              stream: bool = False, prompt_column: Optional[str] = None) -> list[dict]:
     """Generate from a run folder, model folder or built-in alias; optionally write jsonl rows."""
     all_prompts = list(prompts or [])
+    ids = None
     if input_file:
+        file_ids = read_ids(input_file)
+        ids = None if file_ids is None else [None] * len(all_prompts) + file_ids
         all_prompts += read_texts(input_file, prompt_column, PROMPT_NAMES, "prompt", "--prompt-column")[0]
     if not all_prompts:
         raise LmforgeError("no prompt given", "give a prompt after the model, or --input FILE")
@@ -47,6 +50,7 @@ def generate(model: str, prompts: Optional[Sequence[str]] = None, input_file: Op
                               stream=sys.stdout if stream else None)
     rows = [{"prompt": p, "completion": c, "sequence": j}
             for p, cs in zip(all_prompts, outs) for j, c in enumerate(cs)]
+    rows = with_ids(rows, ids, per=num_return_sequences)
     if output:
         write_jsonl(output, rows)
     return rows

@@ -37,3 +37,27 @@ def read_texts(path: str, column: Optional[str] = None, names: Sequence[str] = s
     if not texts:
         raise LmforgeError(f"{path} has no {what}s", f"write one {what} per line")
     return texts, pairs
+
+
+ID_NAMES = ("id", "idx", "uid", "guid", "example_id", "row_id", "doc_id", "key")
+
+
+def read_ids(path: str) -> Optional[list]:
+    """The id column of an input table (id, idx, uid, guid, example_id, ...), carried into each result; None
+    for a .txt file or a table without one."""
+    p = Path(path)
+    if p.suffix.lower() in PLAIN_TEXT_SUFFIXES:
+        return None
+    df = sources.read_table(str(p))
+    lower = {str(c).lower(): c for c in df.columns}
+    col = next((lower[n] for n in ID_NAMES if n in lower), None)
+    if col is None:
+        return None
+    return [v.item() if hasattr(v, "item") else v for v in df[col].tolist()]
+
+
+def with_ids(rows: list[dict], ids: Optional[list], per: int = 1) -> list[dict]:
+    """Each result with its input's id first (`per` results per input, e.g. several samples)."""
+    if ids is None:
+        return rows
+    return [{"id": ids[i // per], **r} for i, r in enumerate(rows)]
