@@ -203,6 +203,7 @@ def test_data_shapes_give_the_same_pair(tmp_path):
                            "rejected": [{"role": "assistant", "content": r}]},
         "conversations.jsonl": {"chosen": msgs(c), "rejected": msgs(r)},
         "repeated.jsonl": {"prompt": p, "chosen": msgs(c), "rejected": msgs(r)},
+        "hh.jsonl": {"chosen": f"\n\nHuman: {p}\n\nAssistant: {c}", "rejected": f"\n\nHuman: {p}\n\nAssistant: {r}"},
     }
     got = []
     for name, row in shapes.items():

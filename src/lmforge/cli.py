@@ -25,7 +25,7 @@ from .errors import LmforgeError
 from .fs import write_json
 from .runtime import quiet_libraries
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   help="Fine-tune and train language models: classification, causal LM, masked LM.")
 console = Console(stderr=True)
 STATE = {"debug": False}
@@ -203,7 +203,7 @@ def _print_eval(metrics: dict) -> None:
                   markup=False, highlight=False)
 
 
-tokenizer_app = typer.Typer(no_args_is_help=True, help="Train tokenizers (BPE, byte-level BPE, WordPiece, Unigram).")
+tokenizer_app = typer.Typer(no_args_is_help=False, help="Train tokenizers (BPE, byte-level BPE, WordPiece, Unigram).")
 app.add_typer(tokenizer_app, name="tokenizer")
 
 
@@ -413,7 +413,7 @@ def init(task: str = typer.Argument(..., help="classification, causal-lm, masked
     print(f"wrote {output}: task {task}; next: lmforge doctor {output}, then lmforge train {output}")
 
 
-config_app = typer.Typer(no_args_is_help=True, help="Config keys: `lmforge config keys [SECTION]`.")
+config_app = typer.Typer(no_args_is_help=False, help="Config keys: `lmforge config keys [SECTION]`.")
 app.add_typer(config_app, name="config")
 
 
@@ -527,11 +527,11 @@ def _usage_error(e: Exception, argv: Optional[list[str]]) -> int:
     if STATE["debug"]:
         console.print_exception()
     ctx = getattr(e, "ctx", None)
-    if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
-        print(ctx.get_help())  # bare `lmforge` (or a group without its command): the help is the answer
-        return 2
     command = ctx.command_path if ctx is not None else "lmforge"
     message = e.format_message() if hasattr(e, "format_message") else str(e)
+    if type(e).__name__ == "NoArgsIsHelpError" or message.startswith("Missing command"):  # bare `lmforge`
+        commands = ", ".join(getattr(ctx.command, "commands", {})) if ctx is not None else ""
+        message = f"no command given{f' (commands: {commands})' if commands else ''}"
     message = " ".join(message.split())
     console.print(f"error: {message} — see `{command} --help`", markup=False, highlight=False, soft_wrap=True)
     return 2

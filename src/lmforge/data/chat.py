@@ -93,17 +93,25 @@ def _text(value, where: str, what: str) -> str:
     return value
 
 
-def _from_messages(row: dict, where: str) -> list[dict]:
+def messages_of(value, where: str, column: str = "messages", hint: str = FORMAT_HINT) -> list[dict]:
+    """A validated list of {role, content} messages from a cell (a list, a numpy array, or JSON text)."""
     out = []
-    for j, turn in enumerate(_as_list(row.get("messages"), where, "messages")):
+    name = "message" if column == "messages" else f"{column} message"
+    for j, turn in enumerate(_as_list(value, where, column)):
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
-            raise LmforgeError(f"{where}: message {j + 1} is not a {{role, content}} object", FORMAT_HINT)
+            raise LmforgeError(f"{where}: {name} {j + 1} is not a {{role, content}} object", hint)
         role = str(turn["role"]).lower()
         if role not in ROLES:
-            raise LmforgeError(f"{where}: message {j + 1} has role '{turn['role']}'",
-                               f"roles are {', '.join(ROLES)}")
-        out.append({"role": role, "content": _text(turn["content"], where, f"message {j + 1}'s content")})
+            raise LmforgeError(f"{where}: {name} {j + 1} has role '{turn['role']}'", f"roles are {', '.join(ROLES)}")
+        if not isinstance(turn["content"], str):
+            raise LmforgeError(f"{where}: {name} {j + 1}'s content must be text, got "
+                               f"{type(turn['content']).__name__}", hint)
+        out.append({"role": role, "content": turn["content"]})
     return out
+
+
+def _from_messages(row: dict, where: str) -> list[dict]:
+    return messages_of(row.get("messages"), where)
 
 
 def _from_sharegpt(row: dict, where: str) -> list[dict]:

@@ -13,11 +13,13 @@ holds a JSON list.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Optional
 
 from ..errors import LmforgeError
 from . import sources
-from .chat import ROLES, _as_list
+from .chat import messages_of
 
 PAIR_HINT = ("preference data has prompt / chosen / rejected columns (text, or role/content message lists), or "
              "chosen / rejected columns holding whole conversations that share their first turns")
@@ -49,20 +51,7 @@ def read_pairs(source: str, cfg, split: str = "train") -> list[Pair]:
 
 
 def _messages(value, where: str, column: str) -> list[dict]:
-    turns = _as_list(value, where, column)
-    out = []
-    for j, turn in enumerate(turns):
-        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
-            raise LmforgeError(f"{where}: {column} message {j + 1} is not a {{role, content}} object", PAIR_HINT)
-        role = str(turn["role"]).lower()
-        if role not in ROLES:
-            raise LmforgeError(f"{where}: {column} message {j + 1} has role '{turn['role']}'",
-                               f"roles are {', '.join(ROLES)}")
-        if not isinstance(turn["content"], str):
-            raise LmforgeError(f"{where}: {column} message {j + 1}'s content must be text, got "
-                               f"{type(turn['content']).__name__}", PAIR_HINT)
-        out.append({"role": role, "content": turn["content"]})
-    return out
+    return messages_of(value, where, column, PAIR_HINT)
 
 
 def _is_list(value) -> bool:
@@ -106,12 +95,32 @@ def _pair(row: dict, where: str) -> Pair:
     return Pair(p, chosen, rejected)
 
 
+HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant): ")
+
+
+def hh_messages(text: str) -> Optional[list[dict]]:
+    """A conversation written as text in the Anthropic HH style ("\n\nHuman: ... \n\nAssistant: ..."), as
+    messages; None when the text is not in that style."""
+    parts = HH_TURN.split(text)
+    if len(parts) < 5 or parts[0].strip():
+        return None
+    return [{"role": "user" if who == "Human" else "assistant", "content": body.strip()}
+            for who, body in zip(parts[1::2], parts[2::2])]
+
+
+def _conversation(value, where: str, column: str) -> list[dict]:
+    if _is_list(value):
+        return _messages(value, where, column)
+    msgs = hh_messages(value) if isinstance(value, str) else None
+    if msgs is None:
+        raise LmforgeError(f"{where}: without a prompt column, '{column}' must be a whole conversation (a message "
+                           "list, or text in the \\n\\nHuman: ... \\n\\nAssistant: ... style)", PAIR_HINT)
+    return msgs
+
+
 def _pair_from_conversations(row: dict, where: str) -> Pair:
-    for col in ("chosen", "rejected"):
-        if not _is_list(row.get(col)):
-            raise LmforgeError(f"{where}: without a prompt column, '{col}' must be a whole conversation "
-                               "(a message list)", PAIR_HINT)
-    chosen, rejected = _messages(row["chosen"], where, "chosen"), _messages(row["rejected"], where, "rejected")
+    chosen = _conversation(row.get("chosen"), where, "chosen")
+    rejected = _conversation(row.get("rejected"), where, "rejected")
     n = 0
     while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
         n += 1

@@ -34,7 +34,7 @@ from transformers import AutoModelForCausalLM
 
 from ..config import Config, Permissions, load_config
 from ..data.preference import Pair, read_pairs
-from ..data.split import split_items
+from ..data.split import read_train_eval
 from ..errors import LmforgeError
 from ..fs import atomic_write, cache_dir
 from ..models.load import check_length, default_length, ensure_pad
@@ -513,22 +513,8 @@ class DPO(Task):
         return f"reference log-probs of {n:,} pairs computed once in {secs:.1f} s (cached for later runs)"
 
     def read(self, cfg: Config):
-        d, notes = cfg.data, []
-        train = read_pairs(d.train, cfg, "train")
-        if d.max_train_samples:
-            train = train[:d.max_train_samples]
-        if d.eval:
-            evals = read_pairs(d.eval, cfg, "eval")
-        else:
-            if len(train) < 2:
-                raise LmforgeError(f"{d.train} has a single pair, so none can be held out for evaluation",
-                                   "give data.eval, or more pairs")
-            train, evals = split_items(train, d.validation_split, cfg.train.seed)
-            notes.append(f"no eval data given: held out {len(evals)} of the pairs "
-                         f"({100 * d.validation_split:.0f}%, seed {cfg.train.seed})")
-        if d.max_eval_samples:
-            evals = evals[:d.max_eval_samples]
-        return train, evals, notes
+        """(train pairs, eval pairs, notes): eval held out by the shared rule when not given."""
+        return read_train_eval(cfg, read_pairs, "pair")
 
     def load_for_use(self, model_dir: Path, allow_untrained: bool = False):
         return CAUSAL_LM.load_for_use(model_dir)

@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM
 
 from ..config import Config, Permissions
 from ..data.chat import read_conversations
-from ..data.split import split_items
+from ..data.split import read_train_eval
 from ..errors import LmforgeError
 from ..models.load import check_length, default_length, ensure_pad
 from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, refuse_stride
@@ -195,22 +195,7 @@ class SFT(Task):
 
     def read(self, cfg: Config):
         """(train conversations, eval conversations, notes): eval held out by the shared rule when not given."""
-        d, notes = cfg.data, []
-        train = read_conversations(d.train, cfg, "train")
-        if d.max_train_samples:
-            train = train[:d.max_train_samples]
-        if d.eval:
-            evals = read_conversations(d.eval, cfg, "eval")
-        else:
-            if len(train) < 2:
-                raise LmforgeError(f"{d.train} has a single conversation, so none can be held out for evaluation",
-                                   "give data.eval, or more conversations")
-            train, evals = split_items(train, d.validation_split, cfg.train.seed)
-            notes.append(f"no eval data given: held out {len(evals)} of the conversations "
-                         f"({100 * d.validation_split:.0f}%, seed {cfg.train.seed})")
-        if d.max_eval_samples:
-            evals = evals[:d.max_eval_samples]
-        return train, evals, notes
+        return read_train_eval(cfg, read_conversations, "conversation")
 
     @staticmethod
     def describe_encoding(enc: Encoded, block: int) -> list[str]:

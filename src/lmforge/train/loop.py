@@ -428,7 +428,7 @@ class Trainer:
                          "peak_mem_mb": round(peak_memory_mb(self.accelerator.device), 1),
                          **(self.parts.step_stats.drain() if self.parts.step_stats else {})})
         if progress:
-            progress.set_rate(tok_s, mfu)
+            progress.set_rate(tok_s, mfu, self.win_loss / self.win_items if self.win_items else None)
         self.win_tokens, self.win_start = 0, time.perf_counter()
         self.win_loss, self.win_items = 0.0, 0
 

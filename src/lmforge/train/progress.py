@@ -61,9 +61,12 @@ class TrainProgress:
         self.loss, self.lr, self.step = loss, lr, step
         self.progress.update(self.train_id, completed=step, info=self._info())
 
-    def set_rate(self, tok_s: float, mfu: Optional[float]):
-        """Called once per logging step (after the step's update_train)."""
+    def set_rate(self, tok_s: float, mfu: Optional[float], window_loss: Optional[float] = None):
+        """Called once per logging step (after the step's update_train), with the logging window's mean loss
+        (the number log.jsonl gets)."""
         self.tok_s, self.mfu = tok_s, mfu
+        if window_loss is not None:
+            self.loss = window_loss
         if self.train_id is not None:
             self.progress.update(self.train_id, info=self._info())
         if self.plain:
