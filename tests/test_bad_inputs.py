@@ -234,13 +234,13 @@ def max_length_above_model_limit(d, model, out):
 @case
 def zero_batch_size(d, model, out):
     return base(good_csv(d), model, out, "--train.per_device_train_batch_size", "0"), \
-        ("per_device_train_batch_size must be a positive integer",)
+        ("'train.per_device_train_batch_size'", ">= 1")
 
 
 @case
 def negative_batch_size(d, model, out):
     return base(good_csv(d), model, out, "--train.per_device_train_batch_size", "-8"), \
-        ("per_device_train_batch_size must be a positive integer", "-8")
+        ("'train.per_device_train_batch_size'", ">= 1", "-8")
 
 
 @case
@@ -251,7 +251,7 @@ def zero_accumulation(d, model, out):
 
 @case
 def validation_split_out_of_range(d, model, out):
-    return base(good_csv(d), model, out, "--data.validation_split", "1.5"), ("validation_split", "between 0 and 1")
+    return base(good_csv(d), model, out, "--data.validation_split", "1.5"), ("validation_split", "> 0 and < 1")
 
 
 @case
@@ -347,6 +347,134 @@ def eval_missing_model(d, model, out):
     return ["eval", str(d / "no-run"), "--data", str(good_csv(d))], ("not found", "check the path")
 
 
+# ----------------------------------------------------------------------------------- values out of range (issue 17)
+@case
+def nan_learning_rate(d, model, out):
+    return base(good_csv(d), model, out, "--train.learning_rate", "nan"), ("'train.learning_rate'", "finite")
+
+
+@case
+def infinite_learning_rate(d, model, out):
+    return base(good_csv(d), model, out, "--train.learning_rate", "inf"), ("'train.learning_rate'", "finite")
+
+
+@case
+def seed_beyond_64_bits(d, model, out):
+    return base(good_csv(d), model, out, "--train.seed", str(2**70)), ("'train.seed'", "64 bits")
+
+
+@case
+def seed_beyond_32_bits(d, model, out):
+    return base(good_csv(d), model, out, "--train.seed", str(2**40)), ("'train.seed'", "<= 4294967295")
+
+
+@case
+def negative_max_steps(d, model, out):
+    return base(good_csv(d), model, out, "--train.max_steps", "-5"), ("'train.max_steps'", ">= -1")
+
+
+@case
+def zero_eval_batch_size(d, model, out):
+    return base(good_csv(d), model, out, "--train.per_device_eval_batch_size", "0"), \
+        ("'train.per_device_eval_batch_size'", ">= 1")
+
+
+@case
+def negative_warmup_steps(d, model, out):
+    return base(good_csv(d), model, out, "--train.warmup_steps", "-3"), ("'train.warmup_steps'", ">= 0")
+
+
+@case
+def zero_grad_norm(d, model, out):
+    return base(good_csv(d), model, out, "--train.max_grad_norm", "0"), ("'train.max_grad_norm'", "> 0")
+
+
+@case
+def lora_dropout_of_one(d, model, out):
+    return base(good_csv(d), model, out, "--peft.dropout", "1.0"), ("'peft.dropout'", "< 1")
+
+
+@case
+def dpo_negative_beta(d, model, out):
+    return base(good_csv(d), model, out, "--dpo.beta", "-0.1"), ("'dpo.beta'", "> 0")
+
+
+# ----------------------------------------------------------------------------------- the pickle promise (issue 17)
+@case
+def pickle_beside_an_unrelated_safetensors(d, model, out):
+    m = pickled_model(d, model)
+    (m / "extra_head.safetensors").write_bytes((m / "config.json").read_bytes()[:8])  # not the model's weights
+    return base(good_csv(d), m, out), ("only pickled weights", "--allow-pickle")
+
+
+@case
+def predict_with_a_pickle_beside_an_unrelated_safetensors(d, model, out):
+    m = pickled_model(d, model)
+    (m / "other.safetensors").write_bytes(b"x")
+    return ["predict", str(m), "a text", "--allow-untrained"], ("only pickled weights", "--allow-pickle")
+
+
+# ----------------------------------------------------------------------------------- command line (issues 16, 17)
+@case
+def mistyped_command(d, model, out):
+    return ["trian"], ("No such command 'trian'", "Did you mean 'train'", "lmforge --help")
+
+
+@case
+def bad_integer_option(d, model, out):
+    return ["generate", str(model), "hi", "--max-new-tokens", "ten"], ("--max-new-tokens", "lmforge generate --help")
+
+
+@case
+def missing_argument(d, model, out):
+    return ["predict"], ("Missing argument", "lmforge predict --help")
+
+
+@case
+def override_without_a_value(d, model, out):
+    return ["eval", str(model), "--data.max_eval_samples"], ("has no value",)
+
+
+@case
+def predict_with_an_untrained_head(d, model, out):
+    return ["predict", str(model), "a text"], ("no trained classification head", "--allow-untrained")
+
+
+@case
+def nan_temperature_option(d, model, out):
+    return ["generate", str(model), "hi", "--temperature", "nan"], ("'--temperature'", "finite")
+
+
+@case
+def zero_max_new_tokens_option(d, model, out):
+    return ["generate", str(model), "hi", "--max-new-tokens", "0"], ("'--max-new-tokens'", "greater than or equal to 1")
+
+
+@case
+def top_p_above_one_option(d, model, out):
+    return ["chat", str(model), "--top-p", "1.5"], ("'--top-p'", "(0, 1]")
+
+
+@case
+def port_out_of_range_option(d, model, out):
+    return ["serve", str(model), "--port", "70000"], ("'--port'", "65535")
+
+
+@case
+def seed_beyond_64_bits_option(d, model, out):
+    return ["generate", str(model), "hi", "--seed", str(2**70)], ("'--seed'",)
+
+
+@case
+def zero_batch_size_option(d, model, out):
+    return ["predict", str(model), "hi", "--batch-size", "0"], ("'--batch-size'",)
+
+
+@case
+def zero_trials_option(d, model, out):
+    return ["sweep", "--param", "train.learning_rate=loguniform:1e-5:1e-3", "--trials", "0"], ("'--trials'",)
+
+
 # ----------------------------------------------------------------------------------- the checks
 def pickled_model(d: Path, model: Path) -> Path:
     import shutil
@@ -369,7 +497,7 @@ def looks_finished(out: Path) -> bool:
 
 
 def test_catalogue_is_large_enough():
-    assert len(CASES) >= 30
+    assert len(CASES) >= 60
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

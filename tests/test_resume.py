@@ -152,6 +152,39 @@ def test_resume_from_an_older_checkpoint_replays_exactly(reference, tiny_bert, t
     assert_same_run(ref, run)
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"])
+def test_a_checkpoint_corrupted_in_place_is_skipped_by_its_checksum(reference, tiny_bert, tmp_path, caplog, name):
+    """One file of the newest checkpoint changed in place (same size, so the size check cannot see it): --resume
+    says so, falls back to the checkpoint before, and the replay is bit-identical to the uninterrupted run."""
+    d, ref = reference
+    run = tmp_path / "copy"
+    shutil.copytree(ref, run)
+    target = run / "checkpoints" / "step-30" / name
+    data = bytearray(target.read_bytes())
+    at = len(data) // 2
+    data[at] = (data[at] + 1) % 256  # one byte, same size
+    target.write_bytes(bytes(data))
+    man = json.loads((run / "manifest.json").read_text())  # a crashed run: unfinished
+    (run / "manifest.json").write_text(json.dumps({**man, "status": "interrupted"}))
+    (run / "model").rename(run / "model-old")
+    with caplog.at_level("INFO", logger="lmforge"):
+        api.train(run_config(d, tiny_bert, run, save_total_limit=None), resume=True, progress=False)
+    assert "step-30" in caplog.text and f"{name} does not match the checksum" in caplog.text
+    assert "resuming from" in caplog.text and "step-25" in caplog.text
+    assert_same_run(ref, run)
+
+
+def test_a_torn_last_log_line_is_dropped_and_other_bad_lines_are_named(tmp_path):
+    from lmforge.errors import LmforgeError
+    from lmforge.fs import JsonLog
+    p = tmp_path / "log.jsonl"
+    p.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert [r["step"] for r in JsonLog(p).read()] == [1, 2]
+    p.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(LmforgeError, match="log.jsonl line 2 is not valid JSON"):
+        JsonLog(p).read()
+
+
 def test_cut_off_checkpoint_is_skipped(reference, tiny_bert, tmp_path, caplog):
     """The newest checkpoint lost its COMPLETE marker (cut off): --resume warns and uses the one before."""
     d, ref = reference

@@ -110,6 +110,8 @@ def test_classify_matches_predict(cls_server, tiny_cls_run):
     ({}, None, 422, "exactly one of 'text' or 'texts'"),
     ({"text": "a", "texts": ["b"]}, None, 422, "exactly one of"),
     ({"texts": ["a", "b"], "text_pairs": ["c"]}, None, 422, "1 text pairs for 2 texts"),
+    (None, b'{"text": "bad \\ud800 text"}', 422, "lone surrogate"),
+    (None, b'{"texts": ["ok", "\\udfff"]}', 422, "lone surrogate"),
 ])
 def test_bad_requests_get_4xx_json(cls_server, body, raw, status, needle):
     got, err = cls_server.post("/v1/classify", body, raw=raw)
@@ -279,6 +281,12 @@ def test_generate_limits(gen_server):
     assert status == 413 and "context is 128 tokens" in err["error"]["message"]
     status, err = live.post("/v1/generate", {"prompt": "the", "temperature": -1})
     assert status == 422 and "temperature" in err["error"]["message"]
+    for bad in ({"prompt": "the", "seed": 2**70, "temperature": 0.7}, {"prompt": "the", "seed": 2**64, "stream": True},
+                {"prompt": "\ud800"}):
+        status, err = live.post("/v1/generate", bad)
+        assert status == 422 and ("seed" in err["error"]["message"] or "surrogate" in err["error"]["message"]), err
+    status, err = live.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "\ud800"}]})
+    assert status == 422 and "surrogate" in err["error"]["message"], err
     slot = live.app.app.state.slot
     assert slot.busy == 0 and slot.waiting == 0  # refused requests gave the model back
     status, _ = live.post("/v1/generate", {"prompt": "the", "max_new_tokens": 2})

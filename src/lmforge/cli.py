@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import webbrowser
@@ -29,6 +30,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions
                   help="Fine-tune and train language models: classification, causal LM, masked LM.")
 console = Console(stderr=True)
 STATE = {"debug": False}
+
+
+def _number_check(ok, what: str):
+    """An option callback: the value (a float) is finite and `ok`, else a usage error naming the option."""
+    def check(ctx, param, value):
+        if value is not None and (not math.isfinite(value) or not ok(value)):
+            raise typer.BadParameter(f"must be {what}, got {value}")
+        return value
+    return check
+
+
+_at_least_0 = _number_check(lambda v: v >= 0, "a finite number >= 0")
+_positive = _number_check(lambda v: v > 0, "a finite number > 0")
+_probability = _number_check(lambda v: 0 < v <= 1, "in (0, 1]")
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -137,7 +152,7 @@ def predict(model: str = typer.Argument(..., help="Run folder or model folder.")
             output: Optional[str] = typer.Option(None, "--output", "-o", help="Write predictions as jsonl."),
             text_column: Optional[str] = typer.Option(None, "--text-column"),
             text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column"),
-            batch_size: int = typer.Option(64, "--batch-size"),
+            batch_size: int = typer.Option(64, "--batch-size", min=1),
             allow_untrained: bool = typer.Option(False, "--allow-untrained", help="Run a model whose classification head was never trained (random labels).")):
     """Classify texts: label and probabilities per row (the same JSON on stdout and in --output)."""
     api = _api()
@@ -157,10 +172,10 @@ def predict(model: str = typer.Argument(..., help="Run folder or model folder.")
 @app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def eval_cmd(ctx: typer.Context, model: str = typer.Argument(..., help="Run folder or model folder."),
              data: Optional[str] = typer.Option(None, "--data", "-d", help="Labelled file or built-in dataset (e.g. finefood:test); default: the run's own test set (else eval set)."),
-             batch_size: int = typer.Option(64, "--batch-size"),
-             stride: Optional[int] = typer.Option(None, "--stride", help="causal-lm: score in sliding windows N tokens apart (context for every token)."),
+             batch_size: int = typer.Option(64, "--batch-size", min=1),
+             stride: Optional[int] = typer.Option(None, "--stride", min=1, help="causal-lm: score in sliding windows N tokens apart (context for every token)."),
              generate: bool = typer.Option(False, "--generate", help="causal-lm/sft: greedy answers to the conversations, scored by exact match and chrF."),
-             max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="With --generate: tokens per answer at most."),
+             max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="With --generate: tokens per answer at most."),
              task: Optional[str] = typer.Option(None, "--task", help="Evaluate as this task (e.g. a base causal LM as sft); default: the model's."),
              output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON."),
              as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON (the same as --output writes) instead of a table.")):
@@ -231,8 +246,8 @@ def tokenizer_train(
         ctx: typer.Context,
         data: Optional[str] = typer.Option(None, "--data", help="A data source as a config names it (kjv, x.jsonl, a folder)."),
         type: str = typer.Option("byte-level-bpe", "--type", help="bpe | byte-level-bpe | wordpiece | unigram"),
-        vocab_size: int = typer.Option(8000, "--vocab-size", help="Vocabulary size, special tokens included."),
-        min_frequency: int = typer.Option(2, "--min-frequency", help="Minimum count of a merged pair / piece."),
+        vocab_size: int = typer.Option(8000, "--vocab-size", min=2, help="Vocabulary size, special tokens included."),
+        min_frequency: int = typer.Option(2, "--min-frequency", min=1, help="Minimum count of a merged pair / piece."),
         output: str = typer.Option(..., "--output", "-o", help="Folder to write; AutoTokenizer.from_pretrained loads it."),
         lowercase: Optional[bool] = typer.Option(None, "--lowercase/--no-lowercase", help="Default: only wordpiece lowercases."),
         max_mb: Optional[float] = typer.Option(None, "--max-mb", help="Train on the first N MB only."),
@@ -259,9 +274,9 @@ def fill_mask_cmd(model: str = typer.Argument(..., help="Run folder, model folde
                   texts: Optional[List[str]] = typer.Argument(None, help="Texts with [MASK] (or <mask>)."),
                   input: Optional[str] = typer.Option(None, "--input", "-i", help="txt (one text a line), csv, jsonl."),
                   output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results as jsonl."),
-                  top_k: int = typer.Option(5, "--top-k", "-k", help="Candidates per mask."),
+                  top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Candidates per mask."),
                   text_column: Optional[str] = typer.Option(None, "--text-column"),
-                  batch_size: int = typer.Option(32, "--batch-size")):
+                  batch_size: int = typer.Option(32, "--batch-size", min=1)):
     """Fill the masks of texts: top-k tokens with probabilities per mask."""
     api = _api()
     if not texts and not input:
@@ -282,13 +297,13 @@ def generate(model: str = typer.Argument(..., help="Run folder, model folder or 
              prompts: Optional[List[str]] = typer.Argument(None, help="Prompts to continue."),
              input: Optional[str] = typer.Option(None, "--input", "-i", help="Prompts: txt (one a line), jsonl, csv."),
              output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results as jsonl."),
-             max_new_tokens: int = typer.Option(50, "--max-new-tokens", "-n", help="Tokens to generate at most."),
-             temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="Sample at this temperature (default: greedy)."),
-             top_k: Optional[int] = typer.Option(None, "--top-k", "-k", help="Sample from the k most likely tokens."),
-             top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample from the smallest set with this probability."),
-             repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="> 1 discourages repeats."),
-             num_return_sequences: int = typer.Option(1, "--num-return-sequences", help="Samples per prompt."),
-             seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling (same seed, same text)."),
+             max_new_tokens: int = typer.Option(50, "--max-new-tokens", "-n", min=1, help="Tokens to generate at most."),
+             temperature: Optional[float] = typer.Option(None, "--temperature", "-t", callback=_at_least_0, help="Sample at this temperature (default: greedy)."),
+             top_k: Optional[int] = typer.Option(None, "--top-k", "-k", min=0, help="Sample from the k most likely tokens."),
+             top_p: Optional[float] = typer.Option(None, "--top-p", callback=_probability, help="Sample from the smallest set with this probability."),
+             repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", callback=_positive, help="> 1 discourages repeats."),
+             num_return_sequences: int = typer.Option(1, "--num-return-sequences", min=1, max=64, help="Samples per prompt."),
+             seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**63 - 1, help="Seed for sampling (same seed, same text)."),
              chat: bool = typer.Option(False, "--chat", help="Wrap each prompt in the tokenizer's chat template."),
              prompt_column: Optional[str] = typer.Option(None, "--prompt-column", help="Column of --input tables."),
              no_stream: bool = typer.Option(False, "--no-stream", help="Print whole results instead of streaming."),
@@ -315,10 +330,10 @@ def generate(model: str = typer.Argument(..., help="Run folder, model folder or 
 @app.command()
 def chat(model: str = typer.Argument(..., help="Run folder, model folder or alias of a causal LM with a chat template."),
          system: Optional[str] = typer.Option(None, "--system", help="System message."),
-         max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Tokens per reply at most."),
-         temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="Sample at this temperature (default: greedy)."),
-         top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample from the smallest set with this probability."),
-         seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling.")):
+         max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Tokens per reply at most."),
+         temperature: Optional[float] = typer.Option(None, "--temperature", "-t", callback=_at_least_0, help="Sample at this temperature (default: greedy)."),
+         top_p: Optional[float] = typer.Option(None, "--top-p", callback=_probability, help="Sample from the smallest set with this probability."),
+         seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**63 - 1, help="Seed for sampling.")):
     """Chat with a model in the terminal (or through a pipe, one turn per line); /reset, /system TEXT, /exit."""
     _api().chat(model, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
 
@@ -362,12 +377,12 @@ def prepare(ctx: typer.Context, config: str = typer.Argument(..., help="YAML con
 def sweep(ctx: typer.Context,
           config: Optional[str] = typer.Argument(None, help="YAML config; none = the built-in default recipe."),
           param: List[str] = typer.Option(..., "--param", "-p", help="section.key=loguniform:LO:HI | uniform:LO:HI | int:LO:HI | choice:A,B,..."),
-          trials: int = typer.Option(10, "--trials", help="Number of trials."),
+          trials: int = typer.Option(10, "--trials", min=1, help="Number of trials."),
           metric: str = typer.Option("eval.loss", "--metric", help="What to optimise: eval.<metric> or test.<metric>."),
           direction: Optional[str] = typer.Option(None, "--direction", help="maximize or minimize (default: from the metric)."),
           output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Sweep folder (default runs/sweep-...); reuse it to add trials."),
           pruner: str = typer.Option("median", "--pruner", help="median (stop trials below the median) or none."),
-          seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed (default: train.seed)."),
+          seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**32 - 1, help="Sampler seed (default: train.seed)."),
           allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) model weights."),
           trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the Hub.")):
     """Hyper-parameter search (Optuna): one run folder per trial, a summary table and best_config.yaml."""
@@ -497,10 +512,10 @@ def push(run: str = typer.Argument(..., help="Run folder (its model/) or model f
 @app.command()
 def serve(model: str = typer.Argument(..., help="Run folder, model folder or built-in alias."),
           host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes it to the network."),
-          port: int = typer.Option(8000, "--port", "-p", help="TCP port."),
-          max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Cap on max_new_tokens per request."),
-          max_chars: int = typer.Option(8000, "--max-chars", help="Cap on characters per text."),
-          max_queue: int = typer.Option(16, "--max-queue", help="Requests that may wait for the model; more get 503."),
+          port: int = typer.Option(8000, "--port", "-p", min=1, max=65535, help="TCP port."),
+          max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Cap on max_new_tokens per request."),
+          max_chars: int = typer.Option(8000, "--max-chars", min=1, help="Cap on characters per text."),
+          max_queue: int = typer.Option(16, "--max-queue", min=1, help="Requests that may wait for the model; more get 503."),
           allow_untrained: bool = typer.Option(False, "--allow-untrained", help="Serve a classifier whose head was never trained (random labels).")):
     """Serve a model over HTTP: JSON endpoints (/v1/classify, /v1/generate, /v1/fill-mask) and a web page at /."""
     api = _api()

@@ -8,9 +8,10 @@ are :class:`~lmforge.errors.LmforgeError` naming the key and the closest valid o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, ClassVar, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -27,11 +28,61 @@ TaskName = Literal["classification", "causal-lm", "masked-lm", "sft", "dpo"]
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
 
 
+INT64 = 2**63
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (used by accelerate's set_seed) takes 32 bits
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric key: lo <= value <= hi, or strict with lo_open / hi_open."""
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, v: float) -> bool:
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
+
+    def text(self) -> str:
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+        lo = "" if self.lo is None else f"{'>' if self.lo_open else '>='} {num(self.lo)}"
+        hi = "" if self.hi is None else f"{'<' if self.hi_open else '<='} {num(self.hi)}"
+        return " and ".join(x for x in (lo, hi) if x)
+
+
+POSITIVE = Range(0, lo_open=True)
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+SHARE = Range(0, 1, hi_open=True)  # a probability or share in [0, 1)
+SEED = Range(0, SEED_MAX)
+
+
 class Section(BaseModel):
+    """A config section. Every number is finite and within 64 bits; keys listed in RANGES are also checked
+    against their range (a property test feeds each one values outside it)."""
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    RANGES: ClassVar[dict[str, Range]] = {}
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _in_range(cls, value, info):
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value}")
+        if isinstance(value, int) and not -INT64 <= value < INT64:
+            raise ValueError(f"must fit in 64 bits, got {value}")
+        rng = cls.RANGES.get(info.field_name)
+        if rng is not None and isinstance(value, (int, float)) and not rng.contains(value):
+            raise ValueError(f"must be {rng.text()}, got {value}")
+        return value
 
 
 class ModelConfig(Section):
+    RANGES = {"attention_dropout": SHARE}
     name: Optional[str] = None
     """Built-in alias (see `lmforge models`), a local folder, or a Hub id."""
     from_config: Optional[Union[dict[str, Any], str]] = None
@@ -51,6 +102,10 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
+    RANGES = {"validation_split": Range(0, 1, lo_open=True, hi_open=True), "max_length": AT_LEAST_1,
+              "max_train_samples": AT_LEAST_1, "max_eval_samples": AT_LEAST_1, "num_proc": AT_LEAST_1,
+              "block_size": Range(2), "mlm_probability": Range(0, 1, lo_open=True, hi_open=True),
+              "eval_mask_seed": SEED, "streaming_threshold_mb": POSITIVE}
     train: Optional[str] = None
     """Training data: a file (csv/tsv/json/jsonl/parquet/txt), a folder, a built-in name, or a Hub id."""
     eval: Optional[str] = None
@@ -116,6 +171,14 @@ class DataConfig(Section):
 
 
 class TrainConfig(Section):
+    RANGES = {"num_train_epochs": POSITIVE, "max_steps": Range(-1), "learning_rate": Range(0, 10, lo_open=True),
+              "head_learning_rate": Range(0, 10, lo_open=True), "per_device_train_batch_size": AT_LEAST_1,
+              "per_device_eval_batch_size": AT_LEAST_1, "gradient_accumulation_steps": AT_LEAST_1,
+              "weight_decay": NON_NEGATIVE, "adam_beta1": SHARE, "adam_beta2": SHARE, "adam_epsilon": POSITIVE,
+              "momentum": SHARE, "warmup_ratio": SHARE, "warmup_steps": NON_NEGATIVE, "max_grad_norm": POSITIVE,
+              "eval_steps": AT_LEAST_1, "save_steps": AT_LEAST_1, "save_total_limit": AT_LEAST_1,
+              "logging_steps": AT_LEAST_1, "seed": SEED, "early_stopping_patience": AT_LEAST_1,
+              "dataloader_num_workers": NON_NEGATIVE, "max_consecutive_nan_skips": AT_LEAST_1}
     num_train_epochs: float = 1.0
     """Epochs over the training data (ignored when max_steps > 0)."""
     max_steps: int = -1
@@ -239,6 +302,7 @@ class TrainConfig(Section):
 
 
 class TokenizerTrainConfig(Section):
+    RANGES = {"vocab_size": Range(2, 10_000_000), "min_frequency": AT_LEAST_1, "max_mb": POSITIVE}
     type: Literal["bpe", "byte-level-bpe", "wordpiece", "unigram"] = "byte-level-bpe"
     """Tokenizer model: byte-level-bpe (GPT-2 style), bpe, wordpiece (BERT style) or unigram."""
     vocab_size: int = 8000
@@ -273,6 +337,7 @@ class TokenizerConfig(Section):
 
 
 class PeftConfig(Section):
+    RANGES = {"r": AT_LEAST_1, "alpha": POSITIVE, "dropout": SHARE}
     r: int = 8
     """LoRA rank: the inner size of each low-rank update."""
     alpha: float = 16
@@ -298,6 +363,7 @@ class PeftConfig(Section):
 
 
 class DpoConfig(Section):
+    RANGES = {"beta": POSITIVE, "label_smoothing": Range(0, 0.5, hi_open=True), "max_prompt_length": AT_LEAST_1}
     loss_type: Literal["sigmoid", "ipo", "simpo", "orpo"] = "sigmoid"
     """dpo: sigmoid (DPO), ipo, simpo (reference-free, length-normalised) or orpo (reference-free, odds ratio + the chosen reply's NLL)."""
     beta: float = 0.1
@@ -406,8 +472,9 @@ def _format_validation_error(err: ValidationError, source: str) -> LmforgeError:
     if first["type"] == "literal_error":
         return LmforgeError(f"bad value for '{key}' in {source}: {msg}{got_txt}.{did_you_mean(got, [])}",
                             f"set {key} to one of the values listed")
+    section = loc[0] if loc and loc[0] in Config.model_fields and loc[0] != "task" else ""
     return LmforgeError(f"bad value for '{key or 'config'}' in {source}: {msg}{got_txt}",
-                        "see the README's config reference")
+                        f"see `lmforge config keys {section}`" if section else "see `lmforge config keys`")
 
 
 def build_config(raw: dict, source: str = "config") -> Config:

@@ -17,6 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
+from .errors import LmforgeError
+
 PathLike = Union[str, Path]
 
 
@@ -139,9 +141,26 @@ class JsonLog:
             listener(record)
 
     def read(self) -> list[dict]:
+        """The records; a torn last line (a crash mid-write) is dropped, any other bad line is an error
+        that names the file and the line."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+        out = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                if i == last:
+                    break  # cut off while being written: the records before it stand
+                raise LmforgeError(f"{self.path} line {i + 1} is not valid JSON: {line[:80]!r}",
+                                   "remove or fix that line (a file edited by hand?)") from None
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
 
 
 # ----------------------------------------------------------------------------------- cache, lock

@@ -46,11 +46,17 @@ def resolve_model_dir(path: Union[str, Path]) -> Path:
     raise LmforgeError(f"model or run folder not found: {path}", "check the path")
 
 
+# What transformers and peft read when they load safetensors: a model, a sharded model, a LoRA adapter.
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+
+
 def check_weights_safe(path: str, permissions: Permissions = Permissions()) -> None:
+    """Refuse a model folder whose weights would be unpickled (they can run code) unless allowed."""
     p = Path(path)
     if not p.is_dir():
         return  # Hub id: from_pretrained prefers safetensors
-    has_safe = any(p.glob("*.safetensors")) or any(p.glob("*.safetensors.index.json"))
+    # the weights the loaders will read (an unrelated *.safetensors beside a pickle does not count)
+    has_safe = any((p / name).exists() for name in SAFE_WEIGHTS)
     pickled = [f.name for f in p.glob("*.bin")] + [f.name for f in p.glob("*.pt")] + [f.name for f in p.glob("*.pth")]
     if not has_safe and pickled and not permissions.allow_pickle:
         raise LmforgeError(

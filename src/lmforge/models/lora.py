@@ -154,9 +154,10 @@ def load_model(auto_cls, model_dir: Path, merge: bool = True, permissions: Permi
     merged for plain-speed inference.
     """
     model_dir = Path(model_dir)
+    safe_only = {} if permissions.allow_pickle else {"use_safetensors": True}  # never torch.load unless allowed
     if not is_adapter_dir(model_dir):
         check_weights_safe(str(model_dir), permissions)
-        return auto_cls.from_pretrained(str(model_dir), **kwargs)
+        return auto_cls.from_pretrained(str(model_dir), **safe_only, **kwargs)
     from peft import PeftModel
 
     base = base_path(model_dir)
@@ -166,7 +167,8 @@ def load_model(auto_cls, model_dir: Path, merge: bool = True, permissions: Permi
         extra["config"] = model_config(model_dir)
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
-    loaded = auto_cls.from_pretrained(base, **extra)
+    check_weights_safe(str(model_dir), permissions)  # the adapter's own weights too
+    loaded = auto_cls.from_pretrained(base, **safe_only, **extra)
     model, info = loaded if extra.get("output_loading_info") else (loaded, None)
     model = PeftModel.from_pretrained(model, str(model_dir))
     model = model.merge_and_unload() if merge else model

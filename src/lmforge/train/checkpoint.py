@@ -6,15 +6,18 @@ A checkpoint folder ``checkpoints/step-N/`` holds:
     scaler.pt                           the fp16 gradient scaler, when there is one
     rng.pt                              Python, NumPy, torch CPU and every CUDA device's RNG state
     trainer_state.json                  step, data position (epoch, batch), best metric, log window, ...
-    COMPLETE                            written last: the size of every file above, as JSON
+    COMPLETE                            written last: the size and SHA-256 of every file above, as JSON
 
 A folder without COMPLETE, or whose files do not have the sizes COMPLETE lists, was cut off
-(killed mid-write, disk full, a partial copy) and is skipped with a message.
+(killed mid-write, disk full, a partial copy) and is skipped with a message. A file whose content no
+longer has its SHA-256 (corrupted in place, same size) is found when a run resumes from the folder:
+the resume falls back to the checkpoint before it, with a message.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import random
 import re
@@ -59,9 +62,19 @@ def set_rng_state(state: dict) -> None:
                 torch.cuda.set_rng_state(s, i)
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _write_complete(tmp: Path) -> None:
-    sizes = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-    (tmp / COMPLETE).write_text(json.dumps({"files": sizes}, indent=1))
+    files = [p for p in sorted(tmp.rglob("*")) if p.is_file()]
+    sizes = {str(p.relative_to(tmp)): p.stat().st_size for p in files}
+    sums = {str(p.relative_to(tmp)): file_sha256(p) for p in files}
+    (tmp / COMPLETE).write_text(json.dumps({"files": sizes, "sha256": sums}, indent=1))
 
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, tokenizer=None, scaler=None) -> Path:
@@ -87,16 +100,23 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, toke
             + "earlier checkpoints are intact") from None
 
 
-def checkpoint_problem(folder: Path) -> Optional[str]:
-    """Why a checkpoint folder cannot be used, or None when it is complete."""
+def checkpoint_problem(folder: Path, verify: bool = False) -> Optional[str]:
+    """Why a checkpoint folder cannot be used, or None when it is complete; `verify` also compares every
+    file's content with the SHA-256 written with it (reads the whole checkpoint)."""
     folder = Path(folder)
     marker = folder / COMPLETE
     if not marker.exists():
         return "it has no COMPLETE marker (it was cut off while being written)"
     try:
-        listed = json.loads(marker.read_text()).get("files", {})
+        meta = json.loads(marker.read_text())
+        listed, sums = meta.get("files", {}), meta.get("sha256", {})
     except (ValueError, AttributeError):
-        listed = {}  # an older marker without sizes
+        listed, sums = {}, {}  # an older marker without sizes
+    if verify:
+        for name, digest in sums.items():
+            p = folder / name
+            if p.exists() and p.stat().st_size == listed.get(name) and file_sha256(p) != digest:
+                return f"{name} does not match the checksum written with it (corrupted on disk?)"
     for name, size in listed.items():
         p = folder / name
         if not p.exists():

@@ -80,8 +80,13 @@ def resolve_resume(run_dir: Path, resume) -> Optional[Path]:
     root = run_dir / "checkpoints"
     report_incomplete(root, remove_temporary=True)
     if resume is True or resume is None:
-        found = ckpt.list_checkpoints(root)
-        path = found[-1] if found else None
+        path = None
+        for candidate in reversed(ckpt.list_checkpoints(root)):  # newest first, contents verified
+            why = ckpt.checkpoint_problem(candidate, verify=True)
+            if why is None:
+                path = candidate
+                break
+            log.warning("skipping checkpoint %s: %s; trying the one before it", candidate, why)
     else:
         path = Path(resume).expanduser()
         if not path.exists():
@@ -93,7 +98,7 @@ def resolve_resume(run_dir: Path, resume) -> Optional[Path]:
             if not found:
                 raise LmforgeError(f"{path} has no complete checkpoint", "resume without a path to start over")
             path = found[-1]
-        why = ckpt.checkpoint_problem(path)
+        why = ckpt.checkpoint_problem(path, verify=True)
         if why:
             raise LmforgeError(f"checkpoint {path} cannot be used: {why}",
                                "pass --resume with no path to continue from the latest complete checkpoint")

@@ -16,10 +16,10 @@ import uuid
 from typing import Literal, Optional
 
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..tasks.generation import encode_prompt
-from .serve_limits import ApiError, Limits, ModelSlot
+from .serve_limits import ApiError, Limits, ModelSlot, valid_unicode
 from .streaming import GenerationStream, stream_generation
 
 
@@ -27,6 +27,11 @@ class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant"]
     content: str
+
+    @field_validator("content", mode="after")
+    @classmethod
+    def _unicode(cls, value):
+        return valid_unicode(value)
 
 
 class ChatCompletionIn(BaseModel):

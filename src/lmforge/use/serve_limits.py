@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 @dataclass
@@ -68,8 +68,25 @@ class ModelSlot:
 
 
 # ----------------------------------------------------------------------------------- requests
+def valid_unicode(value):
+    """A request's text (or list of texts) must encode as UTF-8: JSON allows a lone surrogate ("\\ud800"),
+    which no tokenizer can encode."""
+    for text in value if isinstance(value, list) else [value]:
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("holds a lone surrogate (\\ud800-\\udfff), which is not valid Unicode text") from None
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _unicode(cls, value):
+        return valid_unicode(value)
 
 
 class ClassifyIn(_Strict):
@@ -87,7 +104,7 @@ class GenerateIn(_Strict):
     top_k: Optional[int] = Field(None, ge=0, le=100000, description="Sample from the k likeliest tokens; 0 = off.")
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass; 1 = off.")
     repetition_penalty: Optional[float] = Field(None, gt=0.0, le=10.0, description="1 = none.")
-    seed: Optional[int] = Field(None, ge=0, description="Fix the sampling randomness.")
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="Fix the sampling randomness.")
     chat: bool = Field(False, description="Wrap the prompt in the model's chat template.")
     stream: bool = Field(False, description="One JSON line per piece of text as it arrives.")
 
