@@ -339,7 +339,7 @@ def resume_from_cut_off_checkpoint(d, model, out):
 
 @case
 def predict_zero_batch_size(d, model, out):
-    return ["predict", str(model), "good food", "--batch-size", "0"], ("--batch-size must be positive",)
+    return ["predict", str(model), "good food", "--batch-size", "0"], ("'--batch-size'", "greater than or equal to 1")
 
 
 @case
@@ -475,6 +475,134 @@ def zero_trials_option(d, model, out):
     return ["sweep", "--param", "train.learning_rate=loguniform:1e-5:1e-3", "--trials", "0"], ("'--trials'",)
 
 
+# ----------------------------------------------------------------------------------- output paths (issue 17)
+@case
+def output_dir_under_a_file(d, model, out):
+    f = d / "a-file"
+    f.write_text("mine")
+    return base(good_csv(d), model, f / "run"), ("is under", "which is a file")
+
+
+@case
+def predict_output_is_a_folder(d, model, out):
+    (d / "preds").mkdir()
+    return ["predict", str(model), "--input", str(good_csv(d)), "-o", str(d / "preds"), "--allow-untrained"], \
+        ("is a folder, not a file",)
+
+
+@case
+def predict_output_under_a_file(d, model, out):
+    (d / "f").write_text("x")
+    return ["predict", str(model), "hi", "-o", str(d / "f" / "p.jsonl"), "--allow-untrained"], ("which is a file",)
+
+
+@case
+def eval_output_is_a_folder(d, model, out):
+    (d / "m").mkdir()
+    return ["eval", str(model), "--data", str(good_csv(d)), "-o", str(d / "m")], ("is a folder, not a file",)
+
+
+@case
+def tokenizer_output_is_a_file(d, model, out):
+    (d / "tok").write_text("my notes")
+    (d / "c.txt").write_text("some text here\n" * 50)
+    return ["tokenizer", "train", "--files", str(d / "c.txt"), "--vocab-size", "300", "-o", str(d / "tok")], \
+        ("is a file, not a folder", "never replaces a file")
+
+
+@case
+def sweep_output_is_a_file(d, model, out):
+    (d / "sw").write_text("x")
+    cfg = d / "c.yaml"
+    cfg.write_text(f"model: {{name: {model}}}\ndata: {{train: {good_csv(d)}}}\n")
+    return ["sweep", str(cfg), "--param", "train.learning_rate=loguniform:1e-5:1e-3", "--trials", "1",
+            "--output-dir", str(d / "sw")], ("is a file, not a folder",)
+
+
+@case
+def report_output_is_a_folder(d, model, out):
+    (d / "r").mkdir()
+    return ["report", str(d), "-o", str(d / "r")], ("is a folder, not a file",)
+
+
+# ----------------------------------------------------------------------------------- data and model content (issue 17)
+def _model_copy(d: Path, model: Path, name: str) -> Path:
+    import shutil
+    return Path(shutil.copytree(model, d / name))
+
+
+@case
+def duplicate_column_names(d, model, out):
+    p = d / "dup.csv"
+    p.write_text("text,text,label\na,b,pos\nc,d,neg\n")
+    return base(p, model, out), ("'text' appears more than once",)
+
+
+@case
+def fifo_as_training_data(d, model, out):
+    import os
+    p = d / "pipe.csv"
+    os.mkfifo(p)
+    return base(p, model, out), ("not a regular file",)
+
+
+@case
+def non_utf8_command_line_text(d, model, out):
+    return ["predict", str(model), "caf\udce9 great"], ("not valid UTF-8",)
+
+
+@case
+def config_json_not_json(d, model, out):
+    m = _model_copy(d, model, "m")
+    (m / "config.json").write_text('{"model_type": "bert", ')
+    return base(good_csv(d), m, out), ("config.json is not valid JSON",)
+
+
+@case
+def config_json_unknown_model_type(d, model, out):
+    m = _model_copy(d, model, "m")
+    cfg = json.loads((m / "config.json").read_text())
+    (m / "config.json").write_text(json.dumps({**cfg, "model_type": "nosuchmodel"}))
+    return base(good_csv(d), m, out), ("model_type 'nosuchmodel'",)
+
+
+@case
+def model_folder_without_weights(d, model, out):
+    m = _model_copy(d, model, "m")
+    (m / "model.safetensors").unlink()
+    return base(good_csv(d), m, out), ("no weights",)
+
+
+@case
+def config_sizes_disagree_with_weights(d, model, out):
+    m = _model_copy(d, model, "m")
+    cfg = json.loads((m / "config.json").read_text())
+    (m / "config.json").write_text(json.dumps({**cfg, "hidden_size": 64, "intermediate_size": 128}))
+    return base(good_csv(d), m, out), ("do not fit its config.json",)
+
+
+@case
+def predict_with_config_sizes_that_disagree(d, model, out):
+    m = _model_copy(d, model, "m")
+    cfg = json.loads((m / "config.json").read_text())
+    (m / "config.json").write_text(json.dumps({**cfg, "hidden_size": 64, "intermediate_size": 128}))
+    return ["predict", str(m), "hi", "--allow-untrained"], ("do not fit its config.json",)
+
+
+@case
+def predict_with_a_broken_config_json(d, model, out):
+    m = _model_copy(d, model, "m")
+    (m / "config.json").write_text("{")
+    return ["predict", str(m), "hi"], ("config.json is not valid JSON",)
+
+
+@case
+def damaged_gzip_csv(d, model, out):
+    p = d / "t.csv"
+    p.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    return base(p, model, out), ("damaged gzip",)
+
+
 # ----------------------------------------------------------------------------------- the checks
 def pickled_model(d: Path, model: Path) -> Path:
     import shutil
@@ -551,6 +679,34 @@ def test_paths_with_spaces_and_unicode_work(tmp_path, tiny_bert, capsys):
     assert code == 0, capsys.readouterr().err
     assert json.loads((out / "manifest.json").read_text())["status"] == "finished"
     assert (out / "model" / "model.safetensors").exists()
+
+
+def test_a_users_file_in_the_way_of_an_output_is_never_moved(tmp_path, capsys):
+    (tmp_path / "tok").write_text("my notes")
+    (tmp_path / "c.txt").write_text("some text here\n" * 50)
+    assert main(["tokenizer", "train", "--files", str(tmp_path / "c.txt"), "--vocab-size", "300",
+                 "-o", str(tmp_path / "tok")]) == 2
+    assert (tmp_path / "tok").read_text() == "my notes" and sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "tok"]
+
+
+def test_gzip_csv_is_read_whatever_its_name(tmp_path):
+    import gzip
+
+    from lmforge.data.sources import read_table
+    raw = b"text,label\ngood,pos\nbad,neg\n"
+    for name in ("t.csv", "t.csv.gz"):
+        (tmp_path / name).write_bytes(gzip.compress(raw))
+        assert read_table(str(tmp_path / name))["label"].tolist() == ["pos", "neg"]
+
+
+def test_empty_cells_of_a_batch_input_are_reported_and_skipped(tiny_cls_run, tmp_path, capsys):
+    f = tmp_path / "in.csv"
+    f.write_text('id,text\n1,great tasty\n2,\n3,"   "\n4,awful\n')
+    assert main(["predict", str(tiny_cls_run), "--input", str(f)]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in rows] == [1, 2, 3, 4]
+    assert [r.get("error") for r in rows] == [None, "empty text", "empty text", None]
+    assert rows[0]["label"] is not None and rows[1]["text"] == ""
 
 
 def test_pickled_weights_load_with_allow_pickle(tmp_path, tiny_bert, capsys):

@@ -174,6 +174,19 @@ def test_a_checkpoint_corrupted_in_place_is_skipped_by_its_checksum(reference, t
     assert_same_run(ref, run)
 
 
+def test_resume_cleans_up_a_killed_final_model_write(reference, tiny_bert, tmp_path, caplog):
+    d, ref = reference
+    run = tmp_path / "copy"
+    shutil.copytree(ref, run)
+    (run / "model").rename(run / ".tmp-model-999999")  # the final write, killed before its rename
+    man = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**man, "status": "interrupted"}))
+    with caplog.at_level("INFO", logger="lmforge"):
+        api.train(run_config(d, tiny_bert, run, save_total_limit=None), resume=True, progress=False)
+    assert not list(run.glob(".tmp-*")) and "removed" in caplog.text
+    assert_same_run(ref, run)
+
+
 def test_a_torn_last_log_line_is_dropped_and_other_bad_lines_are_named(tmp_path):
     from lmforge.errors import LmforgeError
     from lmforge.fs import JsonLog

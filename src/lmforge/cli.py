@@ -23,7 +23,7 @@ from rich.table import Table
 
 from .config import build_config, parse_overrides
 from .errors import LmforgeError
-from .fs import write_json
+from .fs import check_output_file, write_json
 from .runtime import quiet_libraries
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
@@ -182,6 +182,8 @@ def eval_cmd(ctx: typer.Context, model: str = typer.Argument(..., help="Run fold
     """Metrics of a trained model on a labelled dataset (default: the run's own test set)."""
     if ctx.args:  # --section.key value overrides: a mistake is reported before any model is loaded
         build_config(parse_overrides(list(ctx.args)), "command-line overrides")
+    if output:
+        check_output_file(output, "--output")  # before the evaluation, not after it
     api = _api()
     metrics = api.evaluate(model, data, batch_size=batch_size, overrides=list(ctx.args) or None, stride=stride,
                            generate=generate, max_new_tokens=max_new_tokens, task=task)
@@ -423,6 +425,7 @@ def init(task: str = typer.Argument(..., help="classification, causal-lm, masked
         return
     if Path(output).exists() and not force:
         raise LmforgeError(f"{output} exists", "choose another --output, or add --force to replace it")
+    check_output_file(output, "--output")
     from .fs import write_text
     write_text(output, text)
     print(f"wrote {output}: task {task}; next: lmforge doctor {output}, then lmforge train {output}")
@@ -552,8 +555,20 @@ def _usage_error(e: Exception, argv: Optional[list[str]]) -> int:
     return 2
 
 
+def _check_argv(argv: Optional[list[str]]) -> None:
+    """Bytes that are not UTF-8 on the command line arrive as lone surrogates; no tokenizer can encode them."""
+    for i, arg in enumerate(sys.argv[1:] if argv is None else argv):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:60]
+            raise LmforgeError(f"argument {i + 1} ({shown!r}) is not valid UTF-8 text",
+                               "write it in UTF-8 (check the terminal's encoding), or put it in a UTF-8 file")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     try:
+        _check_argv(argv)
         rv = app(args=argv, standalone_mode=False, prog_name="lmforge")
         return rv if isinstance(rv, int) else 0  # typer returns the code of typer.Exit / an interrupt
     except LmforgeError as e:

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
@@ -111,6 +112,65 @@ def atomic_dir(final: PathLike, write: Callable[[Path], None], complete: Optiona
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def remove_stale_temporaries(folder: PathLike) -> list[str]:
+    """Clean up after atomic writes that a dead process left in `folder`: `.tmp-NAME-PID` folders or files are
+    removed; an `.old-NAME-PID` whose NAME is missing (killed between the two renames) is put back. Entries of
+    live processes are left alone. Returns what was done, for the log."""
+    done = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return done
+    for entry in folder.iterdir():
+        m = re.fullmatch(r"\.(tmp|old)-(.+)-(\d+)", entry.name)
+        if not m or pid_alive(int(m.group(3))):
+            continue
+        kind, name = m.group(1), m.group(2)
+        if kind == "old" and not (folder / name).exists():
+            os.replace(entry, folder / name)
+            done.append(f"restored {folder / name} from {entry.name}")
+        elif entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+            done.append(f"removed {entry}")
+        else:
+            entry.unlink(missing_ok=True)
+            done.append(f"removed {entry}")
+    return done
+
+
+# ----------------------------------------------------------------------------------- output paths
+def _writable_ancestor(p: Path, what: str) -> None:
+    anc = p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if anc.exists() and not anc.is_dir():
+        raise LmforgeError(f"{what} {p} is under {anc}, which is a file", "choose a path in a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise LmforgeError(f"{what} {p}: cannot write in {anc} (permission denied)", "choose a writable place")
+
+
+def check_output_file(path: PathLike, what: str = "output file", replace: bool = True) -> Path:
+    """Before any work: `path` can be written as a file (not a folder, under a writable folder; an existing
+    file only when `replace`)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise LmforgeError(f"{what} {p} is a folder, not a file", f"give a file name, e.g. {p / 'out.jsonl'}")
+    if p.exists() and not p.is_file():
+        raise LmforgeError(f"{what} {p} exists and is not a regular file", "choose another path")
+    if p.exists() and not replace:
+        raise LmforgeError(f"{what} {p} exists", "choose another path, or remove it first")
+    _writable_ancestor(p, what)
+    return p
+
+
+def check_output_dir(path: PathLike, what: str = "output folder") -> Path:
+    """Before any work: `path` can be (or is) a folder lmforge writes into; a file there is never replaced."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise LmforgeError(f"{what} {p} is a file, not a folder", "choose a folder path (lmforge never replaces a file)")
+    _writable_ancestor(p, what)
+    return p
 
 
 # ----------------------------------------------------------------------------------- JSON lines

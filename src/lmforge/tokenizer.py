@@ -23,7 +23,7 @@ from .data.cache import fingerprint
 from .data.corpus import read_corpus
 from .data.stream import source_fingerprint
 from .errors import LmforgeError, did_you_mean
-from .fs import atomic_dir, cache_dir, locked
+from .fs import atomic_dir, cache_dir, check_output_dir, locked
 from .models.load import model_source
 from .models.zoo import resolve_model
 
@@ -244,6 +244,8 @@ def train_tokenizer(kind: str = "byte-level-bpe", *, files: Optional[Sequence[st
         >>> tok.decode(tok("hello world")["input_ids"])
         'hello world'
     """
+    if output is not None:
+        check_output_dir(output, "tokenizer output folder")  # before training; a file there is never moved
     if (files is None) == (texts is None):
         raise LmforgeError("give either files or texts to train a tokenizer on")
     tok, trainer, roles, specials = build_untrained(kind, vocab_size, min_frequency, special_tokens, lowercase)

@@ -26,6 +26,8 @@ def detect_format(path: Path, fmt: Optional[str]) -> str:
     if fmt:
         return fmt
     ext = path.suffix.lower()
+    if ext == ".gz" and len(path.suffixes) >= 2:  # train.csv.gz: the format of the compressed file
+        ext = path.suffixes[-2].lower()
     if ext in FORMATS:
         return FORMATS[ext]
     raise LmforgeError(
@@ -40,8 +42,18 @@ MAX_FIELD_CHARS = 10_000_000
 
 
 def read_text_file(path: Path) -> str:
-    """Whole file as text: UTF-8 (a BOM is dropped), with errors that give the line."""
+    """Whole file as text: UTF-8 (a BOM is dropped; gzip-compressed files are read through), with errors that
+    give the line. Only regular files: a FIFO or a device would block or never end."""
+    if not path.is_file():
+        raise LmforgeError(f"{path} is not a regular file (a pipe, a socket or a device?)",
+                           "save the data to a file first")
     data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":  # gzip, whatever the file is called
+        import gzip
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise LmforgeError(f"{path} is a damaged gzip file ({e})", "check the download or re-compress it") from None
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     head = data[:400]
@@ -101,6 +113,11 @@ def _read_delimited(path: Path, text: str, sep: str) -> pd.DataFrame:
         hint = ("the file looks tab-separated: use the .tsv extension or set data.format: tsv"
                 if "\t" in header[0] else "the file looks semicolon-separated: convert it to commas or tabs")
         raise LmforgeError(f"{path} line 1: the header is a single column", hint)
+    seen = set()
+    dups = [h for h in header if h in seen or seen.add(h)]
+    if dups:
+        raise LmforgeError(f"{path} line 1: the column name {dups[0]!r} appears more than once",
+                           "give every column its own name")
     n = len(header)
     rows = []
     for row in reader:
@@ -174,6 +191,9 @@ def read_table(source: str, fmt: Optional[str] = None, split: str = "train") -> 
     if path.is_dir():
         raise LmforgeError(f"{path} is a folder; a table (csv/jsonl/...) was expected",
                            "point at a file, or use a txt folder with a language-model task")
+    if not path.is_file():
+        raise LmforgeError(f"{path} is not a regular file (a pipe, a socket or a device?)",
+                           "save the data to a file first")
     fmt = detect_format(path, fmt)
     if fmt == "parquet":
         try:

@@ -7,11 +7,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-from transformers import AutoConfig
+from transformers import CONFIG_MAPPING, AutoConfig
 from transformers.utils import logging as hf_logging
 
 from ..config import Config, Permissions
@@ -31,8 +32,10 @@ def resolve_model_dir(path: Union[str, Path]) -> Path:
     """A run folder (-> its model/ or adapter/), a model folder, an adapter folder, or a built-in alias."""
     p = Path(path).expanduser()
     if (p / "model" / "config.json").exists():
+        check_model_folder(p / "model", trust_remote_code=True)
         return p / "model"
     if (p / "config.json").exists():
+        check_model_folder(p, trust_remote_code=True)  # a broken folder is said plainly, before any loader
         return p
     if (p / "adapter" / "adapter_config.json").exists():  # a LoRA run without a merged model
         return p / "adapter"
@@ -50,11 +53,35 @@ def resolve_model_dir(path: Union[str, Path]) -> Path:
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 
 
+def check_model_folder(p: Path, trust_remote_code: bool = False) -> None:
+    """What is wrong with a model folder, said before transformers tries it: its config.json must be valid JSON
+    naming a model type this transformers knows (or remote code allowed), and weights must be there."""
+    cfg_file = p / "config.json"
+    if not cfg_file.is_file():
+        return  # an adapter folder, or the caller reports the missing config.json
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LmforgeError(f"{cfg_file} is not valid JSON ({str(e).splitlines()[0][:120]})",
+                           "restore the file from where the model came from") from None
+    kind = cfg.get("model_type") if isinstance(cfg, dict) else None
+    if kind not in CONFIG_MAPPING and not (trust_remote_code and isinstance(cfg, dict) and cfg.get("auto_map")):
+        raise LmforgeError(f"{cfg_file} names model_type {kind!r}, which this transformers does not know",
+                           "check the model folder (is config.json from another library?), or upgrade transformers")
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+               "adapter_model.safetensors", "adapter_model.bin")
+    if not any((p / w).exists() for w in weights) and not any(p.glob("model-*.safetensors")):
+        raise LmforgeError(f"model folder {p} has a config.json but no weights (model.safetensors)",
+                           "copy the weights next to config.json, or build a fresh model with model.from_config")
+
+
 def check_weights_safe(path: str, permissions: Permissions = Permissions()) -> None:
-    """Refuse a model folder whose weights would be unpickled (they can run code) unless allowed."""
+    """Refuse a model folder whose weights would be unpickled (they can run code) unless allowed; say what is
+    wrong with a broken folder (config.json, model type, weights) first."""
     p = Path(path)
     if not p.is_dir():
         return  # Hub id: from_pretrained prefers safetensors
+    check_model_folder(p, permissions.trust_remote_code)
     # the weights the loaders will read (an unrelated *.safetensors beside a pickle does not count)
     has_safe = any((p / name).exists() for name in SAFE_WEIGHTS)
     pickled = [f.name for f in p.glob("*.bin")] + [f.name for f in p.glob("*.pt")] + [f.name for f in p.glob("*.pth")]
@@ -170,5 +197,12 @@ def load_pretrained(auto_cls, path: str, cfg: Config, permissions: Permissions =
         raise
     except OSError as e:
         raise LmforgeError(f"could not load the model from {path}: {str(e).splitlines()[0]}") from None
+    mismatched = [m[0] if isinstance(m, (tuple, list)) else str(m) for m in info.get("mismatched_keys") or []]
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    body = [k for k in mismatched if prefix and k.startswith(prefix + ".")]
+    if body:  # only a task head may be re-made (new labels); a body that does not fit its weights would start random
+        raise LmforgeError(f"the weights in {path} do not fit its config.json: {len(body)} tensors have other shapes "
+                           f"(e.g. {body[0]}; was hidden_size or a layer size edited?)",
+                           "use the config.json the weights were saved with")
     missing = set(info.get("missing_keys", []))
     return model, missing

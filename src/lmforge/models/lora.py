@@ -157,7 +157,13 @@ def load_model(auto_cls, model_dir: Path, merge: bool = True, permissions: Permi
     safe_only = {} if permissions.allow_pickle else {"use_safetensors": True}  # never torch.load unless allowed
     if not is_adapter_dir(model_dir):
         check_weights_safe(str(model_dir), permissions)
-        return auto_cls.from_pretrained(str(model_dir), **safe_only, **kwargs)
+        try:
+            return auto_cls.from_pretrained(str(model_dir), **safe_only, **kwargs)
+        except RuntimeError as e:
+            if "mismatch" not in str(e):
+                raise
+            raise LmforgeError(f"the weights in {model_dir} do not fit its config.json (tensors of other shapes)",
+                               "use the config.json the weights were saved with") from None
     from peft import PeftModel
 
     base = base_path(model_dir)

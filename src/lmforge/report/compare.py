@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import LmforgeError
-from ..fs import write_text
+from ..fs import check_output_file, write_text
 from .html import _e, _img, _page, _Raw, _section, _table, write_html_report
 from .plots import _plt, plot_losses
 from .runs import _load_run, _scalar, best_metric_name, run_status
@@ -104,6 +104,8 @@ def _config_differences(runs: list[dict], names: list[str]) -> str:
 
 def build_reports(runs: Sequence[str], out: Optional[str] = None) -> Path:
     """`lmforge report`: rebuild one run's report.html (and loss.png), or compare several runs."""
+    if out:
+        check_output_file(out, "--output")
     if not runs:
         raise LmforgeError("no run folder given", "lmforge report runs/NAME [runs/OTHER ...]")
     paths = [Path(r) for r in runs]

@@ -30,7 +30,7 @@ import yaml
 
 from ..config import Permissions, build_config, parse_value, resolve_config
 from ..errors import LmforgeError, did_you_mean
-from ..fs import read_json, write_json, write_text
+from ..fs import check_output_dir, read_json, write_json, write_text
 from ..runtime import quiet_libraries
 from ..train.run import train
 from ..train.runfolder import default_run_name
@@ -173,7 +173,8 @@ def sweep(config: Union[str, Path, dict, None], params: Sequence[str], trials: i
         build_config(set_key(copy.deepcopy(base_raw), spec.key, spec.example()), f"--param {spec.key}")
     if split == "eval" and base.train.eval_strategy == "no" and pruner != "none":
         log.warning("train.eval_strategy is 'no': trials report no intermediate metrics, so none is pruned")
-    sweep_dir = Path(output_dir or default_run_name(base.task, base.model.name).replace("runs/", "runs/sweep-", 1))
+    sweep_dir = check_output_dir(output_dir or default_run_name(base.task, base.model.name).replace(
+        "runs/", "runs/sweep-", 1), "sweep output folder")
     sweep_dir.mkdir(parents=True, exist_ok=True)
 
     study = _study(sweep_dir, direction, base.train.seed if seed is None else seed, pruner)

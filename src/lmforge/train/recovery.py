@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import LmforgeError
-from ..fs import JsonLog, read_json, recorded_process_alive
+from ..fs import JsonLog, read_json, recorded_process_alive, remove_stale_temporaries
 from . import checkpoint as ckpt
 
 log = logging.getLogger("lmforge")
@@ -79,6 +79,8 @@ def resolve_resume(run_dir: Path, resume) -> Optional[Path]:
         log.warning("%s; resuming. %s", prev["message"], prev["advice"][0].upper() + prev["advice"][1:])
     root = run_dir / "checkpoints"
     report_incomplete(root, remove_temporary=True)
+    for what in remove_stale_temporaries(run_dir):  # e.g. a final model write that was killed
+        log.info("left by the interrupted run: %s", what)
     if resume is True or resume is None:
         path = None
         for candidate in reversed(ckpt.list_checkpoints(root)):  # newest first, contents verified

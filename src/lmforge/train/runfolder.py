@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import LmforgeError
-from ..fs import read_json
+from ..fs import check_output_dir, read_json
 
 
 def is_finished(path: Path) -> bool:
@@ -44,8 +44,7 @@ def prepare_run_dir(path: Path, overwrite: bool, resume, data_paths: list[str]) 
                                        "choose an output_dir outside the data folder")
             except ValueError:
                 pass
-    if path.exists() and path.is_file():
-        raise LmforgeError(f"output_dir {path} is a file", "choose a folder path for output.output_dir")
+    check_output_dir(path, "output_dir")  # a file, a path under a file, an unwritable parent: said before any work
     if path.exists() and any(path.iterdir()):
         if resume is True and is_finished(path):
             raise LmforgeError(f"{path} holds a finished run: there is nothing to resume",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import LmforgeError
-from ..fs import write_jsonl
+from ..fs import check_output_file, write_jsonl
 from ..runtime import inference_device
 from ..tasks import masked_lm
 from ..tasks.fill_mask import fill_mask_with
@@ -24,6 +24,8 @@ def fill_mask(model_dir: Path, texts: Optional[Sequence[str]] = None, input_file
               output: Optional[str] = None, top_k: int = 5, batch_size: int = 32,
               text_column: Optional[str] = None) -> list[dict]:
     """Load a masked LM (run folder, model folder or alias) and fill the masks of texts or a file."""
+    if output:
+        check_output_file(output, "--output")
     where = None
     if input_file:
         texts = read_texts(input_file, text_column)[0]

@@ -13,7 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import LmforgeError
-from ..fs import write_jsonl
+from ..fs import check_output_file, write_jsonl
 from ..models.load import resolve_model_dir
 from ..runtime import inference_device
 from ..tasks import causal_lm
@@ -29,6 +29,8 @@ def generate(model: str, prompts: Optional[Sequence[str]] = None, input_file: Op
              num_return_sequences: int = 1, seed: Optional[int] = None, chat: bool = False,
              stream: bool = False, prompt_column: Optional[str] = None) -> list[dict]:
     """Generate from a run folder, model folder or built-in alias; optionally write jsonl rows."""
+    if output:
+        check_output_file(output, "--output")
     all_prompts = list(prompts or [])
     ids = None
     if input_file:

@@ -32,11 +32,16 @@ def read_texts(path: str, column: Optional[str] = None, names: Sequence[str] = s
             col = sources.pick_column(df, column, names, what, path, option)
             pair = sources.pick_column(df, pair_column, sources.PAIR_NAMES, "text pair", path, pair_option) \
                 if pair_column else None
-        texts = df[col].astype(str).tolist()
-        pairs = df[pair].astype(str).tolist() if pair else None
+        texts = _as_texts(df[col])
+        pairs = _as_texts(df[pair]) if pair else None
     if not texts:
         raise LmforgeError(f"{path} has no {what}s", f"write one {what} per line")
     return texts, pairs
+
+
+def _as_texts(column) -> list[str]:
+    """A column as texts: a missing cell is an empty text (never the string 'nan')."""
+    return ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in column.tolist()]
 
 
 ID_NAMES = ("id", "idx", "uid", "guid", "example_id", "row_id", "doc_id", "key")
