@@ -310,6 +310,7 @@ def output_dir_is_a_file(d, model, out):
 def unfinished_run_without_resume(d, model, out):
     out.mkdir()
     (out / "manifest.json").write_text(json.dumps({"status": "failed"}))
+    (out / "log.jsonl").write_text('{"step": 3, "loss": 1.0}\n')  # it trained: keep it for --resume
     return base(good_csv(d), model, out), ("unfinished run", "--resume")
 
 
@@ -603,6 +604,23 @@ def damaged_gzip_csv(d, model, out):
     return base(p, model, out), ("damaged gzip",)
 
 
+# ----------------------------------------------------------------------------------- late checks made early (issue 17)
+@case
+def sample_prompt_longer_than_the_context(d, model, out):
+    test_causal_lm = pytest.importorskip("test_causal_lm")
+    gpt = test_causal_lm.make_tiny(d / "gpt2", "gpt2")  # a context of 128 tokens
+    (d / "c.txt").write_text("the food was good and the service was fine\n" * 40)
+    return ["train", "--task", "causal-lm", "--model.name", str(gpt), "--data.train", str(d / "c.txt"),
+            "--data.block_size", "32", "--output.output_dir", str(out), "--train.max_steps", "1", "--no-progress",
+            "--data.sample_prompts", json.dumps(["the food " * 200])], ("data.sample_prompts", "context is 128")
+
+
+@case
+def metric_for_best_model_the_task_does_not_have(d, model, out):
+    return base(good_csv(d), model, out, "--train.metric_for_best_model", "perplexity"), \
+        ("metric_for_best_model 'perplexity'", "accuracy")
+
+
 # ----------------------------------------------------------------------------------- the checks
 def pickled_model(d: Path, model: Path) -> Path:
     import shutil
@@ -687,6 +705,28 @@ def test_a_users_file_in_the_way_of_an_output_is_never_moved(tmp_path, capsys):
     assert main(["tokenizer", "train", "--files", str(tmp_path / "c.txt"), "--vocab-size", "300",
                  "-o", str(tmp_path / "tok")]) == 2
     assert (tmp_path / "tok").read_text() == "my notes" and sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "tok"]
+
+
+def test_a_failure_before_the_first_step_leaves_nothing_and_an_old_one_is_replaced(tmp_path, tiny_bert, monkeypatch,
+                                                                                   capsys):
+    from lmforge.train import run as run_mod
+    out = tmp_path / "run"
+
+    def broken(*a, **k):
+        raise RuntimeError("a library failed while setting up")
+    monkeypatch.setattr(run_mod, "assemble", broken)
+    with pytest.raises(RuntimeError):
+        from lmforge import api
+        api.train(
+            {"task": "classification", "model": {"name": str(tiny_bert)}, "data": {"train": str(good_csv(tmp_path))},
+             "train": {"max_steps": 1}, "output": {"output_dir": str(out)}}, progress=False)
+    assert not out.exists()
+    monkeypatch.undo()
+    out.mkdir()  # what an older lmforge left after an early error: a failed manifest, nothing trained
+    (out / "manifest.json").write_text(json.dumps({"status": "failed", "error": "x"}))
+    (out / "train.log").write_text("")
+    assert main(base(good_csv(tmp_path), tiny_bert, out)) == 0, capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["status"] == "finished"
 
 
 def test_gzip_csv_is_read_whatever_its_name(tmp_path):

@@ -36,13 +36,21 @@ from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
 from ..data.corpus import pack, read_corpus, tokenize_documents, truncate
 from ..data.split import held_out_count, split_items
 from ..errors import LmforgeError
-from ..models.load import check_length, default_length, ensure_pad, load_pretrained, model_config_of, model_source
+from ..models.load import (
+    check_length,
+    context_length,
+    default_length,
+    ensure_pad,
+    load_pretrained,
+    model_config_of,
+    model_source,
+)
 from ..models.lora import load_model as load_model_folder
 from ..models.lora import model_config
 from ..models.scratch import build_model
 from ..tokenizer import load_tokenizer, tokenizer_for_config
 from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, eval_config
-from .generation import generate_texts
+from .generation import checked_prompt, generate_texts
 from .lm_loss import IGNORE, CausalLMLoss, finalize, load_loss_function, probe_chunked_loss, probe_packed_attention
 
 log = logging.getLogger("lmforge")
@@ -355,6 +363,13 @@ class CausalLM(Task):
         prompts = d.sample_prompts if d.sample_prompts is not None else default_prompts(eval_docs or train_docs)
         if d.sample_prompts is None and not prompts and streaming:
             prompts = default_prompts(stream.sample_documents(eval_split.rows, tokenizer))
+        if d.sample_prompts:  # your own prompts: checked now, not at the first evaluation
+            limit = context_length(model.config, tokenizer)
+            for i, prompt in enumerate(d.sample_prompts):
+                try:
+                    checked_prompt(tokenizer, prompt, False, limit, i)
+                except LmforgeError as e:
+                    raise LmforgeError(f"data.sample_prompts: {e.message}", e.hint) from None
         summary = {"train_rows": len(train_split), "eval_rows": len(eval_split),
                    "test_rows": len(test_split) if test_split is not None else 0,
                    "block_size": block, "packing": d.packing, "train_documents": info.get("documents"),

@@ -76,7 +76,6 @@ def train(cfg: Config, resume: Union[bool, str, Path] = False, progress: bool = 
             write_json(run.dir / "manifest.json", run.manifest)
         trainer = Trainer(cfg, parts, run.dir, accelerator)
         _describe_trainer(trainer, run.manifest)
-        run.training = True  # from here on, a failure leaves the run folder for --resume
         metrics: dict = {}
         if run.resume_from is not None:
             trainer.resume(run.resume_from)
@@ -87,7 +86,9 @@ def train(cfg: Config, resume: Union[bool, str, Path] = False, progress: bool = 
                                                     trainer.step if run.resume_from is not None else None)
             trainer.logw.listeners.append(trackers)
             trainer.logw.listeners.extend(callbacks or [])
-        result = train_and_evaluate(trainer, parts, metrics, trackers, progress and run.is_main)
+        # from the first step on, a failure leaves the run folder for --resume
+        result = train_and_evaluate(trainer, parts, metrics, trackers, progress and run.is_main,
+                                    on_first_step=lambda: setattr(run, "training", True))
         metrics["train"] = _train_metrics(result)
         if run.is_main:
             save_outputs(cfg, run, trainer, parts, lora_state, metrics)
@@ -155,17 +156,24 @@ def _describe_trainer(trainer: Trainer, manifest: dict) -> None:
         manifest["memory_estimate"] = est.as_dict()
 
 
-def train_and_evaluate(trainer: Trainer, parts: TaskParts, metrics: dict, trackers, progress: bool) -> FitResult:
+def train_and_evaluate(trainer: Trainer, parts: TaskParts, metrics: dict, trackers, progress: bool,
+                       on_first_step=None) -> FitResult:
     """Evaluate before training (unless a resumed run did), fit, then evaluate the final model on eval and test."""
     has_eval = parts.eval is not None and len(parts.eval) > 0
     with TrainProgress(enabled=progress) as bar:
         if has_eval and "before" not in metrics:
             metrics["before"] = trainer.evaluate(bar, desc="eval (before training)")
             log.info("before training: %s", short_metrics(metrics["before"]))
+            if trainer.best_metric_name not in metrics["before"]:  # said before step 1, not at the first evaluation
+                names = ", ".join(k for k, v in metrics["before"].items() if isinstance(v, (int, float)))
+                raise LmforgeError(f"train.metric_for_best_model '{trainer.best_metric_name}' is not an eval metric "
+                                   f"of this task", f"choose one of: {names}")
             if trackers:
                 trackers.log_metrics(metrics["before"], 0, "eval")
             if trainer.is_main:
                 write_metrics(trainer.run_dir, metrics)
+        if on_first_step is not None:
+            on_first_step()
         result = trainer.fit(bar)
         if has_eval:
             metrics["eval"] = trainer.evaluate(bar, desc="eval (final model)")
@@ -249,7 +257,7 @@ def open_run(cfg: Config, accelerator, resume) -> Iterator[OpenRun]:
     try:
         yield run
     except BaseException as e:
-        if is_main and created and not run.training and isinstance(e, (LmforgeError, KeyboardInterrupt)):
+        if is_main and created and not run.training and isinstance(e, (Exception, KeyboardInterrupt)):
             _close_handler(handler)  # nothing was trained: leave no half-made run folder behind
             handler = None
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -16,6 +16,15 @@ from ..errors import LmforgeError
 from ..fs import check_output_dir, read_json
 
 
+def never_trained(path: Path) -> bool:
+    """A run folder of a run that stopped before its first training step: a manifest saying failed or
+    interrupted, and no log line, checkpoint or model (what an older lmforge left after an early error)."""
+    m = read_json(Path(path) / "manifest.json", {}) or {}
+    if m.get("status") not in ("failed", "interrupted"):
+        return False
+    return not any((Path(path) / name).exists() for name in ("log.jsonl", "checkpoints", "model", "adapter"))
+
+
 def is_finished(path: Path) -> bool:
     m = read_json(Path(path) / "manifest.json", {})
     return m.get("status") == "finished"
@@ -53,7 +62,7 @@ def prepare_run_dir(path: Path, overwrite: bool, resume, data_paths: list[str]) 
                                "starts this one again, --resume CHECKPOINT replays from one of its checkpoints")
         if resume:
             return
-        if overwrite:
+        if overwrite or never_trained(path):  # a run that failed before its first step holds nothing to keep
             shutil.rmtree(path)
         elif is_finished(path):
             raise LmforgeError(f"{path} already holds a finished run",
