@@ -621,6 +621,37 @@ def metric_for_best_model_the_task_does_not_have(d, model, out):
         ("metric_for_best_model 'perplexity'", "accuracy")
 
 
+@case
+def validation_split_too_small_for_the_labels(d, model, out):
+    return base(good_csv(d, n=60), model, out, "--data.validation_split", "0.001"), \
+        ("holds out 1 of 60 rows", "each label needs a held-out row")
+
+
+@case
+def unknown_attention_implementation(d, model, out):
+    return base(good_csv(d), model, out, "--model.attn_implementation", "nosuch"), ("model.attn_implementation 'nosuch'",)
+
+
+@case
+def uninstalled_attention_implementation(d, model, out):
+    return base(good_csv(d), model, out, "--model.attn_implementation", "flash_attention_2"), ("FlashAttention2",)
+
+
+@case
+def tokenizer_vocab_too_small_for_its_specials(d, model, out):
+    (d / "c.txt").write_text("hello world\n" * 50)
+    return ["tokenizer", "train", "--files", str(d / "c.txt"), "--type", "wordpiece", "--vocab-size", "3",
+            "-o", str(d / "tok")], ("no room beside the 5 special tokens",)
+
+
+@case
+def sweep_range_with_infinity(d, model, out):
+    cfg = d / "c.yaml"
+    cfg.write_text(f"model: {{name: {model}}}\ndata: {{train: {good_csv(d)}}}\n")
+    return ["sweep", str(cfg), "--param", "train.learning_rate=loguniform:1e-5:inf", "--trials", "1",
+            "-o", str(d / "sw")], ("not a finite number",)
+
+
 # ----------------------------------------------------------------------------------- the checks
 def pickled_model(d: Path, model: Path) -> Path:
     import shutil

@@ -96,6 +96,9 @@ def build_untrained(kind: str, vocab_size: int, min_frequency: int, special_toke
         raise LmforgeError(f"vocab size must be positive, got {vocab_size}")
     roles = dict(SPECIALS[kind])
     specials = _unique(list(roles.values()) + list(special_tokens))
+    if kind != "byte-level-bpe" and vocab_size <= len(specials):  # nothing left for the text itself
+        raise LmforgeError(f"a vocabulary of {vocab_size} leaves no room beside the {len(specials)} special tokens "
+                           f"({', '.join(specials)})", f"use --vocab-size {len(specials) + 100} or more")
     if kind == "byte-level-bpe":
         # 256 byte symbols + the special tokens are the floor of a byte-level vocabulary.
         floor = 256 + len(specials)

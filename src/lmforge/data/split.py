@@ -25,6 +25,10 @@ def hold_out(n: int, share: float, seed: int, labels: Optional[Sequence] = None)
     if labels is not None:
         values, counts = np.unique(np.asarray([str(x) for x in labels]), return_counts=True)
         if len(values) and counts.min() >= 2:
+            if held_out_count(n, share) < len(values):
+                raise LmforgeError(f"validation_split {share:g} holds out {held_out_count(n, share)} of {n} rows, fewer "
+                                   f"than the {len(values)} labels (each label needs a held-out row)",
+                                   f"raise data.validation_split to at least {len(values) / n:.3g}, or give data.eval")
             from sklearn.model_selection import train_test_split  # lazy: scikit-learn takes a second to import
             train_idx, eval_idx = train_test_split(np.arange(n), test_size=share, random_state=seed,
                                                    stratify=np.asarray([str(x) for x in labels]))

@@ -194,9 +194,15 @@ def load_pretrained(auto_cls, path: str, cfg: Config, permissions: Permissions =
         if "Unrecognized configuration class" in msg or "Unrecognized model" in msg:
             raise LmforgeError(f"the model at {path} cannot be used for {cfg.task}: {msg[:200]}",
                                "choose a model whose architecture supports this task") from None
+        if "attn_implementation" in msg:
+            raise LmforgeError(f"model.attn_implementation {cfg.model.attn_implementation!r} cannot be used with "
+                               f"this model: {msg[:160]}", "use sdpa or eager (or leave it unset)") from None
         raise
     except OSError as e:
         raise LmforgeError(f"could not load the model from {path}: {str(e).splitlines()[0]}") from None
+    except ImportError as e:  # an attention kernel (or other extra) asked for but not installed
+        raise LmforgeError(f"could not load the model from {path}: {str(e).splitlines()[0][:200]}",
+                           "install the missing package, or drop model.attn_implementation") from None
     mismatched = [m[0] if isinstance(m, (tuple, list)) else str(m) for m in info.get("mismatched_keys") or []]
     prefix = getattr(model, "base_model_prefix", "") or ""
     body = [k for k in mismatched if prefix and k.startswith(prefix + ".")]

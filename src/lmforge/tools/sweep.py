@@ -67,6 +67,8 @@ def _number(text: str, spec: str, integer: bool = False):
         value = float(text)
     except ValueError:
         raise LmforgeError(f"--param {spec}: '{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise LmforgeError(f"--param {spec}: '{text}' is not a finite number", "give finite bounds, e.g. 1e-5:1e-3")
     if integer:
         if not value.is_integer():
             raise LmforgeError(f"--param {spec}: '{text}' is not an integer")
