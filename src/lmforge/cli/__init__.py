@@ -9,41 +9,34 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import sys
 import webbrowser
 from typing import List, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from .config import build_config, parse_overrides
-from .errors import LmforgeError
-from .fs import check_output_file, write_json
-from .runtime import quiet_libraries
+from ..config import build_config, parse_overrides
+from ..errors import LmforgeError
+from ..fs import check_output_file, write_json
+from ..runtime import quiet_libraries
+from .usage import (  # the one error path and the option checks
+    ABORTS,
+    EXITS,
+    STATE,
+    USAGE_ERRORS,
+    _at_least_0,
+    _check_argv,
+    _positive,
+    _probability,
+    _usage_error,
+    console,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
-                  help="Fine-tune and train language models: classification, causal LM, masked LM.")
-console = Console(stderr=True)
-STATE = {"debug": False}
-
-
-def _number_check(ok, what: str):
-    """An option callback: the value (a float) is finite and `ok`, else a usage error naming the option."""
-    def check(ctx, param, value):
-        if value is not None and (not math.isfinite(value) or not ok(value)):
-            raise typer.BadParameter(f"must be {what}, got {value}")
-        return value
-    return check
-
-
-_at_least_0 = _number_check(lambda v: v >= 0, "a finite number >= 0")
-_positive = _number_check(lambda v: v > 0, "a finite number > 0")
-_probability = _number_check(lambda v: 0 < v <= 1, "in (0, 1]")
+                  help="Fine-tune and train language models: classification, causal LM, masked LM, SFT, DPO.")
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -87,7 +80,7 @@ def _split_resume(extra: list[str]) -> tuple[list[str], object]:
 def _api():
     # lazy, and the only import of lmforge.api here: it loads torch and transformers (seconds), which
     # `lmforge --help` and a mistyped command must not wait for
-    from . import api
+    from .. import api
     return api
 
 
@@ -426,7 +419,7 @@ def init(task: str = typer.Argument(..., help="classification, causal-lm, masked
     if Path(output).exists() and not force:
         raise LmforgeError(f"{output} exists", "choose another --output, or add --force to replace it")
     check_output_file(output, "--output")
-    from .fs import write_text
+    from ..fs import write_text
     write_text(output, text)
     print(f"wrote {output}: task {task}; next: lmforge doctor {output}, then lmforge train {output}")
 
@@ -530,42 +523,6 @@ def serve(model: str = typer.Argument(..., help="Run folder, model folder or bui
         max_queue=max_queue), allow_untrained=allow_untrained)
 
 
-# typer raises its own vendored click classes (typer._click), plain click raises click's: catch both.
-try:
-    from typer._click import exceptions as _tclick
-    USAGE_ERRORS: tuple = (click.UsageError, _tclick.UsageError)
-    EXITS: tuple = (click.exceptions.Exit, typer.Exit)
-    ABORTS: tuple = (click.Abort, typer.Abort)
-except ImportError:  # a typer that uses click itself
-    USAGE_ERRORS, EXITS, ABORTS = (click.UsageError,), (click.exceptions.Exit,), (click.Abort,)
-
-
-def _usage_error(e: Exception, argv: Optional[list[str]]) -> int:
-    """A command-line mistake: one line naming it and the fix, exit 2 (the traceback only with --debug)."""
-    if STATE["debug"]:
-        console.print_exception()
-    ctx = getattr(e, "ctx", None)
-    command = ctx.command_path if ctx is not None else "lmforge"
-    message = e.format_message() if hasattr(e, "format_message") else str(e)
-    if type(e).__name__ == "NoArgsIsHelpError" or message.startswith("Missing command"):  # bare `lmforge`
-        commands = ", ".join(getattr(ctx.command, "commands", {})) if ctx is not None else ""
-        message = f"no command given{f' (commands: {commands})' if commands else ''}"
-    message = " ".join(message.split())
-    console.print(f"error: {message} — see `{command} --help`", markup=False, highlight=False, soft_wrap=True)
-    return 2
-
-
-def _check_argv(argv: Optional[list[str]]) -> None:
-    """Bytes that are not UTF-8 on the command line arrive as lone surrogates; no tokenizer can encode them."""
-    for i, arg in enumerate(sys.argv[1:] if argv is None else argv):
-        try:
-            arg.encode("utf-8")
-        except UnicodeEncodeError:
-            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:60]
-            raise LmforgeError(f"argument {i + 1} ({shown!r}) is not valid UTF-8 text",
-                               "write it in UTF-8 (check the terminal's encoding), or put it in a UTF-8 file")
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     try:
         _check_argv(argv)
@@ -589,6 +546,5 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+
 
