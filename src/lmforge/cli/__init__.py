@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import webbrowser
 from typing import List, Optional
 
 import typer
@@ -405,107 +404,6 @@ def sweep(ctx: typer.Context,
 
 
 @app.command()
-def init(task: str = typer.Argument(..., help="classification, causal-lm, masked-lm, sft or dpo."),
-         model: Optional[str] = typer.Option(None, "--model", "-m", help="Model alias, folder or Hub id (default: the task's built-in one)."),
-         data: Optional[str] = typer.Option(None, "--data", "-d", help="Training data file or built-in dataset (default: the task's built-in one)."),
-         output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the config to this file (default: print it)."),
-         force: bool = typer.Option(False, "--force", help="Replace the --output file if it exists.")):
-    """Write a commented starter config for a task, which `lmforge train` accepts as written."""
-    from pathlib import Path
-    text = _api().starter_config(task, model, data)
-    if output is None:
-        print(text, end="")
-        return
-    if Path(output).exists() and not force:
-        raise LmforgeError(f"{output} exists", "choose another --output, or add --force to replace it")
-    check_output_file(output, "--output")
-    from ..fs import write_text
-    write_text(output, text)
-    print(f"wrote {output}: task {task}; next: lmforge doctor {output}, then lmforge train {output}")
-
-
-config_app = typer.Typer(no_args_is_help=False, help="Config keys: `lmforge config keys [SECTION]`.")
-app.add_typer(config_app, name="config")
-
-
-@config_app.command("keys")
-def config_keys_cmd(section: Optional[str] = typer.Argument(None, help="One section (model, data, train, ...)."),
-                    as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table.")):
-    """Every config key with its type, default and doc (from the schema)."""
-    rows = _api().config_keys(section)
-    if as_json:
-        for r in rows:
-            print(json.dumps(r, default=str))
-        return
-    for r in rows:
-        print(f"{r['key']}  ({r['type']}, default {json.dumps(r['default'], default=str)})")
-        if r["doc"]:
-            print(f"    {r['doc']}")
-
-
-@app.command()
-def models():
-    """List the built-in model aliases."""
-    for alias in _api().models():
-        print(f"{alias.name:16s} {alias.description}  [{', '.join(alias.tasks)}] (pip: {alias.package})")
-
-
-@app.command()
-def datasets():
-    """List the built-in datasets."""
-    for name, (desc, _) in _api().datasets().items():
-        print(f"{name:12s} {desc}")
-
-
-@app.command()
-def report(runs: List[str] = typer.Argument(..., help="One run folder, or several to compare."),
-           output: Optional[str] = typer.Option(None, "--output", "-o",
-                                                help="Where to write (default: RUN/report.html, or compare.html)."),
-           open_browser: bool = typer.Option(False, "--open", help="Open the page in a web browser.")):
-    """Rebuild a run's report.html (and loss.png); with several runs, write a page comparing them."""
-    out = _api().report(runs, output)
-    console.print(f"[green]wrote[/green] {out}")
-    if open_browser:
-        webbrowser.open(out.resolve().as_uri())
-
-
-@app.command("runs")
-def runs_cmd(folder: str = typer.Argument("runs", help="Folder holding run folders."),
-             as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table.")):
-    """List runs: task, model, data, status (finished / running / crashed / failed), best metric, duration."""
-    api = _api()
-    rows = api.runs(folder)
-    if as_json:
-        for r in rows:
-            print(json.dumps(r, default=str))
-        return
-    if not rows:
-        console.print(f"no runs in {folder}")
-        return
-    colors = {"finished": "green", "running": "yellow", "crashed": "red", "failed": "red", "interrupted": "magenta"}
-    table = Table(title=f"runs in {folder}")
-    for col in ("run", "task", "model", "data", "status", "best", "duration", "started"):
-        table.add_column(col, justify="right" if col in ("best", "duration") else "left",
-                         overflow="fold", no_wrap=col in ("status", "best", "duration", "started", "task"))
-    for r in rows:
-        best = f"{r['best_metric']} {r['best']:.4f}" if isinstance(r["best"], (int, float)) else "-"
-        c = colors.get(r["status"], "white")
-        name = os.path.relpath(r["run"], folder) if not os.path.relpath(r["run"], folder).startswith("..") else r["run"]
-        table.add_row(name, r["task"], r["model"], r["data"], f"[{c}]{r['status']}[/{c}]", best,
-                      api.format_duration(r["duration_s"]), (r["started"] or "")[5:16].replace("T", " "))
-    Console(width=max(120, Console().width)).print(table)
-
-
-@app.command()
-def push(run: str = typer.Argument(..., help="Run folder (its model/) or model folder."),
-         repo_id: str = typer.Option(..., "--repo-id", help="Hub repository: your-name/model-name."),
-         private: bool = typer.Option(False, "--private", help="Create the repository as private.")):
-    """Upload a trained model (weights, tokenizer, model card) to the Hugging Face Hub."""
-    url = _api().push(run, repo_id, private=private)
-    console.print(f"[green]pushed[/green] {run} to {url}")
-
-
-@app.command()
 def serve(model: str = typer.Argument(..., help="Run folder, model folder or built-in alias."),
           host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes it to the network."),
           port: int = typer.Option(8000, "--port", "-p", min=1, max=65535, help="TCP port."),
@@ -521,6 +419,9 @@ def serve(model: str = typer.Argument(..., help="Run folder, model folder or bui
     api.serve(model, host=host, port=port, limits=api.ServeLimits(
         max_new_tokens=max_new_tokens, max_chars=max_chars, max_body_bytes=max(64 * 1024, 8 * max_chars),
         max_queue=max_queue), allow_untrained=allow_untrained)
+
+
+from . import configs_and_runs  # noqa: E402, F401 - registers init, config keys, models, datasets, report, runs, push
 
 
 def main(argv: Optional[list[str]] = None) -> int:
