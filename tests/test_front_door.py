@@ -241,3 +241,11 @@ def test_input_id_columns_are_carried_and_bad_fill_mask_rows_are_skipped(tiny_cl
     out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["id"] for r in out] == [1, 2, 3]
     assert out[1]["error"].startswith("no mask token") and out[0]["masks"] and out[2]["filled"]
+
+
+def test_the_python_api_prints_no_library_progress_bars(tiny_cls_run, capfd):
+    from transformers.utils import logging as hf_logging
+    hf_logging.enable_progress_bar()  # as in a fresh process
+    api.predict(tiny_cls_run, ["great tasty"], progress=False)
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "it/s]" not in err, err

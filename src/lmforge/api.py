@@ -92,12 +92,14 @@ def sweep(config: ConfigLike, params: Sequence[str], allow_pickle: bool = False,
 
 def train_tokenizer(kind: str, **kwargs):
     """Train a tokenizer from files or a data source (see lmforge.tokenizer.train_from_source)."""
+    quiet_libraries()
     return train_from_source(kind, **kwargs)
 
 
 # ----------------------------------------------------------------------------------- use
 def task_of(model: Union[str, Path]) -> str:
     """The task name of a saved model (run folder, model folder, adapter folder or alias)."""
+    quiet_libraries()
     return _task_of(resolve_model_dir(model)).name
 
 
@@ -142,6 +144,7 @@ def predict(model: Union[str, Path], texts: Optional[Sequence[str]] = None, inpu
             allow_untrained: bool = False) -> list[dict]:
     """Label + class probabilities per text (classification models). A model whose classification head was never
     trained is refused (its labels would be random) unless `allow_untrained`."""
+    quiet_libraries()
     return _classify.classify(resolve_model_dir(model), texts=texts, input_file=input_file, output=output,
                               batch_size=batch_size, text_column=text_column, text_pair_column=text_pair_column,
                               progress=progress, allow_untrained=allow_untrained)
