@@ -24,6 +24,7 @@ from .tasks import get_task
 from .tasks import task_of as _task_of
 from .tokenizer import train_from_source
 from .tools import doctor as _doctor
+from .tools import export as _export
 from .tools import starter as _starter
 from .tools import sweep as _sweep
 from .tools.launch import inside_launcher, launch
@@ -44,7 +45,7 @@ ConfigLike = Union[str, Path, Config, dict, None]
 __all__ = ["TrainResult", "train", "prepare", "evaluate", "predict", "generate", "fill_mask", "chat", "serve", "doctor",
            "sweep", "train_tokenizer", "push", "report", "runs", "models", "datasets", "task_of", "resolve_model_dir",
            "latest_checkpoint", "resolve_config", "launch", "inside_launcher", "quiet_libraries", "format_duration",
-           "ServeLimits", "starter_config", "config_keys", "next_steps"]
+           "ServeLimits", "starter_config", "config_keys", "next_steps", "export"]
 
 
 # ----------------------------------------------------------------------------------- train
@@ -232,3 +233,11 @@ def starter_config(task: str, model: Optional[str] = None, data: Optional[str] =
 def config_keys(section: Optional[str] = None) -> list[dict]:
     """Every config key (of one section): [{key, type, default, doc}], from the schema."""
     return _starter.config_keys(section)
+
+
+def export(model: Union[str, Path], fmt: str = "safetensors", output: Optional[str] = None, dtype: str = "float32",
+           verify: bool = True) -> Path:
+    """Export a run or model folder (a LoRA run merged) as a plain folder, checked against the trained model
+    (export.json); see lmforge.tools.export."""
+    quiet_libraries()
+    return _export.export(str(model), fmt, output, dtype, verify)

@@ -1,4 +1,4 @@
-"""Commands about configs and finished runs: init, config keys, models, datasets, report, runs, push."""
+"""Commands about configs and finished runs: init, config keys, models, datasets, report, runs, push, export."""
 
 from __future__ import annotations
 
@@ -115,3 +115,17 @@ def push(run: str = typer.Argument(..., help="Run folder (its model/) or model f
     """Upload a trained model (weights, tokenizer, model card) to the Hugging Face Hub."""
     url = _api().push(run, repo_id, private=private)
     console.print(f"[green]pushed[/green] {run} to {url}")
+
+
+@app.command()
+def export(model: str = typer.Argument(..., help="Run folder or model folder (a LoRA run is merged into its base)."),
+           fmt: str = typer.Option("safetensors", "--format", "-f", help="safetensors (GGUF and ONNX: not yet)."),
+           output: Optional[str] = typer.Option(None, "--output", "-o", help="Folder to write (default: MODEL-export-FORMAT)."),
+           dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+           no_verify: bool = typer.Option(False, "--no-verify", help="Keep an export whose parity check fails.")):
+    """Export a trained model as a plain folder and check it answers like the trained one (OUT/export.json)."""
+    out = _api().export(model, fmt, output, dtype, verify=not no_verify)
+    report = json.loads((out / "export.json").read_text())
+    p = report["parity"]
+    console.print(f"exported to {out}: max |logit difference| {p['max_abs_logit_diff']:.2e}, top-1 agreement "
+                  f"{p['top1_agreement']:.0%} on {p['texts']} held-out inputs (export.json)", markup=False)
