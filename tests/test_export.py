@@ -55,6 +55,13 @@ def test_a_lora_runs_merged_export_equals_the_adapter_model(tiny_bert, tmp_path)
     texts = ["great tasty food", "awful bland stuff", "fine"]
     assert torch.allclose(_logits(adapter, tok, texts), _logits(merged, tok, texts), atol=1e-5)
     assert not any("lora" in k for k in merged.state_dict())
+    # an adapter-only run cannot be trained from; the error names the export that makes it a model
+    from lmforge.errors import LmforgeError
+    from lmforge.models.zoo import resolve_model
+    with pytest.raises(LmforgeError, match="holds a LoRA adapter") as err:
+        resolve_model(str(run))
+    assert "lmforge export" in err.value.hint
+    assert resolve_model(str(out)) == str(out)
 
 
 def test_unsupported_formats_and_occupied_folders_are_one_line(tiny_cls_run, tmp_path, capsys):

@@ -78,6 +78,11 @@ def resolve_model(name: Optional[str]) -> str:
             inner = path / "model"
             if (inner / "config.json").exists():  # a run folder
                 return str(inner)
+            adapter = path if (path / "adapter_config.json").exists() else path / "adapter"
+            if (adapter / "adapter_config.json").exists():  # a LoRA run without a merged model
+                raise LmforgeError(f"{path} holds a LoRA adapter, not a whole model, so it cannot be trained from",
+                                   f"merge it into its base first: lmforge export {path} -o {path.name}-merged, "
+                                   f"then set model.name to {path.name}-merged")
             raise LmforgeError(f"model folder {path} has no config.json",
                                "point at a Hugging Face model folder (config.json + weights) or a run folder")
         return str(path)
