@@ -33,7 +33,7 @@ from ..config import Config, Permissions, load_config
 from ..data.preference import read_pairs
 from ..data.split import read_train_eval
 from ..errors import LmforgeError
-from ..models.load import check_length, default_length, ensure_pad
+from ..models.load import default_length
 from .base import EncodedSplit, StepStats, Task, TaskParts, clip, eval_config, refuse_stride
 from .causal_lm import TASK as CAUSAL_LM
 from .causal_lm import load_model
@@ -53,7 +53,7 @@ from .preference_rows import (  # noqa: F401 (the row, batch and log-prob API of
     row_length,
     sequence_logps,
 )
-from .sft import make_samples
+from .sft import load_chat_model, make_samples
 
 log = logging.getLogger("lmforge")
 
@@ -143,13 +143,7 @@ class DPO(Task):
             raise LmforgeError("no training data given", "set data.train (a jsonl/json/parquet/csv of prompt / "
                                                          "chosen / rejected pairs, or the built-in kjv-to-web-pairs)")
         train_pairs, eval_pairs, notes = self.read(cfg)
-        model, tokenizer, source = load_model(cfg, log, permissions)
-        for note in (ensure_chat_template(tokenizer), ensure_pad(tokenizer, model, source)):
-            if note:
-                notes.append(note)
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(len(tokenizer))
-        max_len = check_length(d.block_size or default_length(model.config), model.config, None, "data.block_size")
+        model, tokenizer, max_len = load_chat_model(cfg, notes, log, permissions)
         max_prompt = min(dc.max_prompt_length or max_len // 2, max_len - 1)
         train_enc = encode_pairs(train_pairs, tokenizer, max_prompt, max_len)
         check_usable(train_enc, d.train)

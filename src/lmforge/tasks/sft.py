@@ -136,6 +136,19 @@ def make_samples(tokenizer, prompts: list[tuple[list[dict], str]], max_new_token
     return samples
 
 
+def load_chat_model(cfg: Config, notes: list[str], log: logging.Logger = log,
+                    permissions: Permissions = Permissions()):
+    """(model, tokenizer, length limit) of a causal LM made ready for conversations (sft and dpo): its chat
+    template (ChatML when it has none), a pad token, embeddings grown to the tokenizer, and data.block_size
+    checked against the model; what was changed is added to `notes`."""
+    model, tokenizer, source = load_model(cfg, log, permissions)
+    notes += [n for n in (ensure_chat_template(tokenizer), ensure_pad(tokenizer, model, source)) if n]
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    limit = cfg.data.block_size or default_length(model.config)
+    return model, tokenizer, check_length(limit, model.config, None, "data.block_size")
+
+
 # ----------------------------------------------------------------------------------- the task
 class SFT(Task):
     name = "sft"
@@ -162,13 +175,7 @@ class SFT(Task):
             raise LmforgeError("no training data given", "set data.train (a jsonl/json/parquet/csv of conversations, "
                                                          "or the built-in kjv-to-web)")
         train_convs, eval_convs, notes = self.read(cfg)
-        model, tokenizer, source = load_model(cfg, log, permissions)
-        for note in (ensure_chat_template(tokenizer), ensure_pad(tokenizer, model, source)):
-            if note:
-                notes.append(note)
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(len(tokenizer))
-        block = check_length(d.block_size or default_length(model.config), model.config, None, "data.block_size")
+        model, tokenizer, block = load_chat_model(cfg, notes, log, permissions)
         train_enc = encode_conversations(train_convs, tokenizer, block, d.train_on)
         check_trainable(train_enc, d.train, d.train_on)
         eval_enc = encode_conversations(eval_convs, tokenizer, block, d.train_on)
