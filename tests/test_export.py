@@ -64,11 +64,165 @@ def test_a_lora_runs_merged_export_equals_the_adapter_model(tiny_bert, tmp_path)
     assert resolve_model(str(out)) == str(out)
 
 
-def test_unsupported_formats_and_occupied_folders_are_one_line(tiny_cls_run, tmp_path, capsys):
-    assert main(["export", str(tiny_cls_run), "--format", "gguf"]) == 2
-    assert "not available" in capsys.readouterr().err
+def test_unsupported_pairs_and_occupied_folders_are_one_line(tiny_cls_run, tmp_path, capsys):
+    assert main(["export", str(tiny_cls_run), "--format", "gguf", "-o", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert "GGUF export covers causal LMs" in err and "bert" in err and len(err.strip().splitlines()) <= 2
+    assert not (tmp_path / "g").exists()
+    for args, words in ((["--format", "tflite"], "not one of"), (["--quantize", "q8_0"], "--quantize is for"),
+                        (["--format", "onnx", "--dtype", "float16"], "float32 only"),
+                        (["--format", "gguf", "--quantize", "q3_k"], "not one of"),
+                        (["--dtype", "int8"], "not one of")):
+        assert main(["export", str(tiny_cls_run), *args, "-o", str(tmp_path / "e")]) == 2, args
+        assert words in capsys.readouterr().err, args
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "mine.txt").write_text("x")
     assert main(["export", str(tiny_cls_run), "-o", str(tmp_path / "busy")]) == 2
     assert "is not empty" in capsys.readouterr().err and (tmp_path / "busy" / "mine.txt").read_text() == "x"
-    assert main(["export", str(tiny_cls_run), "--dtype", "int8", "-o", str(tmp_path / "e")]) == 2
+
+
+# ----------------------------------------------------------------------------------------------- GGUF
+@pytest.fixture(scope="module")
+def tiny_lms(tmp_path_factory):
+    """A tiny llama (untied, grouped-query attention) trained a little so its logits are peaked, and a tiny
+    gpt2 (tied, Conv1D weights) as built."""
+    from test_causal_lm import lm_config, make_tiny, toy_docs
+    d = tmp_path_factory.mktemp("export-lms")
+    (d / "train.txt").write_text("\n".join(toy_docs(300, seed=0)) + "\n")
+    (d / "valid.txt").write_text("\n".join(toy_docs(20, seed=9)) + "\n")
+    llama = make_tiny(d / "llama", "llama")
+    run = api.train(lm_config(d / "train.txt", d / "valid.txt", d / "run", llama, max_steps=30,
+                              eval_strategy="no"), progress=False).run_dir
+    return {"llama": run, "gpt2": make_tiny(d / "gpt2", "gpt2")}
+
+
+def _reload_gguf(out, **extra):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    (f,) = [p.name for p in out.glob("*.gguf")]
+    return (AutoModelForCausalLM.from_pretrained(out, gguf_file=f, dtype=torch.float32, **extra).eval(),
+            AutoTokenizer.from_pretrained(out, gguf_file=f))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_gguf_f32_reloads_through_transformers_with_equal_logits(tiny_lms, arch, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    src = tiny_lms[arch]
+    out = api.export(src, "gguf", str(tmp_path / "g"), quantize="f32")
+    report = json.loads((out / "export.json").read_text())
+    assert report["verified"] and report["gguf"]["tensor_types"] == {"f32": report["gguf"]["tensor_types"]["f32"]}
+    folder = src / "model" if (src / "model").is_dir() else src
+    ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    extra = {"n_positions": ref.config.n_positions} if arch == "gpt2" else {}
+    model, gguf_tok = _reload_gguf(out, **extra)
+    texts = ["the food was great and the service was bad", "the movie was awful"]
+    for t in texts:
+        ids = tok(t, return_tensors="pt")["input_ids"]
+        assert gguf_tok(t)["input_ids"] == ids[0].tolist()  # the GGUF's own tokenizer splits the same way
+        with torch.no_grad():
+            assert torch.allclose(ref(ids).logits, model(ids).logits, atol=1e-5)
+    assert report["parity"]["greedy"]["identical"] == report["parity"]["greedy"]["prompts"] == 4
+    assert report["parity"]["tokenizer_agreement"] == 1.0
+    if arch == "gpt2":
+        assert "output.weight" not in _tensor_names(out)  # tied: llama.cpp reuses token_embd
+
+
+def _tensor_names(out):
+    import gguf
+    (f,) = out.glob("*.gguf")
+    return {t.name for t in gguf.GGUFReader(f).tensors}
+
+
+@pytest.mark.parametrize("quant,rel,top1", [("f16", 0.01, 1.0), ("q8_0", 0.05, 0.95)])
+def test_gguf_quantized_stays_within_stated_tolerance(tiny_lms, quant, rel, top1, tmp_path):
+    import gguf
+    out = api.export(tiny_lms["llama"], "gguf", str(tmp_path / "g"), quantize=quant)
+    report = json.loads((out / "export.json").read_text())
+    p = report["parity"]
+    assert report["verified"] and p["relative_diff"] <= rel and p["top1_agreement"] >= top1
+    assert p["max_abs_logit_diff"] > 0  # really quantized
+    assert p["greedy"]["identical"] == p["greedy"]["prompts"]  # greedy tokens agree
+    (f,) = out.glob("*.gguf")
+    reader = gguf.GGUFReader(f)
+    kinds = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert kinds["blk.0.attn_q.weight"] == quant.upper() and kinds["blk.0.attn_norm.weight"] == "F32"
+    meta = {k: reader.fields[k].contents() for k in ("general.architecture", "tokenizer.ggml.model", "tokenizer.ggml.pre",
+                                                     "llama.attention.head_count_kv", "tokenizer.ggml.eos_token_id")}
+    # "gpt-2" is llama.cpp's pre-tokenizer name; it refuses to load a file saying "gpt2" there
+    assert meta == {"general.architecture": "llama", "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
+                    "llama.attention.head_count_kv": 1, "tokenizer.ggml.eos_token_id": 0}
+    assert f.stat().st_size < 0.6 * 4 * sum(t.n_elements for t in reader.tensors)  # smaller than f32
+
+
+def test_gguf_carries_the_chat_template_and_special_tokens(tmp_path):
+    from test_sft import SPECIALS, texts
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmforge.tasks.chat_template import CHATML
+    from lmforge.tokenizer import train_tokenizer
+    tok = train_tokenizer("byte-level-bpe", texts=texts(), vocab_size=400, min_frequency=1,
+                          special_tokens=SPECIALS).tokenizer
+    tok.eos_token, tok.chat_template = "<|im_end|>", CHATML
+    tok_dir = tmp_path / "m"
+    tok.save_pretrained(tok_dir)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                                 tie_word_embeddings=True)).save_pretrained(tok_dir)
+    out = api.export(tok_dir, "gguf", str(tmp_path / "g"), quantize="f32")
+    _, gguf_tok = _reload_gguf(out)
+    assert gguf_tok.chat_template == tok.chat_template
+    msgs = [{"role": "user", "content": "hi"}]
+    rendered = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert gguf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == rendered
+    assert gguf_tok(rendered)["input_ids"] == tok(rendered)["input_ids"]  # <|im_start|> stays one token
+    assert gguf_tok.eos_token == "<|im_end|>"
+    assert "output.weight" not in _tensor_names(out)
+
+
+# ----------------------------------------------------------------------------------------------- ONNX
+def test_onnx_classifier_matches_pytorch_and_predicts_like_the_run(tiny_cls_run, tmp_path):
+    import onnxruntime as ort
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    out = api.export(tiny_cls_run, "onnx", str(tmp_path / "o"))
+    report = json.loads((out / "export.json").read_text())
+    assert report["verified"] and report["parity"]["max_abs_logit_diff"] <= 1e-4
+    ref = AutoModelForSequenceClassification.from_pretrained(tiny_cls_run / "model").eval()
+    tok = AutoTokenizer.from_pretrained(tiny_cls_run / "model")
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    for texts in (["great tasty"], ["great tasty food and more", "awful", "bland but fine", "ok"]):  # dynamic axes
+        enc = tok(texts, return_tensors="np", padding=True)
+        got = sess.run(["logits"], {k: v.astype("int64") for k, v in enc.items()})[0]
+        assert abs(got - _logits(ref, tok, texts).numpy()).max() <= 1e-4
+    # lmforge predict reads the ONNX folder and answers like the run
+    texts = ["great tasty", "awful bland", "fine food"]
+    ours, onnx = api.predict(tiny_cls_run, texts, progress=False), api.predict(out, texts, progress=False)
+    assert [r["label"] for r in ours] == [r["label"] for r in onnx]
+    assert [r["score"] for r in ours] == pytest.approx([r["score"] for r in onnx], abs=1e-5)
+    # lmforge serve reads it too
+    from test_serve import Live
+    live = Live(out)
+    try:
+        status, many = live.post("/v1/classify", {"texts": texts})
+    finally:
+        live.stop()
+    assert status == 200 and [r["label"] for r in many["results"]] == [r["label"] for r in ours]
+    # an ONNX export cannot be a training start point: said in one line
+    from lmforge.models.load import model_source
+    from lmforge.config import Config
+    cfg = Config.model_validate({"model": {"name": str(out)}})
+    with pytest.raises(Exception, match="ONNX export"):
+        model_source(cfg)
+
+
+def test_onnx_causal_lm_matches_pytorch_and_generates_like_it(tiny_lms, tmp_path):
+    out = api.export(tiny_lms["llama"], "onnx", str(tmp_path / "o"))
+    report = json.loads((out / "export.json").read_text())
+    assert report["verified"] and report["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert report["onnx"]["kv_cache"] is False and "position_ids" in report["onnx"]["inputs"]
+    prompts = ["the food was", "the movie"]  # a batch of two lengths: left padding, position ids
+    ref = api.generate(tiny_lms["llama"], prompts, max_new_tokens=8)
+    got = api.generate(out, prompts, max_new_tokens=8)
+    assert [r["completion"] for r in got] == [r["completion"] for r in ref]
+    with pytest.raises(Exception, match="greedily"):
+        api.generate(out, ["the food"], max_new_tokens=4, temperature=0.8)

@@ -235,9 +235,9 @@ def config_keys(section: Optional[str] = None) -> list[dict]:
     return _starter.config_keys(section)
 
 
-def export(model: Union[str, Path], fmt: str = "safetensors", output: Optional[str] = None, dtype: str = "float32",
-           verify: bool = True) -> Path:
+def export(model: Union[str, Path], fmt: str = "safetensors", output: Optional[str] = None,
+           dtype: Optional[str] = None, verify: bool = True, quantize: Optional[str] = None) -> Path:
     """Export a run or model folder (a LoRA run merged) as a plain folder, checked against the trained model
     (export.json); see lmforge.tools.export."""
     quiet_libraries()
-    return _export.export(str(model), fmt, output, dtype, verify)
+    return _export.export(str(model), fmt, output, dtype, verify, quantize)

@@ -110,6 +110,8 @@ def train(ctx: typer.Context,
     except KeyboardInterrupt as e:  # typer would swallow the message: print it here
         _print_interrupted(e)
         raise typer.Exit(130)
+    if os.environ.get("RANK", "0") != "0":  # several processes: the summary once, from the main one
+        return
     _print_metrics(result.metrics)
     console.print(f"[green]done[/green]: run folder {result.run_dir}")
     for line in api.next_steps(result):

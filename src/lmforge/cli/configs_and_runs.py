@@ -119,13 +119,19 @@ def push(run: str = typer.Argument(..., help="Run folder (its model/) or model f
 
 @app.command()
 def export(model: str = typer.Argument(..., help="Run folder or model folder (a LoRA run is merged into its base)."),
-           fmt: str = typer.Option("safetensors", "--format", "-f", help="safetensors (GGUF and ONNX: not yet)."),
+           fmt: str = typer.Option("safetensors", "--format", "-f", help="safetensors, gguf or onnx."),
            output: Optional[str] = typer.Option(None, "--output", "-o", help="Folder to write (default: MODEL-export-FORMAT)."),
-           dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+           dtype: Optional[str] = typer.Option(None, "--dtype", help="safetensors: float32 (default), bfloat16 or float16."),
+           quantize: Optional[str] = typer.Option(None, "--quantize", "-q", help="gguf: f32, f16 (default), q8_0 or q4_0."),
            no_verify: bool = typer.Option(False, "--no-verify", help="Keep an export whose parity check fails.")):
     """Export a trained model as a plain folder and check it answers like the trained one (OUT/export.json)."""
-    out = _api().export(model, fmt, output, dtype, verify=not no_verify)
+    out = _api().export(model, fmt, output, dtype, verify=not no_verify, quantize=quantize)
     report = json.loads((out / "export.json").read_text())
     p = report["parity"]
-    console.print(f"exported to {out}: max |logit difference| {p['max_abs_logit_diff']:.2e}, top-1 agreement "
-                  f"{p['top1_agreement']:.0%} on {p['texts']} held-out inputs (export.json)", markup=False)
+    greedy = p.get("greedy")
+    console.print(f"exported {report['format']} ({report['precision']}) to {out} in {report['export_s']:.1f} s: "
+                  f"max |logit difference| {p['max_abs_logit_diff']:.2e}, top-1 agreement {p['top1_agreement']:.1%} "
+                  f"of {p['positions']} positions on {p['texts']} held-out inputs"
+                  + (f", greedy continuations identical {greedy['identical']}/{greedy['prompts']}" if greedy else "")
+                  + ("" if report["verified"] else " -- NOT VERIFIED (kept: --no-verify)") + " (export.json)",
+                  markup=False)

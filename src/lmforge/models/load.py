@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 
 from ..config import Config, Permissions
 from ..errors import LmforgeError
+from .onnx_model import is_onnx_dir
 from .zoo import MODELS, resolve_model
 
 # Beyond this the tokenizer's model_max_length is a "no limit" placeholder (1e30), not a limit.
@@ -69,7 +70,7 @@ def check_model_folder(p: Path, trust_remote_code: bool = False) -> None:
         raise LmforgeError(f"{cfg_file} names model_type {kind!r}, which this transformers does not know",
                            "check the model folder (is config.json from another library?), or upgrade transformers")
     weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
-               "adapter_model.safetensors", "adapter_model.bin")
+               "adapter_model.safetensors", "adapter_model.bin", "model.onnx")
     if not any((p / w).exists() for w in weights) and not any(p.glob("model-*.safetensors")):
         raise LmforgeError(f"model folder {p} has a config.json but no weights (model.safetensors)",
                            "copy the weights next to config.json, or build a fresh model with model.from_config")
@@ -98,6 +99,9 @@ def model_source(cfg: Config, permissions: Permissions = Permissions()) -> str:
         raise LmforgeError("the config sets model.trust_remote_code, which runs code from the model's files",
                            "pass --trust-remote-code on the command line to allow it")
     path = resolve_model(cfg.model.name)
+    if is_onnx_dir(path):
+        raise LmforgeError(f"{path} is an ONNX export, which runs but cannot be trained",
+                           "train from the run folder it came from, or from a --format safetensors export")
     check_weights_safe(path, permissions)
     return path
 

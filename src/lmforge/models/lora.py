@@ -36,6 +36,7 @@ from ..config import Config, Permissions
 from ..errors import LmforgeError
 from ..fs import atomic_dir
 from .load import check_weights_safe
+from .onnx_model import is_onnx_dir, load_onnx
 from .zoo import MODELS
 
 log = logging.getLogger("lmforge")
@@ -155,6 +156,8 @@ def load_model(auto_cls, model_dir: Path, merge: bool = True, permissions: Permi
     """
     model_dir = Path(model_dir)
     safe_only = {} if permissions.allow_pickle else {"use_safetensors": True}  # never torch.load unless allowed
+    if is_onnx_dir(model_dir):  # lmforge export --format onnx: ONNX Runtime behind the same interface
+        return load_onnx(model_dir, output_loading_info=bool(kwargs.get("output_loading_info")))
     if not is_adapter_dir(model_dir):
         check_weights_safe(str(model_dir), permissions)
         try:

@@ -1,12 +1,19 @@
-"""`lmforge export RUN_OR_MODEL --format safetensors [--dtype float32|bfloat16|float16] [-o OUT]`.
+"""`lmforge export RUN_OR_MODEL --format safetensors|gguf|onnx [--dtype ...] [--quantize ...] [-o OUT]`.
 
-Writes a plain Hugging Face folder (a LoRA run merged into its base first) and proves it answers like the
-trained model: the exported folder is loaded back with transformers alone and run on a few held-out inputs
-(the run's eval or test data when it has a file, else fixed texts) next to the model as lmforge loads it; the
-max absolute logit difference and the top-1 agreement go to `OUT/export.json` and the model card. A parity
-outside the tolerance of the dtype is an error (exit 2) unless `--no-verify`.
+- safetensors: a plain Hugging Face folder (a LoRA run merged into its base first), dtype float32, bfloat16 or
+  float16;
+- gguf: one `.gguf` file for llama.cpp / Ollama / LM Studio (llama-family and gpt2 causal LMs), f32, f16, q8_0 or
+  q4_0, tokenizer and chat template in its metadata (tools/gguf_export.py);
+- onnx: `model.onnx` + config + tokenizer for ONNX Runtime (classifiers, masked LMs, causal LMs without a KV
+  cache; tools/onnx_export.py). lmforge predict / fill-mask / generate / serve accept the folder.
 
-GGUF and ONNX are not written yet (issue 18).
+Every export is then loaded back by an independent reader (transformers alone for safetensors, transformers'
+GGUF loader for gguf, ONNX Runtime for onnx) and run on a few held-out inputs (the run's eval or test data when
+it has a file, else fixed texts) next to the model as lmforge loads it. Measured: max |logit difference| (and
+relative to the largest logit), top-1 agreement over all positions, and for causal LMs the greedy continuations
+of a few prompts (and, for GGUF, whether its tokenizer encodes the texts to the same ids). All of it goes to
+`OUT/export.json` and the model card. A parity outside the tolerance of the format (TOLERANCES) is an error
+(exit 2) unless `--no-verify`.
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -23,17 +33,25 @@ from ..config import load_config
 from ..errors import LmforgeError
 from ..fs import atomic_dir, check_output_dir
 from ..models.load import resolve_model_dir
+from ..models.onnx_model import is_onnx_dir, load_onnx
 from ..tasks import task_of
 from ..use.inputs import read_texts
+from . import gguf_export, onnx_export
 
 log = logging.getLogger("lmforge")
 
-FORMATS = ("safetensors",)
+FORMATS = ("safetensors", "gguf", "onnx")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# max |logit difference| allowed against the fp32 model, per exported dtype
-TOLERANCE = {"float32": 1e-4, "bfloat16": 0.25, "float16": 0.05}
+# (max |logit diff| allowed, or None; max |logit diff| / max |logit| allowed, or None; min top-1 agreement);
+# exact precisions must also give identical greedy continuations
+TOLERANCES = {"float32": (1e-4, None, 1.0), "f32": (1e-4, None, 1.0), "onnx": (1e-4, None, 1.0),
+              "float16": (None, 0.01, 0.98), "f16": (None, 0.01, 0.98), "bfloat16": (None, 0.05, 0.9),
+              "q8_0": (None, 0.05, 0.95), "q4_0": (None, 0.3, 0.8)}
+EXACT = ("float32", "f32", "onnx")
 FIXED_TEXTS = ["The food was good and the service was fine.", "And God said, Let there be light.",
                "Paris is the capital of France.", "I would not buy this again."]
+PROMPTS = ["The capital of France is", "Once upon a time"]
+NEW_TOKENS = 16
 
 
 def probe_texts(model_dir: Path, n: int = 4) -> list[str]:
@@ -58,26 +76,154 @@ def _logits(model, tokenizer, texts: list[str]) -> list[torch.Tensor]:
     for text in texts:
         enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=128)
         inputs = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        out.append(model(**inputs).logits.float()[0])
+        logits = model(**inputs).logits.float()[0]
+        out.append(logits[None] if logits.dim() == 1 else logits)  # (positions, classes): one row for a classifier
     return out
 
 
-def parity(reference, exported, tokenizer, texts: list[str]) -> dict:
-    """Max |logit difference| and top-1 agreement of two models on the texts."""
+@torch.no_grad()
+def _greedy(model, tokenizer, prompts: list[str]) -> list[list[int]]:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    outs = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+                             do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+        outs.append(gen[0, ids.shape[1]:].tolist())
+    return outs
+
+
+def parity(reference, exported, tokenizer, texts: list[str], causal: bool = False) -> dict:
+    """Max |logit difference|, the largest logit, top-1 agreement over all positions and (causal LMs) the greedy
+    continuations of a few prompts, of two models on the texts."""
     a, b = _logits(reference, tokenizer, texts), _logits(exported, tokenizer, texts)
     diff = max(float((x - y).abs().max()) for x, y in zip(a, b))
-    agree = [bool((x.argmax(-1) == y.argmax(-1)).all()) for x, y in zip(a, b)]
-    return {"texts": len(texts), "max_abs_logit_diff": diff, "top1_agreement": sum(agree) / len(agree)}
+    scale = max(float(x.abs().max()) for x in a)
+    same = sum(int((x.argmax(-1) == y.argmax(-1)).sum()) for x, y in zip(a, b))
+    positions = sum(x.shape[0] for x in a)
+    out = {"texts": len(texts), "positions": positions, "max_abs_logit_diff": diff, "max_abs_logit": scale,
+           "relative_diff": diff / max(scale, 1e-12), "top1_agreement": same / positions}
+    if causal:
+        prompts = PROMPTS + [" ".join(t.split()[:6]) for t in texts[:2]]
+        ref, got = _greedy(reference, tokenizer, prompts), _greedy(exported, tokenizer, prompts)
+        agree = [sum(1 for _ in _same_prefix(r, g)) / max(len(r), 1) for r, g in zip(ref, got)]
+        out["greedy"] = {"prompts": len(prompts), "new_tokens": NEW_TOKENS,
+                         "identical": sum(r == g for r, g in zip(ref, got)),
+                         "prefix_agreement": sum(agree) / len(agree),
+                         "examples": [{"prompt": p, "trained": tokenizer.decode(r), "exported": tokenizer.decode(g)}
+                                      for p, r, g in list(zip(prompts, ref, got))[:2]]}
+    return out
 
 
-def export(model: str, fmt: str = "safetensors", output: Optional[str] = None, dtype: str = "float32",
-           verify: bool = True) -> Path:
+def _same_prefix(a: list[int], b: list[int]):
+    for x, y in zip(a, b):
+        if x != y:
+            return
+        yield x
+
+
+def judge(report: dict) -> tuple[bool, str]:
+    """Whether the parity is inside the tolerance of the export's precision, and the reason when not."""
+    p, precision = report["parity"], report["precision"]
+    max_abs, max_rel, min_top1 = TOLERANCES[precision]
+    if max_abs is not None and p["max_abs_logit_diff"] > max_abs:
+        return False, f"max |logit difference| {p['max_abs_logit_diff']:.3g}, allowed {max_abs:g} for {precision}"
+    if max_rel is not None and p["relative_diff"] > max_rel:
+        return False, (f"max |logit difference| is {p['relative_diff']:.1%} of the largest logit, allowed "
+                       f"{max_rel:.0%} for {precision}")
+    if p["top1_agreement"] < min_top1:
+        return False, f"top-1 agreement {p['top1_agreement']:.1%}, required {min_top1:.0%} for {precision}"
+    greedy = p.get("greedy")
+    if greedy and precision in EXACT and greedy["identical"] < greedy["prompts"]:
+        return False, f"{greedy['prompts'] - greedy['identical']} greedy continuation(s) differ"
+    return True, ""
+
+
+def _check_options(fmt: str, dtype: Optional[str], quantize: Optional[str]) -> str:
+    """The export's precision name, after refusing option pairs that do not fit the format."""
     if fmt not in FORMATS:
-        raise LmforgeError(f"export format '{fmt}' is not available", f"formats: {', '.join(FORMATS)} (GGUF and "
-                                                                         "ONNX are not written yet)")
-    if dtype not in DTYPES:
+        raise LmforgeError(f"export format '{fmt}' is not one of {', '.join(FORMATS)}")
+    if quantize is not None and fmt != "gguf":
+        raise LmforgeError(f"--quantize is for --format gguf, not {fmt}", "use --dtype for safetensors")
+    if fmt == "gguf":
+        if dtype not in (None, "float32"):
+            raise LmforgeError("--dtype is for --format safetensors", "use --quantize f32|f16|q8_0|q4_0 with gguf")
+        if (quantize or "f16") not in gguf_export.QUANTS:
+            raise LmforgeError(f"--quantize {quantize} is not one of {', '.join(gguf_export.QUANTS)}")
+        return quantize or "f16"
+    if fmt == "onnx":
+        if dtype not in (None, "float32"):
+            raise LmforgeError(f"ONNX export writes float32 only, not {dtype}")
+        return "onnx"
+    if (dtype or "float32") not in DTYPES:
         raise LmforgeError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
+    return dtype or "float32"
+
+
+def _write(fmt: str, precision: str, trained, tokenizer, task, model_dir: Path, tmp: Path) -> dict:
+    """Write the export's files into tmp; returns the format's own facts for export.json."""
+    card = model_dir / "README.md"  # the model card travels with the weights
+    if card.exists():
+        (tmp / "README.md").write_text(card.read_text())
+    if fmt == "safetensors":
+        saved = trained if precision == "float32" else copy.deepcopy(trained).to(DTYPES[precision])
+        saved.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        return {"files": ["model.safetensors"]}
+    if fmt == "onnx":
+        facts = onnx_export.write_onnx(trained, tokenizer, tmp / "model.onnx")
+        trained.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        return {"files": ["model.onnx"], "onnx": facts}
+    name = model_dir.parent.name if model_dir.name in ("model", "adapter") else model_dir.name
+    with tempfile.TemporaryDirectory() as tok_dir:
+        tokenizer.save_pretrained(tok_dir)
+        facts = gguf_export.write_gguf(trained, tokenizer, Path(tok_dir), tmp / f"{name}-{precision}.gguf",
+                                       precision, name)
+    return {"files": [f"{name}-{precision}.gguf"], "gguf": facts}
+
+
+def _reload(fmt: str, out: Path, report: dict, task, trained, tokenizer) -> tuple:
+    """The export read back by an independent reader: (model, the tokenizer it brings or None)."""
+    if fmt == "safetensors":
+        return task.auto_class.from_pretrained(str(out), dtype=torch.float32).eval(), None
+    if fmt == "onnx":
+        return load_onnx(out), None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # its per-tensor de-quantizing bar
+    gguf_file = report["files"][0]
+    # transformers' GGUF reader does not map gpt2's n_positions (llama.cpp reads it as context_length)
+    extra = {"n_positions": trained.config.n_positions} if trained.config.model_type == "gpt2" else {}
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own per-tensor bar (a plain tqdm)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(out), gguf_file=gguf_file, dtype=torch.float32, **extra)
+        return model.eval(), AutoTokenizer.from_pretrained(str(out), gguf_file=gguf_file)
+    finally:
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
+
+
+def _card_line(report: dict) -> str:
+    p = report["parity"]
+    line = (f"\n\n## Export\n\nExported by `lmforge export` as {report['format']} ({report['precision']}); parity "
+            f"with the trained model on {p['texts']} held-out inputs: max |logit difference| "
+            f"{p['max_abs_logit_diff']:.2e} ({p['relative_diff']:.2%} of the largest logit), top-1 agreement "
+            f"{p['top1_agreement']:.1%} of {p['positions']} positions")
+    if "greedy" in p:
+        line += f", greedy continuations identical for {p['greedy']['identical']} of {p['greedy']['prompts']} prompts"
+    return line + ".\n"
+
+
+def export(model: str, fmt: str = "safetensors", output: Optional[str] = None, dtype: Optional[str] = None,
+           verify: bool = True, quantize: Optional[str] = None) -> Path:
+    precision = _check_options(fmt, dtype, quantize)
     model_dir = resolve_model_dir(model)
+    if is_onnx_dir(model_dir):
+        raise LmforgeError(f"{model_dir} is already an ONNX export", "export from the run folder it came from")
     out = check_output_dir(output or f"{Path(model).expanduser().as_posix().rstrip('/')}-export-{fmt}",
                            "export folder")
     if out.exists() and any(out.iterdir()):
@@ -85,31 +231,28 @@ def export(model: str, fmt: str = "safetensors", output: Optional[str] = None, d
     task = task_of(model_dir)
     trained, tokenizer = task.load_for_use(model_dir, allow_untrained=True)  # LoRA: merged into its base
     trained.float().eval()
-
-    def write(tmp: Path) -> None:
-        saved = trained if dtype == "float32" else copy.deepcopy(trained).to(DTYPES[dtype])
-        saved.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        card = model_dir / "README.md"  # the model card travels with the weights
-        if card.exists():
-            (tmp / "README.md").write_text(card.read_text())
-    atomic_dir(out, write)
-    report = {"format": fmt, "dtype": dtype, "source": str(model_dir), "task": task.name}
-    reloaded = task.auto_class.from_pretrained(str(out), dtype=torch.float32).eval()  # transformers alone
-    report["parity"] = parity(trained, reloaded, tokenizer, probe_texts(model_dir))
-    ok = report["parity"]["max_abs_logit_diff"] <= TOLERANCE[dtype] and report["parity"]["top1_agreement"] == 1.0
-    report["verified"] = ok
+    if fmt == "gguf":
+        gguf_export.check_supported(trained, precision)  # before any file is written
+    started = time.perf_counter()
+    report = {"format": fmt, "precision": precision, "source": str(model_dir), "task": task.name}
+    atomic_dir(out, lambda tmp: report.update(_write(fmt, precision, trained, tokenizer, task, model_dir, tmp)))
+    report["export_s"] = round(time.perf_counter() - started, 2)
+    reloaded, own_tokenizer = _reload(fmt, out, report, task, trained, tokenizer)
+    texts = probe_texts(model_dir)
+    causal = type(trained).__name__.endswith(onnx_export.CAUSAL_HEADS)
+    report["parity"] = parity(trained, reloaded, tokenizer, texts, causal=causal)
+    if own_tokenizer is not None:  # the GGUF's own tokenizer, as llama.cpp-side readers rebuild it
+        same = [own_tokenizer(t)["input_ids"] == tokenizer(t)["input_ids"] for t in texts + PROMPTS]
+        report["parity"]["tokenizer_agreement"] = sum(same) / len(same)
+    report["verified"], reason = judge(report)
     (out / "export.json").write_text(json.dumps(report, indent=1))
     card = out / "README.md"
     if card.exists():
-        p = report["parity"]
-        card.write_text(card.read_text() + f"\n\n## Export\n\nExported by `lmforge export` as {fmt} ({dtype}); "
-                        f"parity with the trained model on {p['texts']} held-out inputs: max |logit difference| "
-                        f"{p['max_abs_logit_diff']:.2e}, top-1 agreement {p['top1_agreement']:.0%}.\n")
-    log.info("exported %s to %s: max |logit difference| %.2e, top-1 agreement %.0f%% on %d inputs", model_dir, out,
-             report["parity"]["max_abs_logit_diff"], 100 * report["parity"]["top1_agreement"], report["parity"]["texts"])
-    if verify and not ok:
-        raise LmforgeError(f"the export in {out} does not answer like the trained model (max |logit difference| "
-                           f"{report['parity']['max_abs_logit_diff']:.3g}, allowed {TOLERANCE[dtype]:g} for {dtype})",
+        card.write_text(card.read_text() + _card_line(report))
+    p = report["parity"]
+    log.info("exported %s to %s: max |logit difference| %.2e, top-1 agreement %.1f%% on %d inputs", model_dir, out,
+             p["max_abs_logit_diff"], 100 * p["top1_agreement"], p["texts"])
+    if verify and not report["verified"]:
+        raise LmforgeError(f"the export in {out} does not answer like the trained model ({reason})",
                            "see export.json; pass --no-verify to keep it anyway")
     return out

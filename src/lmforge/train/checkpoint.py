@@ -77,12 +77,38 @@ def _write_complete(tmp: Path) -> None:
     (tmp / COMPLETE).write_text(json.dumps({"files": sizes, "sha256": sums}, indent=1))
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, tokenizer=None, scaler=None) -> Path:
+def is_sharded(accelerator) -> bool:
+    """True under FSDP: each process holds a shard of the weights and optimizer state."""
+    from accelerate.utils import DistributedType
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def full_state(model, optimizer=None) -> tuple[dict, Optional[dict]]:
+    """The full (unsharded) model and optimizer state dicts, on the CPU, keyed by parameter name. Under FSDP
+    this is a collective: every process must call it (the main process then writes)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    msd = get_model_state_dict(model, options=opts)
+    return msd, (get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None)
+
+
+def load_full_state(model, optimizer, msd: dict, osd: Optional[dict]) -> None:
+    """Put full state dicts back into a sharded model / optimizer (every process calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+    set_model_state_dict(model, msd, options=StateDictOptions(full_state_dict=True, strict=False))
+    if osd is not None:
+        set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, tokenizer=None, scaler=None,
+                    full: Optional[tuple] = None) -> Path:
+    """`full`: (model, optimizer) state dicts gathered by full_state (FSDP); the optimizer's is then keyed by
+    parameter name, and the checkpoint resumes only under FSDP."""
     def write(tmp: Path):
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": full[0]} if full else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(full[1] if full else optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         if scaler is not None:
             torch.save(scaler.state_dict(), tmp / "scaler.pt")
@@ -193,21 +219,31 @@ def load_weights(folder: Path) -> dict:
     return sd
 
 
-def load_training_state(folder: Path, model, optimizer, scheduler, scaler=None) -> dict:
+def load_training_state(folder: Path, model, optimizer, scheduler, scaler=None, sharded: bool = False) -> dict:
     folder = Path(folder)
     why = checkpoint_problem(folder)
     if why:
         raise LmforgeError(f"checkpoint {folder} cannot be used: {why}",
                            "resume from an earlier checkpoint, or pass --resume with no path to pick the latest complete one")
     sd = load_weights(folder)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    osd = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+    by_name = all(isinstance(k, str) for k in osd.get("state", {}))
+    if sharded != by_name and osd.get("state"):
+        raise LmforgeError(f"checkpoint {folder} was written {'with' if by_name else 'without'} FSDP and cannot "
+                           f"resume {'without' if by_name else 'with'} it",
+                           "resume with the accelerate config the run started with")
+    if sharded:
+        load_full_state(model, optimizer, sd, osd)
+        sd, osd = None, None
+    missing, unexpected = model.load_state_dict(sd, strict=False) if sd is not None else ([], [])
     # Tied weights are saved once; anything else missing is a real mismatch.
     missing = [k for k in missing if not any(t in k for t in ("lm_head", "decoder", "embed"))]
     if missing or unexpected:
         raise LmforgeError(f"checkpoint {folder} does not match the model: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}",
                            "resume with the same model and config the checkpoint was written with")
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
+    if osd is not None:
+        optimizer.load_state_dict(osd)
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     if scaler is not None and (folder / "scaler.pt").exists():
         scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))

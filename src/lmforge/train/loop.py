@@ -26,7 +26,7 @@ from ..errors import LmforgeError, TrainingInterrupted
 from ..fs import JsonLog, atomic_dir
 from ..tasks.base import EncodedSplit, TaskParts
 from . import checkpoint as ckpt
-from . import compiling
+from . import compiling, sharding
 from .evaluation import evaluate_split, make_accelerator, to_device
 from .perf import count_params, device_peak_flops, peak_memory_mb, release_memory, task_flop_params
 from .progress import TrainProgress
@@ -64,8 +64,19 @@ class Trainer:
         self.ckpt_root = self.run_dir / "checkpoints"
         if self.tc.gradient_checkpointing and hasattr(parts.model, "gradient_checkpointing_enable"):
             parts.model.gradient_checkpointing_enable()
+        self.cpu_fsdp = sharding.cpu_fsdp(self.accelerator)
+        sharding.warn_deepspeed_fallback(self.accelerator)
+        if self.cpu_fsdp:  # FSDP asked for on CPU processes: accelerate would run DDP; shard with torch's FSDP2
+            sharding.shard_model(parts.model)
         self.optimizer = make_optimizer(parts.model, self.tc, parts.new_param_names, parts.head_learning_rate)
-        self.model, self.optimizer = self.accelerator.prepare(parts.model, self.optimizer)
+        if self.cpu_fsdp:
+            self.model, self.optimizer = parts.model, self.accelerator.prepare(self.optimizer)
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(parts.model, self.optimizer)
+        # FSDP (accelerate's, or ours on CPU): state dicts are gathered by every process
+        self.sharded = ckpt.is_sharded(self.accelerator) or self.cpu_fsdp
+        if self.sharded:
+            sharding.full_logits_losses(parts)
         bs, accum = self.tc.per_device_train_batch_size, self.tc.gradient_accumulation_steps
         n_batches = len(self._batches(0))
         if n_batches == 0:
@@ -174,10 +185,11 @@ class Trainer:
     def save(self) -> Optional[Path]:
         self.accelerator.wait_for_everyone()
         path = None
+        full = ckpt.full_state(self.model, self.optimizer) if self.sharded else None  # a collective under FSDP
         if self.is_main:
             path = ckpt.save_checkpoint(self.ckpt_root / f"step-{self.step}", self.accelerator.unwrap_model(self.model),
                                         self.optimizer, self.scheduler, self.state(), self.parts.tokenizer,
-                                        scaler=getattr(self.accelerator, "scaler", None))
+                                        scaler=getattr(self.accelerator, "scaler", None), full=full)
             keep = {self.ckpt_root / f"step-{self.best_step}"} if self.best_step is not None else set()
             ckpt.rotate(self.ckpt_root, self.tc.save_total_limit, keep=keep)
         self.accelerator.wait_for_everyone()
@@ -187,7 +199,7 @@ class Trainer:
     def resume(self, folder: Path) -> None:
         fresh_lrs = [g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups]
         state = ckpt.load_training_state(folder, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler,
-                                         scaler=getattr(self.accelerator, "scaler", None))
+                                         scaler=getattr(self.accelerator, "scaler", None), sharded=self.sharded)
         if hasattr(self.scheduler, "lr_lambdas") and \
                 [round(x, 12) for x in self.scheduler.base_lrs] != [round(x, 12) for x in fresh_lrs]:
             # The checkpoint's optimizer carries its learning rates; a resume after lowering
@@ -272,20 +284,21 @@ class Trainer:
             self.scheduler.step(value)
         if self._improved(value):
             self.best, self.best_step, self.bad_evals = value, self.step, 0
+            weights = ckpt.full_state(self.model)[0] if self.tc.load_best_model_at_end and self.sharded else None
             if self.tc.load_best_model_at_end and self.is_main:
                 model = self.accelerator.unwrap_model(self.model)
                 step = self.step
 
                 def write_best(d: Path):
-                    model.save_pretrained(d, safe_serialization=True)
+                    model.save_pretrained(d, safe_serialization=True, **({"state_dict": weights} if weights else {}))
                     (d / ckpt.BEST_STEP).write_text(str(step))
                 atomic_dir(self.ckpt_root / "best", write_best)
         else:
             self.bad_evals += 1
-        if self.parts.samples and self.is_main:
+        if self.parts.samples and (self.is_main or self.sharded):  # FSDP: every process runs the forwards
             with self._eager():
                 samples = self.parts.samples(self.accelerator.unwrap_model(self.model))
-            if samples:
+            if samples and self.is_main:
                 self.logw.write({"step": self.step, "samples": samples})
         patience = self.tc.early_stopping_patience
         return bool(patience and self.bad_evals >= patience)
@@ -466,7 +479,10 @@ class Trainer:
         if best.exists() and self.best_step != self.step and held == self.best_step:
             log.info("loading the best model (step %d, %s = %.4f)", self.best_step,
                      self.best_metric_name, self.best)
-            self.accelerator.unwrap_model(self.model).load_state_dict(load_file(str(best)), strict=False)
+            if self.sharded:
+                ckpt.load_full_state(self.model, None, load_file(str(best)), None)
+            else:
+                self.accelerator.unwrap_model(self.model).load_state_dict(load_file(str(best)), strict=False)
 
     def _interrupt(self) -> None:
         """Save a checkpoint (unless this step already has one) and stop with TrainingInterrupted."""

@@ -33,6 +33,7 @@ from ..report import model_card, plot_losses, write_html_report, write_metrics
 from ..report.plots import length_histogram
 from ..tasks import get_task
 from ..tasks.base import TaskParts, attach_metrics_function, load_metrics_function
+from .checkpoint import full_state
 from .evaluation import make_accelerator
 from .loop import FitResult, Trainer
 from .memory import preflight
@@ -90,8 +91,9 @@ def train(cfg: Config, resume: Union[bool, str, Path] = False, progress: bool = 
         result = train_and_evaluate(trainer, parts, metrics, trackers, progress and run.is_main,
                                     on_first_step=lambda: setattr(run, "training", True))
         metrics["train"] = _train_metrics(result)
+        weights = full_state(trainer.model)[0] if trainer.sharded else None  # FSDP: gathered by every process
         if run.is_main:
-            save_outputs(cfg, run, trainer, parts, lora_state, metrics)
+            save_outputs(cfg, run, trainer, parts, lora_state, metrics, weights)
         accelerator.wait_for_everyone()
         run.ok = True
     if cfg.output.push_to_hub and run.is_main:
@@ -147,7 +149,8 @@ def _describe_trainer(trainer: Trainer, manifest: dict) -> None:
     tc, accelerator = trainer.tc, trainer.accelerator
     manifest.update({"parameters": trainer.n_params, "total_steps": trainer.total_steps,
                      "effective_batch_size": tc.per_device_train_batch_size * tc.gradient_accumulation_steps *
-                     accelerator.num_processes, "num_processes": accelerator.num_processes})
+                     accelerator.num_processes, "num_processes": accelerator.num_processes,
+                     "distributed_type": "FSDP2 (lmforge, CPU)" if trainer.cpu_fsdp else accelerator.distributed_type.value})
     log.info("effective batch size %d = %d per device x %d accumulation steps x %d processes",
              manifest["effective_batch_size"], tc.per_device_train_batch_size, tc.gradient_accumulation_steps,
              accelerator.num_processes)
@@ -196,13 +199,15 @@ def _train_metrics(result: FitResult) -> dict:
             "best_step": result.best_step, "best_metric": result.best_metric, "stopped_early": result.stopped_early}
 
 
-def save_outputs(cfg: Config, run: "OpenRun", trainer: Trainer, parts: TaskParts, lora_state, metrics: dict) -> None:
-    """model/ (or adapter/), metrics.json, loss.png, the model card, the finished manifest, report.html."""
+def save_outputs(cfg: Config, run: "OpenRun", trainer: Trainer, parts: TaskParts, lora_state, metrics: dict,
+                 weights: Optional[dict] = None) -> None:
+    """model/ (or adapter/), metrics.json, loss.png, the model card, the finished manifest, report.html;
+    `weights`: the full state dict gathered under FSDP."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     card = model_card(cfg, metrics, parts.summary, parts.notes)
 
     def write_model(d: Path):
-        model.save_pretrained(d, safe_serialization=True)
+        model.save_pretrained(d, safe_serialization=True, **({"state_dict": weights} if weights else {}))
         parts.tokenizer.save_pretrained(d)
         (d / "README.md").write_text(card)
     if lora_state is not None:
