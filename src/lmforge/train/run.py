@@ -265,6 +265,9 @@ def open_run(cfg: Config, accelerator, resume) -> Iterator[OpenRun]:
         if is_main and created and not run.training and isinstance(e, (Exception, KeyboardInterrupt)):
             _close_handler(handler)  # nothing was trained: leave no half-made run folder behind
             handler = None
+            if run.trackers is not None:  # their writer threads hold files in the folder
+                run.trackers.close(False)
+                run.trackers = None
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         if is_main and run_dir.exists():
