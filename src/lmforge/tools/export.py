@@ -160,7 +160,7 @@ def _check_options(fmt: str, dtype: Optional[str], quantize: Optional[str]) -> s
     return dtype or "float32"
 
 
-def _write(fmt: str, precision: str, trained, tokenizer, task, model_dir: Path, tmp: Path) -> dict:
+def _write(fmt: str, precision: str, trained, tokenizer, model_dir: Path, tmp: Path) -> dict:
     """Write the export's files into tmp; returns the format's own facts for export.json."""
     card = model_dir / "README.md"  # the model card travels with the weights
     if card.exists():
@@ -235,7 +235,7 @@ def export(model: str, fmt: str = "safetensors", output: Optional[str] = None, d
         gguf_export.check_supported(trained, precision)  # before any file is written
     started = time.perf_counter()
     report = {"format": fmt, "precision": precision, "source": str(model_dir), "task": task.name}
-    atomic_dir(out, lambda tmp: report.update(_write(fmt, precision, trained, tokenizer, task, model_dir, tmp)))
+    atomic_dir(out, lambda tmp: report.update(_write(fmt, precision, trained, tokenizer, model_dir, tmp)))
     report["export_s"] = round(time.perf_counter() - started, 2)
     reloaded, own_tokenizer = _reload(fmt, out, report, task, trained, tokenizer)
     texts = probe_texts(model_dir)
