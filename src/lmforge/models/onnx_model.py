@@ -42,8 +42,6 @@ def session(path: Path):
 class OnnxModel:
     """Callable like a transformers model: `model(input_ids=..., attention_mask=...).logits` (a torch tensor)."""
 
-    is_onnx = True
-
     def __init__(self, model_dir: Path, config):
         self.model_dir = Path(model_dir)
         self.config = config

@@ -183,7 +183,7 @@ def _write(fmt: str, precision: str, trained, tokenizer, model_dir: Path, tmp: P
     return {"files": [f"{name}-{precision}.gguf"], "gguf": facts}
 
 
-def _reload(fmt: str, out: Path, report: dict, task, trained, tokenizer) -> tuple:
+def _reload(fmt: str, out: Path, report: dict, task, trained) -> tuple:
     """The export read back by an independent reader: (model, the tokenizer it brings or None)."""
     if fmt == "safetensors":
         return task.auto_class.from_pretrained(str(out), dtype=torch.float32).eval(), None
@@ -237,7 +237,7 @@ def export(model: str, fmt: str = "safetensors", output: Optional[str] = None, d
     report = {"format": fmt, "precision": precision, "source": str(model_dir), "task": task.name}
     atomic_dir(out, lambda tmp: report.update(_write(fmt, precision, trained, tokenizer, model_dir, tmp)))
     report["export_s"] = round(time.perf_counter() - started, 2)
-    reloaded, own_tokenizer = _reload(fmt, out, report, task, trained, tokenizer)
+    reloaded, own_tokenizer = _reload(fmt, out, report, task, trained)
     texts = probe_texts(model_dir)
     causal = type(trained).__name__.endswith(onnx_export.CAUSAL_HEADS)
     report["parity"] = parity(trained, reloaded, tokenizer, texts, causal=causal)
