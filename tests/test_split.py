@@ -46,11 +46,11 @@ def test_language_model_tasks_hold_out_the_same_documents_by_train_seed(tmp_path
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(corpus_text())
     for seed in (1, 2):
-        _, clm_eval, _ = causal_lm.read_documents(_lm_cfg("causal-lm", corpus, seed), False, [])
-        _, mlm_eval, _ = masked_lm.read_documents(_lm_cfg("masked-lm", corpus, seed), log)
+        clm_eval = causal_lm.read_documents(_lm_cfg("causal-lm", corpus, seed), False).eval
+        mlm_eval = masked_lm.read_documents(_lm_cfg("masked-lm", corpus, seed), log).eval
         assert clm_eval == mlm_eval and len(mlm_eval) == round(0.1 * 401)
-    seed1 = masked_lm.read_documents(_lm_cfg("masked-lm", corpus, 1), log)[1]
-    seed2 = masked_lm.read_documents(_lm_cfg("masked-lm", corpus, 2), log)[1]
+    seed1 = masked_lm.read_documents(_lm_cfg("masked-lm", corpus, 1), log).eval
+    seed2 = masked_lm.read_documents(_lm_cfg("masked-lm", corpus, 2), log).eval
     assert seed1 != seed2  # train.seed decides, not data.eval_mask_seed
 
 
@@ -59,7 +59,7 @@ def test_classification_held_out_rows_are_the_reports_rows(tmp_path):
     from lmforge.tasks import classification
     train = write_csv(tmp_path / "train.csv", toy_sentiment_rows(100, seed=3))
     cfg = build_config({"task": "classification", "data": {"train": str(train)}, "train": {"seed": 5}})
-    _, eval_df, _ = classification.labelled_frames(cfg)
+    _, eval_df, _, _ = classification.labelled_frames(cfg)
     split, rows = classification.TASK.labelled_rows(cfg)
     assert split == "held-out eval" and rows["text"].tolist() == eval_df["text"].tolist() and len(rows) == 10
     assert Counter(rows["label"]) == {"pos": 5, "neg": 5}

@@ -48,17 +48,31 @@ class ModelConfig(Section):
     """masked-lm: an output bias missing from the checkpoint starts at the training text's log token frequencies."""
 
 
+class MixSource(Section):
+    """One source of a mixed `data.train` / `data.eval`: `{path: a.jsonl, weight: 0.7}`."""
+    RANGES = {"weight": POSITIVE}
+    path: str
+    """A file, a folder, a built-in name or a Hub id, read and checked like a single source."""
+    weight: float = 1.0
+    """This source's share of the drawn rows (weights are normalised to sum to 1)."""
+
+
+DataSource = Optional[Union[str, list[MixSource]]]
+
+
 class DataConfig(Section):
     RANGES = {"validation_split": Range(0, 1, lo_open=True, hi_open=True), "max_length": AT_LEAST_1,
               "max_train_samples": AT_LEAST_1, "max_eval_samples": AT_LEAST_1, "num_proc": AT_LEAST_1,
               "block_size": Range(2), "mlm_probability": Range(0, 1, lo_open=True, hi_open=True),
               "eval_mask_seed": SEED, "streaming_threshold_mb": POSITIVE}
-    train: Optional[str] = None
-    """Training data: a file (csv/tsv/json/jsonl/parquet/txt), a folder, a built-in name, or a Hub id."""
-    eval: Optional[str] = None
+    train: DataSource = None
+    """Training data: a file (csv/tsv/json/jsonl/parquet/txt), a folder, a built-in name, a Hub id, or a list of {path, weight} sources mixed with probabilities from train.seed."""
+    eval: DataSource = None
     """Evaluation data (same forms as `train`). Carved from train when absent."""
-    test: Optional[str] = None
-    """Optional test data, evaluated once at the end."""
+    test: DataSource = None
+    """Optional test data, evaluated once at the end by every task (test metrics in metrics.json, the report and the card)."""
+    mix_stop: Literal["first_exhausted", "all_exhausted"] = "first_exhausted"
+    """A mix of sources stops drawing when one source runs out (no row repeated), or when all did (small sources repeated)."""
     format: Optional[Literal["csv", "tsv", "json", "jsonl", "parquet", "txt"]] = None
     """File format; inferred from the extension when absent."""
     text_column: Optional[str] = None
@@ -72,9 +86,9 @@ class DataConfig(Section):
     max_length: Optional[int] = None
     """Truncate each example to this many tokens (classification, truncate mode). Default: model limit capped at 512."""
     max_train_samples: Optional[int] = None
-    """Use only the first N training examples (after shuffling with the seed)."""
+    """Train on N rows (examples, documents, conversations or pairs) of a seeded shuffle, taken after the hold-out and before encoding."""
     max_eval_samples: Optional[int] = None
-    """Use only the first N evaluation examples (a fixed slice)."""
+    """Evaluate on N rows of a seeded shuffle of the eval rows, before encoding (the same rows in every run with that seed)."""
     num_proc: Optional[int] = None
     """Processes for tokenization (default: all cores for large data, 1 for small)."""
     block_size: Optional[int] = None
@@ -101,20 +115,6 @@ class DataConfig(Section):
     """sft: the shape of the conversation data; detected from the columns when absent."""
     train_on: Literal["assistant", "last", "all"] = "assistant"
     """sft: the tokens with loss: every assistant turn with its end-of-turn token, the last assistant turn only, or all."""
-
-    @model_validator(mode="after")
-    def _check(self):
-        if not 0.0 < self.validation_split < 1.0:
-            raise ValueError("validation_split must be between 0 and 1 (exclusive)")
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise ValueError(f"mlm_probability must be between 0 and 1 (exclusive), got {self.mlm_probability}")
-        if self.block_size is not None and self.block_size < 2:
-            raise ValueError(f"block_size must be at least 2 tokens, got {self.block_size}")
-        for key in ("max_length", "max_train_samples", "max_eval_samples"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {value}")
-        return self
 
 
 class TrainConfig(Section):
@@ -225,19 +225,9 @@ class TrainConfig(Section):
         return list(dict.fromkeys(names))
 
     @model_validator(mode="after")
-    def _check(self):
-        for key in ("per_device_train_batch_size", "per_device_eval_batch_size",
-                    "gradient_accumulation_steps", "logging_steps", "max_consecutive_nan_skips"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+    def _check(self):  # single-key ranges are in RANGES; here only what ties keys together
         if self.num_train_epochs <= 0 and self.max_steps <= 0:
             raise ValueError("set num_train_epochs > 0 or max_steps > 0")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError("warmup_ratio must be in [0, 1)")
         if self.eval_strategy == "steps" and not self.eval_steps:
             raise ValueError("eval_strategy 'steps' needs eval_steps")
         if self.save_strategy == "steps" and not self.save_steps:
@@ -265,15 +255,6 @@ class TokenizerTrainConfig(Section):
     max_mb: Optional[float] = None
     """Train on at most the first N MB of the text (the vocabulary settles long before a big corpus ends)."""
 
-    @model_validator(mode="after")
-    def _check(self):
-        if self.vocab_size < 2:
-            raise ValueError(f"vocab_size must be at least 2, got {self.vocab_size}")
-        if self.min_frequency < 1:
-            raise ValueError(f"min_frequency must be at least 1, got {self.min_frequency}")
-        if self.max_mb is not None and self.max_mb <= 0:
-            raise ValueError(f"max_mb must be positive, got {self.max_mb}")
-        return self
 
 
 class TokenizerConfig(Section):
@@ -298,19 +279,11 @@ class PeftConfig(Section):
     merge: bool = False
     """Also save model/: the adapter merged into the base, a plain model transformers loads."""
 
-    @model_validator(mode="after")
-    def _check(self):
-        if self.r <= 0:
-            raise ValueError(f"r must be a positive integer, got {self.r}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be positive, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        return self
 
 
 class DpoConfig(Section):
-    RANGES = {"beta": POSITIVE, "label_smoothing": Range(0, 0.5, hi_open=True), "max_prompt_length": AT_LEAST_1}
+    RANGES = {"beta": POSITIVE, "label_smoothing": Range(0, 0.5, hi_open=True), "max_prompt_length": AT_LEAST_1,
+              "simpo_gamma": NON_NEGATIVE}
     loss_type: Literal["sigmoid", "ipo", "simpo", "orpo"] = "sigmoid"
     """dpo: sigmoid (DPO), ipo, simpo (reference-free, length-normalised) or orpo (reference-free, odds ratio + the chosen reply's NLL)."""
     beta: float = 0.1
@@ -326,15 +299,6 @@ class DpoConfig(Section):
     share_prompt: bool = True
     """dpo: score chosen and rejected in one row that runs the prompt once (checked against separate rows at setup)."""
 
-    @model_validator(mode="after")
-    def _check(self):
-        if self.beta <= 0:
-            raise ValueError(f"beta must be positive, got {self.beta}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.max_prompt_length is not None and self.max_prompt_length < 1:
-            raise ValueError(f"max_prompt_length must be a positive integer, got {self.max_prompt_length}")
-        return self
 
 
 class EvalConfig(Section):

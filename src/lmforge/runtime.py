@@ -86,3 +86,11 @@ def load_function(spec: str, key: str, example: str) -> Callable:
     if not callable(fn):
         raise LmforgeError(f"{key}: '{mod_name}' has no function '{fn_name}'")
     return fn
+
+
+def to_device(batch: dict, device) -> dict:
+    """A batch dict with its tensors on `device` (counts and other values as they are); the one copy of this
+    rule for training, evaluation and the reference pass. Tensors are told by duck typing, so this bottom
+    module needs no torch import (the CLI starts without it)."""
+    return {k: (v.to(device, non_blocking=True) if hasattr(v, "is_floating_point") and hasattr(v, "to") else v)
+            for k, v in batch.items()}

@@ -372,6 +372,9 @@ def trained_for_config(cfg, log=log):
     source = cfg.data.train
     if not files and not source:
         raise LmforgeError("tokenizer.train needs text", "set data.train or tokenizer.train.files")
+    if not files and not isinstance(source, str):
+        raise LmforgeError("tokenizer.train reads one corpus, and data.train is a mix of sources",
+                           "name the text files to train the tokenizer on in tokenizer.train.files")
     data_fp = [source_fingerprint(f) for f in files] if files else source_fingerprint(source)
     settings = t.model_dump(mode="json")
     key = fingerprint(data_fp, settings, cfg.data.text_column, cfg.data.format, "tok-v1")

@@ -44,11 +44,20 @@ def eval_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 def shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
-    """Give each process every world-th batch; drop the tail so all processes step together."""
+    """This process's part of each *global* batch: the batch cut into `world` contiguous slices, slice `rank`.
+
+    `epoch_batches` is called with the global batch size (per-device size x processes), so the batch order
+    (length grouping included) is a function of the data, the seed and the global batch size only: N
+    processes together see exactly the global batches that one process sees. A last batch with fewer
+    examples than processes is dropped (every process must step together)."""
     if world == 1:
         return batches
-    usable = len(batches) - len(batches) % world
-    return batches[rank:usable:world]
+    out = []
+    for batch in batches:
+        if len(batch) < world:
+            continue
+        out.append([int(i) for i in np.array_split(np.asarray(batch), world)[rank]])
+    return out
 
 
 def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int, multiple_of: Optional[int] = None,

@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..errors import LmforgeError
 from . import sources
+from .pipeline import DataKind
 
 CHAT_FORMATS = ("messages", "sharegpt", "alpaca", "prompt-completion")
 ROLES = ("system", "user", "assistant")
@@ -147,3 +148,6 @@ def reject_structured_text(values, source: str, column: str) -> None:
         if isinstance(value, (list, dict)) or hasattr(value, "tolist") and not isinstance(value, str):
             raise LmforgeError(f"{source} row {i + 1}: column '{column}' holds a {type(value).__name__}, not text",
                                "for conversations use task: sft (" + FORMAT_HINT + ")")
+
+
+KIND = DataKind("conversations", "conversation", read_conversations)

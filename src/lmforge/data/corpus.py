@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import LmforgeError
 from . import builtin, sources
 from .chat import reject_structured_text
+from .pipeline import DataKind
 
 # `data.document_separator` may name a blank line instead of spelling it as an escape.
 BLANK_LINE_NAMES = ("blank-line", "blank_line", "blankline", "paragraph")
@@ -239,3 +240,6 @@ def truncate(token_docs: Sequence[Sequence[int]], max_length: int) -> tuple[list
     """One example per document, cut at max_length. Returns (examples, how many were cut)."""
     cut = sum(1 for d in token_docs if len(d) > max_length)
     return [list(d[:max_length]) for d in token_docs], cut
+
+
+KIND = DataKind("documents", "document", read_corpus)

@@ -20,6 +20,7 @@ from typing import Optional
 from ..errors import LmforgeError
 from . import sources
 from .chat import messages_of
+from .pipeline import DataKind
 
 PAIR_HINT = ("preference data has prompt / chosen / rejected columns (text, or role/content message lists), or "
              "chosen / rejected columns holding whole conversations that share their first turns")
@@ -131,3 +132,6 @@ def _pair_from_conversations(row: dict, where: str) -> Pair:
         raise LmforgeError(f"{where}: chosen and rejected do not share a prompt that ends before an assistant "
                            "reply", PAIR_HINT)
     return Pair(chosen[:n], chosen[n:], rejected[n:])
+
+
+KIND = DataKind("preference pairs", "pair", read_pairs)

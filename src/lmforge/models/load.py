@@ -141,6 +141,12 @@ def check_length(value: int, model_config, tokenizer, key: str) -> int:
     return value
 
 
+def resolve_block_size(value: Optional[int], model_config, tokenizer=None, key: str = "data.block_size") -> int:
+    """The one block-size rule of every task: the config's value, else the default length (the context,
+    capped at 512), always checked against the model's context (`check_length`)."""
+    return check_length(value or default_length(model_config, tokenizer), model_config, tokenizer, key)
+
+
 def ensure_pad(tokenizer, model=None, where: str = "the model") -> Optional[str]:
     """Give a tokenizer without a pad token its eos token (padding is never a training target);
     returns the note to log once, or None. The model's configs get the pad id too."""

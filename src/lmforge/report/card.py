@@ -7,6 +7,7 @@ from typing import Optional
 
 import yaml
 
+from ..data.pipeline import sources_of
 from ..models.zoo import MODELS
 from ..runtime import looks_like_path
 from ..tasks import get_task
@@ -48,9 +49,7 @@ def _dataset_names(cfg) -> list[str]:
     """Dataset names for the front matter: built-in names and Hub ids as given, files by file name
     (a card may be published; a local path would leak the author's directory layout)."""
     out = []
-    for src in (cfg.data.train, cfg.data.eval, cfg.data.test):
-        if not src:
-            continue
+    for src in [s.path for spec in (cfg.data.train, cfg.data.eval, cfg.data.test) for s in sources_of(spec)]:
         p = Path(src).expanduser()
         name = p.name if p.exists() or "/" in src and Path(src).suffix else src.split(":")[0]
         if name not in out:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -30,20 +31,20 @@ from transformers import AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..config import Config, Permissions
-from ..data import stream
+from ..data import corpus, stream
 from ..data.batching import pad_sequences
 from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
 from ..data.corpus import pack, read_corpus, tokenize_documents, truncate
-from ..data.split import held_out_count, split_items
+from ..data.pipeline import Splits, cap, describe, read_eval_rows, read_splits
+from ..data.split import held_out_count
 from ..errors import LmforgeError
 from ..models.load import (
-    check_length,
     context_length,
-    default_length,
     ensure_pad,
     load_pretrained,
     model_config_of,
     model_source,
+    resolve_block_size,
 )
 from ..models.lora import load_model as load_model_folder
 from ..models.lora import model_config
@@ -219,35 +220,23 @@ def make_samples(tokenizer, prompts: list[str], max_new_tokens: int = 24):
 
 
 # ----------------------------------------------------------------------------------- setup
-def _shuffle_take(split: EncodedSplit, n: Optional[int], seed: int) -> EncodedSplit:
-    if not n or n >= len(split):
-        return split
-    idx = sorted(np.random.default_rng(seed).permutation(len(split))[:n].tolist())
-    rows = split.rows.select(idx)
-    return EncodedSplit(rows, [split.lengths[i] for i in idx])
-
-
-def _head(split: EncodedSplit, n: Optional[int]) -> EncodedSplit:
-    if not n or n >= len(split):
-        return split
-    return EncodedSplit(split.rows.select(range(n)), split.lengths[:n])
-
-
-def read_documents(cfg: Config, streaming: bool, notes: list[str]):
-    """(train, eval, test) documents. Without eval data, documents are held out by the shared rule
-    (train.seed); with fewer than 10 documents (or streaming), eval is None: the last blocks are held out."""
+def read_documents(cfg: Config, streaming: bool) -> Splits:
+    """Train / eval / test documents by the data pipeline's rules (data/pipeline.py). With fewer than 10
+    documents (or streaming), eval is None: the last blocks are held out instead (hold_out_last_blocks)."""
     d = cfg.data
-    train_docs = [] if streaming else read_corpus(d.train, cfg, "train")
-    if d.eval:
-        eval_docs = read_corpus(d.eval, cfg, "eval")
-    elif not streaming and len(train_docs) >= 10:
-        train_docs, eval_docs = split_items(train_docs, d.validation_split, cfg.train.seed)
-        notes.append(f"no eval data given: held out {len(eval_docs)} of the documents "
-                     f"({100 * d.validation_split:.0f}%, seed {cfg.train.seed}) for evaluation")
-    else:
-        eval_docs = None  # too few documents: hold out the last blocks instead (see hold_out_last_blocks)
-    test_docs = read_corpus(d.test, cfg, "test") if d.test else None
-    return train_docs, eval_docs, test_docs
+    if not streaming:
+        return read_splits(cfg, replace(corpus.KIND, min_rows_to_hold_out=10))
+    if not isinstance(d.train, str):
+        raise LmforgeError("data.streaming reads one corpus from its token cache, not a mix of sources",
+                           "set data.streaming: false to mix sources in memory, or give one data.train")
+    if d.max_train_samples:
+        raise LmforgeError("data.max_train_samples counts documents, which a streamed corpus does not read into "
+                           "memory", "use train.max_steps to train on part of it, or set data.streaming: false")
+    evals = read_eval_rows(d.eval, cfg, corpus.KIND) if d.eval else None
+    if evals is not None and d.max_eval_samples:
+        evals = cap(evals, d.max_eval_samples, cfg.train.seed)
+    test = read_eval_rows(d.test, cfg, corpus.KIND) if d.test else None
+    return Splits([], evals, test)
 
 
 def hold_out_last_blocks(cfg: Config, train_split: EncodedSplit, fp_train: str, block: int, streaming: bool,
@@ -258,7 +247,7 @@ def hold_out_last_blocks(cfg: Config, train_split: EncodedSplit, fp_train: str, 
     if streaming:  # a big corpus: a bounded evaluation set
         n_eval = min(n_eval, stream.STREAM_EVAL_BLOCKS)
     if len(train_split) - n_eval < 1:
-        raise LmforgeError(f"the training corpus {d.train} is too small to hold out evaluation blocks "
+        raise LmforgeError(f"the training corpus {describe(d.train)} is too small to hold out evaluation blocks "
                            f"({len(train_split)} block(s) of {block} tokens)",
                            "give data.eval, add text, or lower data.block_size")
     n_train = len(train_split) - n_eval
@@ -280,7 +269,7 @@ def encode_train(cfg: Config, train_docs, tokenizer, block: int, streaming: bool
         split, info, hit, fp = encode_split(train_docs, tokenizer, block, d.packing, keep_remainder=d.remainder == "pad")
     total = info.get("total_tokens", sum(split.lengths))
     if len(split) == 0 or (d.packing == "pack" and info.get("dropped_tokens", 0) == total):
-        raise LmforgeError(f"the training corpus {d.train} has {total} tokens, fewer than one block of {block}",
+        raise LmforgeError(f"the training corpus {describe(d.train)} has {total} tokens, fewer than one block of {block}",
                            f"add text, or lower data.block_size (e.g. --data.block_size {max(2, total // 2)})")
     return split, info, hit, fp
 
@@ -336,26 +325,30 @@ class CausalLM(Task):
         if not d.train:
             raise LmforgeError("no training data given", "set data.train (a .txt file, a folder of .txt, or kjv)")
         notes: list[str] = []
-        streaming, why = stream.use_streaming(cfg, d.train)  # corpora bigger than memory: a token cache on disk
+        # corpora bigger than memory: a token cache on disk (one source; a mix is read in memory)
+        streaming, why = stream.use_streaming(cfg, d.train if isinstance(d.train, str) else None)
         if streaming:
             if d.packing != "pack":
                 raise LmforgeError("data.streaming needs data.packing: pack",
                                    "set data.packing: pack, or data.streaming: false")
             log.info("data.streaming: on (%s): training blocks are read from a memory-mapped token cache", why)
-        train_docs, eval_docs, test_docs = read_documents(cfg, streaming, notes)
+        splits = read_documents(cfg, streaming)
+        notes += splits.notes
+        train_docs, eval_docs, test_docs = splits.train, splits.eval, splits.test
         model, tokenizer, source = load_model(cfg, log, permissions)
         pad_note = ensure_pad(tokenizer, model, source)
         if pad_note:
             notes.append(pad_note)
-        block = check_length(d.block_size or default_length(model.config), model.config, None, "data.block_size")
+        block = resolve_block_size(d.block_size, model.config)
         train_split, info, hit, fp_train = encode_train(cfg, train_docs, tokenizer, block, streaming)
         if eval_docs is None:
             train_split, eval_split, fp_eval = hold_out_last_blocks(cfg, train_split, fp_train, block, streaming, notes)
+            if d.max_eval_samples and d.max_eval_samples < len(eval_split):  # too few documents: blocks are the rows
+                eval_split = EncodedSplit(eval_split.rows.select(range(d.max_eval_samples)),
+                                          eval_split.lengths[:d.max_eval_samples])
         else:
             eval_split, _, _, fp_eval = encode_split(eval_docs, tokenizer, block, d.packing, keep_remainder=True)
         test_split = encode_split(test_docs, tokenizer, block, d.packing, keep_remainder=True)[0] if test_docs else None
-        train_split = _shuffle_take(train_split, d.max_train_samples, cfg.train.seed)
-        eval_split = _head(eval_split, d.max_eval_samples)
         if len(eval_split) == 0:
             raise LmforgeError("the evaluation corpus has no tokens", "give a non-empty data.eval")
         log_encoding(log, cfg, train_split, info, block, hit, len(train_docs))
@@ -371,7 +364,7 @@ class CausalLM(Task):
                 except LmforgeError as e:
                     raise LmforgeError(f"data.sample_prompts: {e.message}", e.hint) from None
         summary = {"train_rows": len(train_split), "eval_rows": len(eval_split),
-                   "test_rows": len(test_split) if test_split is not None else 0,
+                   "test_rows": len(test_split) if test_split is not None else 0, **splits.summary(),
                    "block_size": block, "packing": d.packing, "train_documents": info.get("documents"),
                    "train_tokens": int(sum(train_split.lengths)), "dropped_tokens": info.get("dropped_tokens"),
                    "truncated_documents": info.get("truncated_docs"), "attention": loss.attention,
@@ -389,6 +382,9 @@ class CausalLM(Task):
         says so), so that `lmforge train` with the same config starts at once."""
         if not cfg.data.train:
             raise LmforgeError("no training data given", "set data.train in the config")
+        if not isinstance(cfg.data.train, str):
+            raise LmforgeError("lmforge prepare builds the token cache of one corpus, not of a mix of sources",
+                               "a mixed corpus is read in memory by lmforge train; there is nothing to prepare")
         t0 = time.perf_counter()
         tokenizer = tokenizer_for_config(cfg, log)
         out = {"tokenizer_seconds": round(time.perf_counter() - t0, 2), "vocab_size": len(tokenizer), "splits": {}}
@@ -420,8 +416,7 @@ class CausalLM(Task):
         base = eval_config(model_dir, overrides, self)
         docs = read_corpus(data, base, "eval")
         from_run = (Path(model_dir).parent / "config.yaml").exists()
-        block_cfg = base.data.block_size if from_run or overrides else None
-        block = check_length(block_cfg or default_length(model.config), model.config, None, "data.block_size")
+        block = resolve_block_size(base.data.block_size if from_run or overrides else None, model.config)
         packing = base.data.packing if stride is None else "truncate"
         if stride is None:
             split, _, _, _ = encode_split(docs, tokenizer, block, packing, keep_remainder=True)

@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
 from ..config import Config, Permissions
-from ..data import sources
+from ..data import labelled
 from ..data.batching import pad_sequences
 from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
-from ..data.chat import reject_structured_text
-from ..data.split import hold_out
+from ..data.labelled import read_labelled
+from ..data.pipeline import describe, read_splits
 from ..errors import LmforgeError
 from ..metrics import classification_metrics
-from ..models.load import check_length, default_length, ensure_pad, load_pretrained, model_config_of, model_source
+from ..models.load import ensure_pad, load_pretrained, model_config_of, model_source, resolve_block_size
 from ..models.lora import load_model
 from ..tokenizer import load_tokenizer
 from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, eval_config, refuse_stride
@@ -30,43 +30,6 @@ log = logging.getLogger("lmforge")
 
 
 # ----------------------------------------------------------------------------------- data
-def read_labelled(source: str, cfg: Config, split: str, need_label: bool = True):
-    """Read a table and pick (text, pair, label) columns, validating every row."""
-    df = sources.read_table(source, cfg.data.format, split)
-    d = cfg.data
-    text_col, pair_col = sources.pick_text_columns(df, d.text_column, d.text_pair_column, source)
-    label_col = sources.pick_column(df, d.label_column, sources.LABEL_NAMES, "label", source,
-                                    "data.label_column", required=need_label)
-    if len(df) == 0:
-        raise LmforgeError(f"{source} has no rows", "give a non-empty dataset")
-    for col in [c for c in (text_col, pair_col) if c]:
-        reject_structured_text(df[col].tolist(), source, col)
-        bad = df[col].isna() | df[col].astype(str).str.strip().eq("")
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0]) + 1
-            raise LmforgeError(f"{source} row {row}: empty or missing text in column '{col}' "
-                               f"({int(bad.sum())} such rows)", "remove or fill the empty rows")
-    out = pd.DataFrame({"text": df[text_col].astype(str)})
-    if pair_col:
-        out["text_pair"] = df[pair_col].astype(str)
-    if label_col is not None and label_col in df:
-        labels = df[label_col]
-        bad = labels.isna() | labels.astype(str).str.strip().eq("") | labels.astype(str).str.lower().eq("nan")
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0]) + 1
-            raise LmforgeError(f"{source} row {row}: missing or NaN label in column '{label_col}' "
-                               f"({int(bad.sum())} such rows)", "fill or drop the rows without a label")
-        kinds = {type(v).__name__ for v in labels.tolist()}
-        numeric = all(isinstance(v, (int, np.integer)) or (isinstance(v, float) and float(v).is_integer())
-                      for v in labels.tolist())
-        if len(kinds) > 1 and not numeric:
-            raise LmforgeError(f"{source}: column '{label_col}' mixes label types ({', '.join(sorted(kinds))})",
-                               "use either all strings or all integers as labels")
-        out["label"] = [str(int(v)) if numeric else str(v) for v in labels.tolist()]
-        out.attrs["numeric_labels"] = numeric
-    return out
-
-
 def label_order(train_labels: pd.Series, numeric: bool) -> list[str]:
     values = sorted(set(train_labels), key=(lambda v: int(v)) if numeric else str)
     return list(values)
@@ -155,28 +118,14 @@ def make_finalize(labels: list[str]):
 
 # ----------------------------------------------------------------------------------- setup
 def labelled_frames(cfg: Config, log=None):
-    """(train, eval, test) frames of the config's data; without eval data, a share of train is held
-    out (data/split.py's rule; the report re-derives the same rows from the same config)."""
-    d = cfg.data
-    if not d.train:
-        raise LmforgeError("no training data given", "set data.train (a file, or a built-in dataset such as finefood)")
-    train_df = read_labelled(d.train, cfg, "train")
-    numeric = train_df.attrs.get("numeric_labels", False)
-    eval_df = read_labelled(d.eval, cfg, "eval") if d.eval else None
-    test_df = read_labelled(d.test, cfg, "test") if d.test else None
-    if d.max_train_samples:
-        train_df = train_df.sample(frac=1.0, random_state=cfg.train.seed).head(d.max_train_samples)
-    if eval_df is None:
-        train_idx, eval_idx = hold_out(len(train_df), d.validation_split, cfg.train.seed, labels=train_df["label"])
-        train_df, eval_df = (train_df.iloc[train_idx].reset_index(drop=True),
-                             train_df.iloc[eval_idx].reset_index(drop=True))
-        if log is not None:
-            log.info("no eval data given: held out %d of the training rows (%.0f%%, stratified, seed %d)",
-                     len(eval_df), 100 * d.validation_split, cfg.train.seed)
-    if d.max_eval_samples:
-        eval_df = eval_df.head(d.max_eval_samples)
-    train_df.attrs["numeric_labels"] = numeric
-    return train_df, eval_df, test_df
+    """(train, eval, test) frames of the config's data by the data pipeline's rules (data/pipeline.py):
+    without eval data a stratified, seeded share of train is held out (the report re-derives the same rows
+    from the same config); max_train/eval_samples count rows of a seeded shuffle."""
+    splits = read_splits(cfg, labelled.KIND)
+    if log is not None:
+        for note in splits.notes:
+            log.info("%s", note)
+    return splits.train, splits.eval, splits.test, splits
 
 
 def check_labels(cfg: Config, train_df, eval_df, test_df) -> list[str]:
@@ -184,7 +133,7 @@ def check_labels(cfg: Config, train_df, eval_df, test_df) -> list[str]:
     d = cfg.data
     labels = label_order(train_df["label"], train_df.attrs.get("numeric_labels", False))
     if len(labels) < 2:
-        raise LmforgeError(f"{d.train}: every training row has the label '{labels[0]}'",
+        raise LmforgeError(f"{describe(d.train)}: every training row has the label '{labels[0]}'",
                            "a classifier needs at least two classes in the training data")
     for df, src in ((eval_df, d.eval), (test_df, d.test)):
         if df is None:
@@ -232,7 +181,7 @@ class Classification(Task):
                 + ", ".join(f"`{x}`" for x in summary.get("labels", [])) + ".")
 
     def setup(self, cfg: Config, log: logging.Logger = log, permissions: Permissions = Permissions()) -> TaskParts:
-        train_df, eval_df, test_df = labelled_frames(cfg, log)
+        train_df, eval_df, test_df, splits = labelled_frames(cfg, log)
         labels = check_labels(cfg, train_df, eval_df, test_df)
         label2id = {lab: i for i, lab in enumerate(labels)}
         id2label = {i: lab for lab, i in label2id.items()}
@@ -243,8 +192,7 @@ class Classification(Task):
         pad_note = ensure_pad(tokenizer, where=path)
         if pad_note:
             log.info(pad_note)
-        max_length = check_length(cfg.data.max_length or default_length(model_cfg, tokenizer), model_cfg, tokenizer,
-                                  "data.max_length")
+        max_length = resolve_block_size(cfg.data.max_length, model_cfg, tokenizer, "data.max_length")
         model, missing = load_pretrained(
             AutoModelForSequenceClassification, path, cfg, permissions, num_labels=len(labels),
             id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
@@ -260,7 +208,8 @@ class Classification(Task):
             task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split, test=test_split,
             collate=make_collate(tokenizer.pad_token_id), loss=loss_fn, eval_step=eval_step,
             finalize=make_finalize(labels), new_param_names=missing,
-            summary=_summary(train_df, train_split, eval_split, test_split, labels, max_length, n_trunc, hit),
+            summary={**_summary(train_df, train_split, eval_split, test_split, labels, max_length, n_trunc, hit),
+                     **splits.summary()},
             fingerprints={"train": fp_train, "eval": fp_eval},
         )
 
@@ -290,7 +239,7 @@ class Classification(Task):
         if unseen:
             raise LmforgeError(f"{data}: label(s) {', '.join(map(repr, unseen[:5]))} are not labels of this model",
                                f"the model knows {', '.join(map(repr, list(label2id)[:20]))}")
-        max_length = cfg.data.max_length or default_length(model.config, tokenizer)
+        max_length = resolve_block_size(cfg.data.max_length, model.config, tokenizer, "data.max_length")
         split, _, _, _ = encode_cached(df, tokenizer, max_length, label2id)
         labels = [model.config.id2label[i] for i in range(len(label2id))]
         return attach_metrics_function(TaskParts(task=self, model=model, tokenizer=tokenizer, train=None, eval=split,
@@ -314,7 +263,7 @@ class Classification(Task):
 
     def labelled_rows(self, cfg: Config):
         """(split name, frame) of the rows to show predictions for: test, else eval, else the held-out rows."""
-        train_df, eval_df, test_df = labelled_frames(cfg)
+        train_df, eval_df, test_df, _ = labelled_frames(cfg)
         if test_df is not None:
             return "test", test_df
         return ("eval" if cfg.data.eval else "held-out eval"), eval_df

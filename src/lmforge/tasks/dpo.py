@@ -30,10 +30,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ..config import Config, Permissions, load_config
+from ..data import preference
+from ..data.pipeline import Splits, describe, read_splits
 from ..data.preference import read_pairs
-from ..data.split import read_train_eval
 from ..errors import LmforgeError
-from ..models.load import default_length
+from ..models.load import resolve_block_size
 from .base import EncodedSplit, StepStats, Task, TaskParts, clip, eval_config, refuse_stride
 from .causal_lm import TASK as CAUSAL_LM
 from .causal_lm import load_model
@@ -142,13 +143,19 @@ class DPO(Task):
         if not d.train:
             raise LmforgeError("no training data given", "set data.train (a jsonl/json/parquet/csv of prompt / "
                                                          "chosen / rejected pairs, or the built-in kjv-to-web-pairs)")
-        train_pairs, eval_pairs, notes = self.read(cfg)
+        splits = self.read(cfg)
+        notes = list(splits.notes)
+        train_pairs, eval_pairs = splits.train, splits.eval
         model, tokenizer, max_len = load_chat_model(cfg, notes, log, permissions)
         max_prompt = min(dc.max_prompt_length or max_len // 2, max_len - 1)
         train_enc = encode_pairs(train_pairs, tokenizer, max_prompt, max_len)
-        check_usable(train_enc, d.train)
+        check_usable(train_enc, describe(d.train))
         eval_enc = encode_pairs(eval_pairs, tokenizer, max_prompt, max_len)
-        check_usable(eval_enc, d.eval or "the held-out pairs")
+        check_usable(eval_enc, describe(d.eval) if d.eval else "the held-out pairs")
+        test_enc = None
+        if splits.test is not None:
+            test_enc = encode_pairs(splits.test, tokenizer, max_prompt, max_len)
+            check_usable(test_enc, describe(d.test))
         notes += describe_encoding(train_enc, max_prompt, max_len)
         layout, collate = self.batching(cfg, model, tokenizer)
         notes.append("pairs: the prompt's forward pass is shared by chosen and rejected (one row per pair)"
@@ -156,7 +163,7 @@ class DPO(Task):
         live = None
         if needs_reference(dc.loss_type):
             if dc.reference == "cached":
-                notes.append(self.cache_reference(cfg, model, collate, train_enc, eval_enc))
+                notes.append(self.cache_reference(cfg, model, collate, train_enc, eval_enc, test_enc))
             else:
                 live = "adapter" if cfg.peft is not None else copy.deepcopy(model).eval().requires_grad_(False)
                 notes.append("reference log-probs computed at each step (dpo.reference: live)" +
@@ -165,8 +172,11 @@ class DPO(Task):
         objective = PreferenceObjective(dc.loss_type, dc.beta, dc.label_smoothing, dc.simpo_gamma, live)
         train_split = EncodedSplit(train_enc.rows, [row_length(r, layout) for r in train_enc.rows])
         eval_split = EncodedSplit(eval_enc.rows, [row_length(r, layout) for r in eval_enc.rows])
+        test_split = EncodedSplit(test_enc.rows, [row_length(r, layout) for r in test_enc.rows]) \
+            if test_enc is not None else None
         scored = sum(sum(r["chosen_scored"]) + sum(r["rejected_scored"]) for r in train_enc.rows)
-        summary = {"train_rows": len(train_split), "eval_rows": len(eval_split), "test_rows": 0,
+        summary = {"train_rows": len(train_split), "eval_rows": len(eval_split),
+                   "test_rows": len(test_split) if test_split is not None else 0, **splits.summary(),
                    "pairs": len(train_enc.rows), "loss_type": dc.loss_type, "beta": dc.beta, "layout": layout,
                    "max_length": max_len, "max_prompt_length": max_prompt,
                    "dropped_identical": train_enc.identical, "dropped_cut_away": train_enc.cut_away,
@@ -176,8 +186,8 @@ class DPO(Task):
                    "mask_preview": pair_preview(tokenizer, train_enc.rows[0])}
         prompts = [(p.prompt, p.chosen[-1]["content"]) for p in eval_pairs[:3]]
         return TaskParts(
-            task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split, collate=collate,
-            loss=objective, eval_step=objective.eval_step, finalize=finalize, summary=summary, notes=notes,
+            task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split, test=test_split,
+            collate=collate, loss=objective, eval_step=objective.eval_step, finalize=finalize, summary=summary, notes=notes,
             samples=make_samples(tokenizer, prompts), step_stats=objective.stats,
             output_layer_share=scored / max(1, sum(train_split.lengths)),
         )
@@ -190,21 +200,23 @@ class DPO(Task):
         return layout, make_collate(tokenizer.pad_token_id, layout, dtype if dtype.is_floating_point else torch.float32)
 
     @staticmethod
-    def cache_reference(cfg: Config, model, collate, train_enc: EncodedPairs, eval_enc: EncodedPairs) -> str:
+    def cache_reference(cfg: Config, model, collate, train_enc: EncodedPairs, eval_enc: EncodedPairs,
+                        test_enc: Optional[EncodedPairs] = None) -> str:
         bs = max(cfg.train.per_device_eval_batch_size, 1)
         secs, hits = 0.0, []
-        for enc in (train_enc, eval_enc):
+        encs = [e for e in (train_enc, eval_enc, test_enc) if e is not None]
+        for enc in encs:
             s, hit = attach_reference(model, enc.rows, collate, bs)
             secs += s
             hits.append(hit)
-        n = len(train_enc.rows) + len(eval_enc.rows)
+        n = sum(len(e.rows) for e in encs)
         if all(hits):
             return f"reference log-probs of {n:,} pairs loaded from the cache ({secs:.1f} s)"
         return f"reference log-probs of {n:,} pairs computed once in {secs:.1f} s (cached for later runs)"
 
-    def read(self, cfg: Config):
-        """(train pairs, eval pairs, notes): eval held out by the shared rule when not given."""
-        return read_train_eval(cfg, read_pairs, "pair")
+    def read(self, cfg: Config) -> Splits:
+        """Train / eval / test pairs by the data pipeline's rules (data/pipeline.py)."""
+        return read_splits(cfg, preference.KIND)
 
     def load_for_use(self, model_dir: Path, allow_untrained: bool = False):
         return CAUSAL_LM.load_for_use(model_dir)
@@ -215,7 +227,7 @@ class DPO(Task):
         model, tokenizer = self.load_for_use(Path(model_dir))
         cfg = eval_config(model_dir, overrides, self)
         ensure_chat_template(tokenizer)
-        max_len = cfg.data.block_size or default_length(model.config)
+        max_len = resolve_block_size(cfg.data.block_size, model.config)
         max_prompt = min(cfg.dpo.max_prompt_length or max_len // 2, max_len - 1)
         pairs = read_pairs(data, cfg, "eval")
         enc = encode_pairs(pairs[:cfg.data.max_eval_samples] if cfg.data.max_eval_samples else pairs,

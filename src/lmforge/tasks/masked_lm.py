@@ -25,14 +25,14 @@ from transformers import AutoModelForMaskedLM, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from ..config import Config, Permissions
-from ..data import masking
+from ..data import corpus, masking
 from ..data.batching import pad_sequences
 from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
 from ..data.corpus import read_corpus
-from ..data.split import split_items
+from ..data.pipeline import Splits, read_splits
 from ..errors import LmforgeError
 from ..metrics import perplexity
-from ..models.load import check_length, default_length, load_pretrained, model_config_of, model_source
+from ..models.load import load_pretrained, model_config_of, model_source, resolve_block_size
 from ..models.lora import load_model, model_config
 from ..models.scratch import build_model
 from ..tokenizer import load_tokenizer, tokenizer_for_config
@@ -289,9 +289,7 @@ def load_model_and_tokenizer(cfg: Config, log: logging.Logger, permissions: Perm
 
 
 def block_size_for(cfg: Config, model, tokenizer) -> int:
-    d = cfg.data
-    block_size = check_length(d.block_size or default_length(model.config, tokenizer), model.config, tokenizer,
-                              "data.block_size")
+    block_size = resolve_block_size(cfg.data.block_size, model.config, tokenizer)
     prefix, suffix = masking.special_wrap(tokenizer)
     if block_size <= len(prefix) + len(suffix):
         raise LmforgeError(f"data.block_size {block_size} leaves no room for text next to the "
@@ -299,44 +297,32 @@ def block_size_for(cfg: Config, model, tokenizer) -> int:
     return block_size
 
 
-def read_documents(cfg: Config, log: logging.Logger):
-    """(train, eval, test) documents; without eval data, documents held out by the shared rule (train.seed)."""
-    d = cfg.data
-    if not d.train:
+def read_documents(cfg: Config, log: logging.Logger) -> Splits:
+    """Train / eval / test documents by the data pipeline's rules (data/pipeline.py, seeded by train.seed)."""
+    if not cfg.data.train:
         raise LmforgeError("no training data given", "set data.train (a .txt file, a folder, a table with a text "
                                                      "column, or a built-in corpus such as kjv or bbc-news)")
-    train_docs = read_corpus(d.train, cfg, "train")
-    if d.eval:
-        eval_docs = read_corpus(d.eval, cfg, "eval")
-    else:
-        if len(train_docs) < 2:
-            raise LmforgeError(f"{d.train} has a single document, so no eval set can be held out",
-                               "give data.eval, or split the text into documents (lines or data.document_separator)")
-        train_docs, eval_docs = split_items(train_docs, d.validation_split, cfg.train.seed)
-        log.info("no eval data given: held out %d of %d documents (%.0f%%, seed %d)", len(eval_docs),
-                 len(eval_docs) + len(train_docs), 100 * d.validation_split, cfg.train.seed)
-    test_docs = read_corpus(d.test, cfg, "test") if d.test else None
-    return train_docs, eval_docs, test_docs
+    splits = read_splits(cfg, corpus.KIND)
+    for note in splits.notes:
+        log.info("%s", note)
+    return splits
 
 
 def encode_splits(cfg: Config, docs, tokenizer, model, block_size: int):
     """(train dataset, masked eval split, masked test split or None, stats, cache hit, fingerprints, spec)."""
     d = cfg.data
-    train_docs, eval_docs, test_docs = docs
+    train_docs, eval_docs, test_docs = docs.train, docs.eval, docs.test
     train_ds, tstats, hit, fp_train = encode_cached(train_docs, tokenizer, block_size, d.remainder)
     if len(train_ds) == 0:
         raise LmforgeError(f"the training text ({tstats.get('tokens', 0)} tokens) is shorter than one block of "
                            f"{block_size} tokens", "lower data.block_size, add text, or set data.remainder: pad")
-    if d.max_train_samples and d.max_train_samples < len(train_ds):
-        keep = np.random.default_rng(cfg.train.seed).permutation(len(train_ds))[:d.max_train_samples]
-        train_ds = train_ds.select(sorted(keep.tolist()))
     eval_ds, estats, _, fp_eval = encode_cached(eval_docs, tokenizer, block_size, d.remainder)
     if len(eval_ds) == 0:
         raise LmforgeError(f"the eval text ({estats.get('tokens', 0)} tokens) is shorter than one block of "
                            f"{block_size} tokens", "give more eval text, lower data.block_size, or set data.remainder: pad")
     spec = masking.MaskSpec.of(tokenizer, d.mlm_probability, d.masking == "whole-word",
                                vocab_size=model.get_input_embeddings().num_embeddings)
-    eval_split = fixed_masked_split(eval_ds, spec, d.eval_mask_seed, tokenizer.pad_token_id, d.max_eval_samples)
+    eval_split = fixed_masked_split(eval_ds, spec, d.eval_mask_seed, tokenizer.pad_token_id)
     test_split = None
     if test_docs is not None:
         test_ds, _, _, _ = encode_cached(test_docs, tokenizer, block_size, d.remainder)
@@ -403,7 +389,7 @@ class MaskedLM(Task):
                  d.mlm_probability, d.eval_mask_seed)
         notes, head_lr = ([], None) if from_scratch else head_notes(cfg, model, new, train_ds, spec)
         summary = {"train_rows": len(train_split), "eval_rows": len(eval_split),
-                   "test_rows": len(test_split) if test_split is not None else 0,
+                   "test_rows": len(test_split) if test_split is not None else 0, **docs.summary(),
                    "block_size": block_size, "masking": d.masking, "mlm_probability": d.mlm_probability,
                    "eval_mask_seed": d.eval_mask_seed, "train_documents": tstats.get("documents"),
                    "train_tokens": tstats.get("tokens"), "dropped_train_tokens": tstats.get("dropped_tokens"),
@@ -414,7 +400,7 @@ class MaskedLM(Task):
             task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split, test=test_split,
             collate=make_collate(pad_id), loss=loss_fn, eval_step=eval_step, finalize=finalize,
             new_param_names=new, head_learning_rate=head_lr, summary=summary, notes=notes, fingerprints=fps,
-            samples=make_samples(tokenizer, sample_sentences(docs[1], tokenizer.mask_token)),
+            samples=make_samples(tokenizer, sample_sentences(docs.eval, tokenizer.mask_token)),
             train_collate=make_train_collate(spec, pad_id), output_layer_share=d.mlm_probability,
         )
 
@@ -437,7 +423,7 @@ class MaskedLM(Task):
         model, tokenizer = self.load_for_use(model_dir)
         cfg = eval_config(model_dir, overrides, self)
         d = cfg.data
-        block_size = d.block_size or default_length(model.config, tokenizer)
+        block_size = resolve_block_size(d.block_size, model.config, tokenizer)
         docs = read_corpus(data, cfg, "eval")
         ds, stats, _, _ = encode_cached(docs, tokenizer, block_size, d.remainder)
         if len(ds) == 0:

@@ -20,6 +20,7 @@ from ..data.preference import Pair
 from ..errors import LmforgeError
 from ..fs import atomic_write, cache_dir
 from ..models.lora import adapters_disabled
+from ..runtime import to_device
 from .chat_template import assistant_spans, end_of_turn
 from .lm_loss import CausalLMLoss
 
@@ -298,7 +299,7 @@ def attach_reference(model, rows: list[dict], collate, batch_size: int, key_extr
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             batch = collate([rows[i] for i in idx])
-            batch = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = to_device(batch, dev)
             values[idx] = sequence_logps(model, batch)[0].double().cpu()
             if time.perf_counter() - last > 30 and s + batch_size < len(order):
                 last = time.perf_counter()
@@ -330,7 +331,7 @@ def probe_shared_layout(model, pad_id: int) -> bool:
         got = {}
         for layout in ("rows", "shared"):
             batch = make_collate(pad_id, layout, dtype if dtype.is_floating_point else torch.float32)([row, row])
-            batch = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = to_device(batch, dev)
             got[layout] = sequence_logps(model, batch)[0]
         tol = 1e-3 if dtype == torch.float32 else 5e-2
         return bool(torch.allclose(got["rows"], got["shared"], atol=tol, rtol=tol))

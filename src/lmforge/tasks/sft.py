@@ -25,10 +25,11 @@ from typing import Optional
 from transformers import AutoModelForCausalLM
 
 from ..config import Config, Permissions
+from ..data import chat
 from ..data.chat import read_conversations
-from ..data.split import read_train_eval
+from ..data.pipeline import Splits, describe, read_splits
 from ..errors import LmforgeError
-from ..models.load import check_length, default_length, ensure_pad
+from ..models.load import ensure_pad, resolve_block_size
 from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, refuse_stride
 from .causal_lm import TASK as CAUSAL_LM
 from .causal_lm import load_model, make_collate
@@ -145,8 +146,7 @@ def load_chat_model(cfg: Config, notes: list[str], log: logging.Logger = log,
     notes += [n for n in (ensure_chat_template(tokenizer), ensure_pad(tokenizer, model, source)) if n]
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
-    limit = cfg.data.block_size or default_length(model.config)
-    return model, tokenizer, check_length(limit, model.config, None, "data.block_size")
+    return model, tokenizer, resolve_block_size(cfg.data.block_size, model.config)
 
 
 # ----------------------------------------------------------------------------------- the task
@@ -174,18 +174,26 @@ class SFT(Task):
         if not d.train:
             raise LmforgeError("no training data given", "set data.train (a jsonl/json/parquet/csv of conversations, "
                                                          "or the built-in kjv-to-web)")
-        train_convs, eval_convs, notes = self.read(cfg)
+        splits = self.read(cfg)
+        notes = list(splits.notes)
+        train_convs, eval_convs = splits.train, splits.eval
         model, tokenizer, block = load_chat_model(cfg, notes, log, permissions)
         train_enc = encode_conversations(train_convs, tokenizer, block, d.train_on)
-        check_trainable(train_enc, d.train, d.train_on)
+        check_trainable(train_enc, describe(d.train), d.train_on)
         eval_enc = encode_conversations(eval_convs, tokenizer, block, d.train_on)
-        check_trainable(eval_enc, d.eval or "the held-out conversations", d.train_on)
+        check_trainable(eval_enc, describe(d.eval) if d.eval else "the held-out conversations", d.train_on)
         notes += self.describe_encoding(train_enc, block)
         train_split, eval_split = to_rows(train_enc, block, d.packing), to_rows(eval_enc, block, d.packing)
+        test_split = None
+        if splits.test is not None:
+            test_enc = encode_conversations(splits.test, tokenizer, block, d.train_on)
+            check_trainable(test_enc, describe(d.test), d.train_on)
+            test_split = to_rows(test_enc, block, d.packing)
         attention = probe_packed_attention(model, tokenizer.pad_token_id) if d.packing == "pack" else "attention_mask"
         loss = CausalLMLoss(attention=attention, chunked=probe_chunked_loss(model),
                             per_token=bool(cfg.eval.metrics_function))
-        summary = {"train_rows": len(train_split), "eval_rows": len(eval_split), "test_rows": 0,
+        summary = {"train_rows": len(train_split), "eval_rows": len(eval_split),
+                   "test_rows": len(test_split) if test_split is not None else 0, **splits.summary(),
                    "block_size": block, "packing": d.packing, "train_on": d.train_on,
                    "train_conversations": len(train_enc.ids), "dropped_no_trained_tokens": train_enc.no_trained,
                    "dropped_cut_away": train_enc.cut_away, "truncated_conversations": train_enc.truncated,
@@ -194,15 +202,15 @@ class SFT(Task):
                    "mask_preview": mask_preview(tokenizer, train_enc.ids[0], train_enc.trained[0]),
                    "lengths": train_split.lengths}
         return TaskParts(
-            task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split,
+            task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split, test=test_split,
             collate=make_collate(tokenizer.pad_token_id, d.packing), loss=loss, eval_step=loss.eval_step,
             finalize=finalize, summary=summary, notes=notes, fingerprints={}, fixed_shapes=False,
             samples=make_samples(tokenizer, sample_prompts(eval_convs)),
         )
 
-    def read(self, cfg: Config):
-        """(train conversations, eval conversations, notes): eval held out by the shared rule when not given."""
-        return read_train_eval(cfg, read_conversations, "conversation")
+    def read(self, cfg: Config) -> Splits:
+        """Train / eval / test conversations by the data pipeline's rules (data/pipeline.py)."""
+        return read_splits(cfg, chat.KIND)
 
     @staticmethod
     def describe_encoding(enc: Encoded, block: int) -> list[str]:
@@ -227,7 +235,7 @@ class SFT(Task):
         model, tokenizer = self.load_for_use(Path(model_dir))
         cfg = eval_config(model_dir, overrides, self)
         ensure_chat_template(tokenizer)
-        block = cfg.data.block_size or default_length(model.config)
+        block = resolve_block_size(cfg.data.block_size, model.config)
         convs = read_conversations(data, cfg, "eval")
         enc = encode_conversations(convs[:cfg.data.max_eval_samples] if cfg.data.max_eval_samples else convs,
                                    tokenizer, block, cfg.data.train_on)

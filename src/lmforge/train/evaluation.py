@@ -13,14 +13,11 @@ from accelerate.utils import gather_object
 from ..config import Config
 from ..data.batching import eval_batches
 from ..errors import LmforgeError
+from ..runtime import to_device
 from ..tasks.base import EncodedSplit, TaskParts
 from .progress import TrainProgress
 
 log = logging.getLogger("lmforge")
-
-
-def to_device(batch: dict, device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
 def make_accelerator(cfg: Config) -> Accelerator:

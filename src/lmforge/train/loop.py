@@ -24,14 +24,16 @@ from ..config import Config
 from ..data.batching import epoch_batches, shard
 from ..errors import LmforgeError, TrainingInterrupted
 from ..fs import JsonLog, atomic_dir
+from ..runtime import to_device
 from ..tasks.base import EncodedSplit, TaskParts
 from . import checkpoint as ckpt
 from . import compiling, sharding
-from .evaluation import evaluate_split, make_accelerator, to_device
+from .evaluation import evaluate_split, make_accelerator
 from .perf import count_params, device_peak_flops, peak_memory_mb, release_memory, task_flop_params
 from .progress import TrainProgress
 from .schedule import is_plateau, make_optimizer, make_scheduler, metric_direction
 from .signals import StopRequest
+from .steps import plan_steps
 
 log = logging.getLogger("lmforge")
 
@@ -77,15 +79,15 @@ class Trainer:
         self.sharded = ckpt.is_sharded(self.accelerator) or self.cpu_fsdp
         if self.sharded:
             sharding.full_logits_losses(parts)
-        bs, accum = self.tc.per_device_train_batch_size, self.tc.gradient_accumulation_steps
+        bs = self.tc.per_device_train_batch_size
         n_batches = len(self._batches(0))
         if n_batches == 0:
             raise LmforgeError(f"not enough training data for one batch of {bs} per process",
                                "lower per_device_train_batch_size or add data")
+        self.plan = plan_steps(self.tc, n_batches, self.accelerator.num_processes)
         self.batches_per_epoch = n_batches
-        self.steps_per_epoch = math.ceil(n_batches / accum)
-        self.total_steps = self.tc.max_steps if self.tc.max_steps > 0 else \
-            max(1, math.ceil(self.tc.num_train_epochs * self.steps_per_epoch))
+        self.steps_per_epoch = self.plan.steps_per_epoch
+        self.total_steps = self.plan.total_steps
         self.best_metric_name, self.greater_is_better = metric_direction(self.tc, parts.best_metric,
                                                                          parts.greater_is_better)
         self.scheduler = make_scheduler(self.optimizer, self.tc, self.total_steps, self.greater_is_better)
@@ -150,9 +152,12 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- data
     def _batches(self, epoch: int) -> list[list[int]]:
-        b = epoch_batches(self.parts.train.lengths, self.tc.per_device_train_batch_size, self.tc.seed, epoch,
+        """This process's batches of an epoch: the global batches (grouped by length over all the data), each
+        cut into one slice per process, so the batch order does not depend on the number of processes."""
+        world = self.accelerator.num_processes
+        b = epoch_batches(self.parts.train.lengths, self.tc.per_device_train_batch_size * world, self.tc.seed, epoch,
                           group_by_length=self.tc.group_by_length, drop_last=self.parts.train_batch_drop_last)
-        return shard(b, self.accelerator.process_index, self.accelerator.num_processes)
+        return shard(b, self.accelerator.process_index, world)
 
     def _steps(self):
         """Yield (epoch, index of the first batch, batches in the epoch, list of batch index lists) per step."""
@@ -168,7 +173,9 @@ class Trainer:
     def _collate(self, indices: list[int], epoch: int, batch_index: int) -> dict:
         rows = self.parts.train.take(indices)
         if self.parts.train_collate is not None:
-            seed = (self.tc.seed * 1_000_003 + epoch * 100_003 + batch_index) % (2**63)
+            # each process draws its own stream for its slice of the global batch (rank 0: the 1-process seed)
+            seed = (self.tc.seed * 1_000_003 + epoch * 100_003 + batch_index
+                    + self.accelerator.process_index * 7_919_993) % (2**63)
             return self.parts.train_collate(rows, seed)
         return self.parts.collate(rows)
 

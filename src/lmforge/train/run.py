@@ -25,6 +25,7 @@ from typing import Iterator, Optional, Sequence, Union
 from accelerate.utils import broadcast_object_list, set_seed
 
 from ..config import Config, Permissions
+from ..data.pipeline import sources_of
 from ..errors import LmforgeError
 from ..fs import atomic_dir, read_json, write_json, write_text
 from ..models import lora
@@ -148,8 +149,7 @@ def assemble(cfg: Config, task, manifest: dict, permissions: Permissions):
 def _describe_trainer(trainer: Trainer, manifest: dict) -> None:
     tc, accelerator = trainer.tc, trainer.accelerator
     manifest.update({"parameters": trainer.n_params, "total_steps": trainer.total_steps,
-                     "effective_batch_size": tc.per_device_train_batch_size * tc.gradient_accumulation_steps *
-                     accelerator.num_processes, "num_processes": accelerator.num_processes,
+                     "effective_batch_size": trainer.plan.effective_batch, "num_processes": accelerator.num_processes,
                      "distributed_type": "FSDP2 (lmforge, CPU)" if trainer.cpu_fsdp else accelerator.distributed_type.value})
     log.info("effective batch size %d = %d per device x %d accumulation steps x %d processes",
              manifest["effective_batch_size"], tc.per_device_train_batch_size, tc.gradient_accumulation_steps,
@@ -254,7 +254,7 @@ def open_run(cfg: Config, accelerator, resume) -> Iterator[OpenRun]:
         (bool(cfg.output.overwrite) and not resume)
     if is_main:
         prepare_run_dir(run_dir, cfg.output.overwrite, resume if resume else False,
-                        [cfg.data.train, cfg.data.eval, cfg.data.test])
+                        [s.path for spec in (cfg.data.train, cfg.data.eval, cfg.data.test) for s in sources_of(spec)])
     accelerator.wait_for_everyone()
     resume_from = _resume_point(run_dir, resume, is_main, created, accelerator) if resume else None
     run = OpenRun(run_dir, is_main, new_manifest(cfg, str(accelerator.device), cfg.train.seed), resume_from, created)

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
+from ..data.pipeline import plain
 from ..errors import LmforgeError
 from ..fs import check_output_dir, read_json
 
@@ -99,7 +100,8 @@ def new_manifest(cfg, device: str, seed: int) -> dict:
         "status": "running", "pid": os.getpid(), "host": platform.node(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "started_unix": time.time(),
         "command": " ".join(sys.argv), "cwd": os.getcwd(),
-        "task": cfg.task, "model": cfg.model.name or "from_config", "data": {"train": cfg.data.train, "eval": cfg.data.eval,
-                                                                         "test": cfg.data.test},
+        "task": cfg.task, "model": cfg.model.name or "from_config", "data": {"train": plain(cfg.data.train),
+                                                                         "eval": plain(cfg.data.eval),
+                                                                         "test": plain(cfg.data.test)},
         "seed": seed, "device": device, "versions": versions(), "git_sha": git_sha(),
     }

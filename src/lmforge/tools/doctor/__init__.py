@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 from rich.console import Console
 
 from ...config import Config, Permissions, resolve_config
+from ...data.pipeline import describe
 from ...errors import LmforgeError
 from ...runtime import quiet_libraries
 from ...train.checkpoint import incomplete_checkpoints
@@ -46,7 +47,7 @@ def run_doctor(config=None, overrides: Optional[Sequence[str]] = None, probe: bo
         out.problem(err(e))
         return out.finish()
     out.ok(f"{config or 'the default recipe'}: task {cfg.task}, model {cfg.model.name or 'from_config'}, "
-           f"train {cfg.data.train}")
+           f"train {describe(cfg.data.train)}")
     if cfg.output.output_dir:
         check_previous_run(out, cfg)
     before = len(report.problems)

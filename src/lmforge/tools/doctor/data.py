@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from typing import Optional
 
+import numpy as np
+
 from ...data import sources
 from ...data.chat import read_conversations
 from ...data.corpus import read_corpus
+from ...data.pipeline import mix, sources_of
 from ...data.preference import read_pairs
 from ...errors import LmforgeError
 from ...tasks import get_task
@@ -121,6 +124,33 @@ def _check_pairs(out: Out, source: str, cfg, split: str) -> Optional[dict]:
     return {"rows": len(pairs), "source": source, "texts": texts}
 
 
+def _merged(infos: list[dict], split: str) -> dict:
+    """One split's findings over the sources of a mix."""
+    out = {"rows": sum(i["rows"] for i in infos), "source": " + ".join(i["source"] for i in infos), "split": split,
+           "texts": set().union(*(i["texts"] for i in infos))}
+    if all("labels" in i for i in infos):
+        out["labels"] = {}
+        for i in infos:
+            for k, v in i["labels"].items():
+                out["labels"][k] = out["labels"].get(k, 0) + v
+    return out
+
+
+def _mix_preview(out: Out, cfg, split: str, spec, sizes: list[int]) -> None:
+    """Rows each source of a mix contributes and its realised share (the same draw as the run's)."""
+    srcs = sources_of(spec)
+    try:
+        picks = mix(sizes, [s.weight for s in srcs], cfg.train.seed, cfg.data.mix_stop)
+    except LmforgeError as e:
+        out.problem(err(e))
+        return
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    counts = np.bincount(np.searchsorted(offsets, picks, side="right") - 1, minlength=len(srcs))
+    out.info(f"{split} mix ({cfg.data.mix_stop}, seed {cfg.train.seed}): {len(picks):,} rows drawn — " + ", ".join(
+        f"{s.path}: {int(c):,} of {n:,} rows, {100 * c / max(1, len(picks)):.1f}% (weight {s.weight:g})"
+        for s, c, n in zip(srcs, counts, sizes)))
+
+
 CHECKS = {"table": _check_table, "corpus": _check_corpus, "conversations": _check_conversations,
           "pairs": _check_pairs}
 
@@ -134,20 +164,20 @@ def check_data(out: Out, cfg) -> bool:
         out.problem("no training data given — set data.train (a file, folder or built-in dataset)")
         return False
     found, readable = {}, True
-    for split, source in (("train", d.train), ("eval", d.eval), ("test", d.test)):
-        if not source:
-            continue
-        try:
-            info = CHECKS[kind](out, source, cfg, split)
-        except LmforgeError as e:
-            out.problem(err(e))
-            readable = False
-            continue
-        except ImportError as e:
-            out.warn(f"{split}: cannot check this data here ({e})")
-            continue
-        info["split"] = split
-        found[split] = info
+    for split, spec in (("train", d.train), ("eval", d.eval), ("test", d.test)):
+        infos = []
+        for src in sources_of(spec, f"data.{split}"):
+            try:
+                infos.append(CHECKS[kind](out, src.path, cfg, split))
+            except LmforgeError as e:
+                out.problem(err(e))
+                readable = False
+            except ImportError as e:
+                out.warn(f"{split}: cannot check this data here ({e})")
+        if infos and len(infos) == len(sources_of(spec)):
+            found[split] = _merged(infos, split)
+            if len(infos) > 1:
+                _mix_preview(out, cfg, split, spec, [i["rows"] for i in infos])
     if tables and "train" in found:
         _label_balance(out, found["train"], [found[s] for s in ("eval", "test") if s in found])
     elif "train" in found:

@@ -4,7 +4,6 @@ first training example decoded with its labels, memory against the machine, and 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ from ...train.evaluation import make_accelerator
 from ...train.loop import Trainer
 from ...train.memory import MB, estimate_for
 from ...train.perf import peak_memory_mb
+from ...train.steps import plan_steps
 from .model import model_vocab
 from .output import Collect, DoctorReport, Out, err
 
@@ -154,16 +154,15 @@ def _memory_and_time(out: Out, cfg: Config, parts: TaskParts, probe: bool, repor
     except LmforgeError as e:
         out.problem(err(e))
         return
-    steps_per_epoch = trainer.steps_per_epoch
-    total = tc.max_steps if tc.max_steps > 0 else max(1, math.ceil(tc.num_train_epochs * steps_per_epoch))
+    plan = plan_steps(tc, trainer.batches_per_epoch, accelerator.num_processes)
+    steps_per_epoch, total = plan.steps_per_epoch, plan.total_steps
     est = estimate_for(trainer)
     report.facts["memory"] = est.as_dict()
     out.info(est.summary())
     if est.fits is False:
         out.problem(f"training will probably not fit in memory ({est.total / MB:,.0f} MB needed, "
                     f"{(est.available + est.already_used) / MB:,.0f} MB available) — try " + "; or ".join(est.advice))
-    out.info(f"{total:,} optimizer steps ({steps_per_epoch:,} per epoch, effective batch "
-             f"{tc.per_device_train_batch_size * tc.gradient_accumulation_steps * accelerator.num_processes})")
+    out.info(f"{total:,} optimizer steps ({steps_per_epoch:,} per epoch, effective batch {plan.effective_batch})")
     report.facts["total_steps"] = total
     if probe and est.fits is not False:
         _probe(out, trainer, total, report)
