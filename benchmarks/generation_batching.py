@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from lmforge.config import SamplingParams
 from lmforge.data import builtin
 from lmforge.models.load import resolve_model_dir
 from lmforge.runtime import quiet_libraries
@@ -30,7 +31,7 @@ def main() -> None:
     rows = builtin.load("kjv-to-web", "test").head(args.prompts)
     prompts = [[{"role": "user", "content": t}] for t in rows["instruction"]]
     t0 = time.perf_counter()
-    one = [generate_texts(model, tok, [p], max_new_tokens=args.new)[0][0] for p in prompts]
+    one = [generate_texts(model, tok, [p], SamplingParams(max_new_tokens=args.new))[0][0] for p in prompts]
     t1 = time.perf_counter()
     batched = generate_greedy_batched(model, tok, prompts, max_new_tokens=args.new, batch_size=args.batch)
     t2 = time.perf_counter()

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import FILLER, WORDS_NEG, WORDS_POS
+from lmforge.config import SamplingParams
 from lmforge import api
 from lmforge.config import Config
 from lmforge.data.corpus import pack, read_corpus, split_documents, tokenize_documents
@@ -321,18 +322,18 @@ def test_greedy_equals_stepwise_argmax_and_seeded_sampling_is_deterministic(tiny
             if nxt == tok.eos_token_id:
                 break
     manual = tok.decode(seq[len(ids):], skip_special_tokens=True)
-    assert generate_texts(model, tok, [prompt], max_new_tokens=8)[0][0] == manual
-    a = generate_texts(model, tok, [prompt], max_new_tokens=12, temperature=1.5, top_k=50, seed=7,
-                       num_return_sequences=3)[0]
-    b = generate_texts(model, tok, [prompt], max_new_tokens=12, temperature=1.5, top_k=50, seed=7,
-                       num_return_sequences=3)[0]
-    c = generate_texts(model, tok, [prompt], max_new_tokens=12, temperature=1.5, top_k=50, seed=8,
-                       num_return_sequences=3)[0]
+    assert generate_texts(model, tok, [prompt], SamplingParams(max_new_tokens=8))[0][0] == manual
+    a = generate_texts(model, tok, [prompt], SamplingParams(max_new_tokens=12, temperature=1.5, top_k=50, seed=7,
+                                                         num_return_sequences=3))[0]
+    b = generate_texts(model, tok, [prompt], SamplingParams(max_new_tokens=12, temperature=1.5, top_k=50, seed=7,
+                                                         num_return_sequences=3))[0]
+    c = generate_texts(model, tok, [prompt], SamplingParams(max_new_tokens=12, temperature=1.5, top_k=50, seed=8,
+                                                         num_return_sequences=3))[0]
     assert a == b and len(a) == 3 and a != c
     with pytest.raises(LmforgeError, match="context"):
-        generate_texts(model, tok, ["the " * 200], max_new_tokens=4)
+        generate_texts(model, tok, ["the " * 200], SamplingParams(max_new_tokens=4))
     with pytest.raises(LmforgeError, match="sampling"):
-        generate_texts(model, tok, [prompt], num_return_sequences=2)
+        generate_texts(model, tok, [prompt], SamplingParams(num_return_sequences=2))
 
 
 def test_streaming_and_chat_template(tiny_llama):
@@ -341,7 +342,7 @@ def test_streaming_and_chat_template(tiny_llama):
     from lmforge.tasks.generation import encode_prompt, generate_texts
     model, tok = load(tiny_llama)
     buf = io.StringIO()
-    out = generate_texts(model, tok, ["the food was"], max_new_tokens=6, stream=buf)[0][0]
+    out = generate_texts(model, tok, ["the food was"], SamplingParams(max_new_tokens=6), stream=buf)[0][0]
     assert buf.getvalue() == "the food was" + out + "\n"  # the prompt, then the tokens as they came
     with pytest.raises(LmforgeError, match="no chat template"):
         encode_prompt(tok, "hi", chat=True)
@@ -483,7 +484,7 @@ def test_real_smollm2_converts_loads_and_knows_paris():
     assert not hasattr(model.config, "quantization_config")  # a plain model, no GGUF quantizer attached
     assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
     model, tok = clm.TASK.load_for_use(__import__("pathlib").Path(path))
-    text = generate_texts(model, tok, ["The capital of France is"], max_new_tokens=12)[0][0]
+    text = generate_texts(model, tok, ["The capital of France is"], SamplingParams(max_new_tokens=12))[0][0]
     assert "Paris" in text, text
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import cls_config, toy_sentiment_rows, write_csv
 
+from lmforge.config import SamplingParams
 from lmforge import api
 from lmforge.cli import main
 
@@ -221,8 +222,8 @@ def test_onnx_causal_lm_matches_pytorch_and_generates_like_it(tiny_lms, tmp_path
     assert report["verified"] and report["parity"]["max_abs_logit_diff"] <= 1e-4
     assert report["onnx"]["kv_cache"] is False and "position_ids" in report["onnx"]["inputs"]
     prompts = ["the food was", "the movie"]  # a batch of two lengths: left padding, position ids
-    ref = api.generate(tiny_lms["llama"], prompts, max_new_tokens=8)
-    got = api.generate(out, prompts, max_new_tokens=8)
+    ref = api.generate(tiny_lms["llama"], prompts, sampling=SamplingParams(max_new_tokens=8))
+    got = api.generate(out, prompts, sampling=SamplingParams(max_new_tokens=8))
     assert [r["completion"] for r in got] == [r["completion"] for r in ref]
     with pytest.raises(Exception, match="greedily"):
-        api.generate(out, ["the food"], max_new_tokens=4, temperature=0.8)
+        api.generate(out, ["the food"], sampling=SamplingParams(max_new_tokens=4, temperature=0.8))

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from lmforge.config import SamplingParams
 from lmforge import api
 from lmforge.cli import main
 from lmforge.use.serve import ApiError, Limits, ModelSlot, create_app
@@ -256,7 +257,7 @@ def test_generate_endpoint_plain_and_streaming(gen_server):
     live, path = gen_server
     model, tok = causal_lm.TASK.load_for_use(path)
     prompt = "the food was"
-    greedy = generate_texts(model, tok, [prompt], max_new_tokens=12)[0][0]
+    greedy = generate_texts(model, tok, [prompt], SamplingParams(max_new_tokens=12))[0][0]
     status, out = live.post("/v1/generate", {"prompt": prompt, "max_new_tokens": 12})
     assert status == 200 and out["completion"] == greedy and out["greedy"]
     lines = stream_lines(live, {"prompt": prompt, "max_new_tokens": 12})

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+from lmforge.config import SamplingParams
 from lmforge import api
 from lmforge.cli import main
 from lmforge.config import build_config
@@ -232,14 +233,14 @@ def test_chat_answers_two_turns_through_a_pipe(tiny_chat_model, tmp_path):
     from lmforge.tasks.generation import generate_texts
     out = io.StringIO()
     msgs = api.chat(tiny_chat_model, input_stream=io.StringIO("Thou art kind.\n/system Be brief.\nunto them\n"),
-                    output=out, max_new_tokens=8)
+                    output=out, sampling=SamplingParams(max_new_tokens=8))
     assert [m["role"] for m in msgs] == ["system", "user", "assistant"] and msgs[0]["content"] == "Be brief."
     model, tok = causal_lm.TASK.load_for_use(tiny_chat_model)
-    want = generate_texts(model, tok, [msgs[:2]], max_new_tokens=8)[0][0]  # greedy: the same reply
+    want = generate_texts(model, tok, [msgs[:2]], SamplingParams(max_new_tokens=8))[0][0]  # greedy: the same reply
     assert msgs[2]["content"] == want and want in out.getvalue()
     expected = io.StringIO()
     two = api.chat(tiny_chat_model, input_stream=io.StringIO("Thou art kind.\nAnd he saith\n"), output=expected,
-                   max_new_tokens=6)
+                   sampling=SamplingParams(max_new_tokens=6))
     assert [m["role"] for m in two] == ["user", "assistant", "user", "assistant"]
     p = subprocess.run([sys.executable, "-m", "lmforge.cli", "chat", str(tiny_chat_model), "--max-new-tokens", "6"],
                        input="Thou art kind.\nAnd he saith\n", capture_output=True, text=True, timeout=120)
@@ -260,7 +261,7 @@ def test_openai_client_gets_a_completion_and_a_stream(tiny_chat_model):
         messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Thou art kind."}]
         res = client.chat.completions.create(model="x", messages=messages, max_tokens=8, seed=1)
         model, tok = causal_lm.TASK.load_for_use(tiny_chat_model)
-        want = generate_texts(model, tok, [messages], max_new_tokens=8)[0][0]  # greedy, as the server is
+        want = generate_texts(model, tok, [messages], SamplingParams(max_new_tokens=8))[0][0]  # greedy, as the server is
         assert res.choices[0].message.role == "assistant" and res.choices[0].message.content == want
         assert res.usage.completion_tokens > 0 and res.usage.prompt_tokens > 5
         pieces = [c.choices[0].delta.content or "" for c in
@@ -278,7 +279,7 @@ def test_batched_greedy_generation_equals_one_at_a_time(tiny_chat_model):
     model, tok = causal_lm.TASK.load_for_use(tiny_chat_model)
     prompts = ["thou", "And he saith unto them that the", "kind", "old english rewrite of a verse"] + \
         [[{"role": "user", "content": "Thou art kind."}], CONV[:4]]
-    one = [generate_texts(model, tok, [p], max_new_tokens=10)[0][0] for p in prompts]
+    one = [generate_texts(model, tok, [p], SamplingParams(max_new_tokens=10))[0][0] for p in prompts]
     assert generate_greedy_batched(model, tok, prompts, max_new_tokens=10, batch_size=4) == one
     assert generate_greedy_batched(model, tok, prompts, max_new_tokens=10, batch_size=1) == one
 
@@ -292,7 +293,7 @@ def test_eval_generate_scores_exact_match_and_chrf(tiny_chat_model, tmp_path, ca
                                 max_steps=4, eval_strategy="no"), progress=False).run_dir
     model, tok = causal_lm.TASK.load_for_use(run / "model")
     users = ["Thou art kind.", "And he saith unto them", "unto them"]
-    own = [generate_texts(model, tok, [[{"role": "user", "content": u}]], max_new_tokens=8)[0][0] for u in users]
+    own = [generate_texts(model, tok, [[{"role": "user", "content": u}]], SamplingParams(max_new_tokens=8))[0][0] for u in users]
     refs = [own[0], own[1], "something else entirely"]  # two answers the model gives, one it does not
     rows = [{"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": r}]}
             for u, r in zip(users, refs)]

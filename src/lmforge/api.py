@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .config import Config, Permissions, resolve_config
+from .config import Config, Permissions, SamplingParams, resolve_config  # noqa: F401 (SamplingParams: public)
 from .data.builtin import DATASETS
 from .models.load import resolve_model_dir
 from .models.push import push_folder

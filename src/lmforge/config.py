@@ -28,6 +28,25 @@ TaskName = Literal["classification", "causal-lm", "masked-lm", "sft", "dpo"]
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
 
 
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to generate, passed whole from the CLI through lmforge.api to generation (greedy by default).
+
+        api.generate("runs/kjv", ["In the beginning"], sampling=SamplingParams(max_new_tokens=40, temperature=0.8))
+    """
+    max_new_tokens: int = 50
+    temperature: Optional[float] = None  # None or 0: greedy
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    num_return_sequences: int = 1
+    seed: Optional[int] = None  # reset before each prompt: the same seed gives the same text
+
+    @property
+    def greedy(self) -> bool:
+        return not self.temperature and self.top_k is None and self.top_p is None and self.repetition_penalty is None
+
+
 class ModelConfig(Section):
     RANGES = {"attention_dropout": SHARE}
     name: Optional[str] = None

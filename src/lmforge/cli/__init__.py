@@ -17,10 +17,11 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from ..config import build_config, parse_overrides
+from ..config import SamplingParams, build_config, parse_overrides
 from ..errors import LmforgeError
 from ..fs import check_output_file, write_json
 from ..runtime import quiet_libraries
+from .app import _api, app  # noqa: E402 - the Typer app and the lazy api, shared with configs_and_runs
 from .usage import (  # the one error path and the option checks
     ABORTS,
     EXITS,
@@ -33,9 +34,6 @@ from .usage import (  # the one error path and the option checks
     _usage_error,
     console,
 )
-
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
-                  help="Fine-tune and train language models: classification, causal LM, masked LM, SFT, DPO.")
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -74,13 +72,6 @@ def _split_resume(extra: list[str]) -> tuple[list[str], object]:
         i += 1
     parse_overrides(out)  # a malformed override is a usage error, said before anything loads
     return out, resume
-
-
-def _api():
-    # lazy, and the only import of lmforge.api here: it loads torch and transformers (seconds), which
-    # `lmforge --help` and a mistyped command must not wait for
-    from .. import api
-    return api
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -307,10 +298,11 @@ def generate(model: str = typer.Argument(..., help="Run folder, model folder or 
     """Continue prompts with a causal LM; tokens stream to the terminal as they come (text; --json for records)."""
     api = _api()
     stream = not no_stream and not output and not as_json and num_return_sequences == 1
-    rows = api.generate(model, prompts=prompts or None, input_file=input, output=output,
-                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        repetition_penalty=repetition_penalty, num_return_sequences=num_return_sequences,
-                        seed=seed, chat=chat, stream=stream, prompt_column=prompt_column)
+    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                              repetition_penalty=repetition_penalty, num_return_sequences=num_return_sequences,
+                              seed=seed)
+    rows = api.generate(model, prompts=prompts or None, input_file=input, output=output, sampling=sampling,
+                        chat=chat, stream=stream, prompt_column=prompt_column)
     if output:
         console.print(f"wrote {len(rows)} generations to {output}")
     elif as_json:
@@ -331,7 +323,8 @@ def chat(model: str = typer.Argument(..., help="Run folder, model folder or alia
          top_p: Optional[float] = typer.Option(None, "--top-p", callback=_probability, help="Sample from the smallest set with this probability."),
          seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**63 - 1, help="Seed for sampling.")):
     """Chat with a model in the terminal (or through a pipe, one turn per line); /reset, /system TEXT, /exit."""
-    _api().chat(model, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    _api().chat(model, system=system,
+                sampling=SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

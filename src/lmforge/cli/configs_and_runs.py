@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..errors import LmforgeError
 from ..fs import check_output_file, write_text
-from . import _api, app
+from .app import _api, app
 from .usage import console
 
 

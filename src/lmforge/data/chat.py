@@ -21,7 +21,6 @@ from ..errors import LmforgeError
 from . import sources
 from .pipeline import DataKind
 
-CHAT_FORMATS = ("messages", "sharegpt", "alpaca", "prompt-completion")
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
                   "bing": "assistant", "chatgpt": "assistant", "bard": "assistant"}

@@ -104,17 +104,6 @@ def _table_docs(df, text_column: Optional[str], source: str, sep: Optional[str])
     return docs
 
 
-def count_words(docs: Sequence[str]) -> int:
-    """Whitespace-separated words (the denominator of perplexity per word)."""
-    return sum(len(doc.split()) for doc in docs)
-
-
-def count_bytes(docs: Sequence[str]) -> int:
-    """UTF-8 bytes of the documents (the denominator of bits per byte)."""
-    return sum(len(doc.encode("utf-8")) for doc in docs)
-
-
-# ----------------------------------------------------------------------------------- tokens
 def tokenize_documents(docs: Sequence[str], tokenizer, add_eos: bool = True, batch: int = 1000,
                        with_counts: bool = False):
     """Token ids per document, with the tokenizer's own specials (e.g. BOS) and EOS appended.

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LmforgeError
+from .kinds import kind_of_source
 from .split import hold_out
 
 MIX_STOP = ("first_exhausted", "all_exhausted")
@@ -215,7 +216,6 @@ def check_same_kind(srcs: list[Source], cfg, split: str, key: str) -> None:
     even where a reader could make something of both)."""
     if len(srcs) < 2:
         return
-    from .kinds import kind_of_source  # the table sniffing lives with the kinds it tells apart
     seen = [(s.path, kind_of_source(s.path, cfg, split)) for s in srcs]
     known = [(p, k) for p, k in seen if k is not None]
     for path, k in known[1:]:

@@ -56,10 +56,6 @@ MODELS: dict[str, ModelAlias] = {
 }
 
 
-def register_model(alias: ModelAlias) -> None:
-    MODELS[alias.name] = alias
-
-
 def resolve_model(name: Optional[str]) -> str:
     """Turn a model name from the config into something ``from_pretrained`` loads.
 

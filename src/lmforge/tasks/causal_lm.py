@@ -30,7 +30,7 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from ..config import Config, Permissions
+from ..config import Config, Permissions, SamplingParams
 from ..data import corpus, stream
 from ..data.batching import pad_sequences
 from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
@@ -214,7 +214,7 @@ def make_samples(tokenizer, prompts: list[str], max_new_tokens: int = 24):
     def samples(model) -> list:
         if not prompts:
             return []
-        outs = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+        outs = generate_texts(model, tokenizer, prompts, SamplingParams(max_new_tokens=max_new_tokens))
         return [{"prompt": p, "completion": o[0]} for p, o in zip(prompts, outs)]
     return samples
 

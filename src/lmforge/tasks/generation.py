@@ -11,12 +11,14 @@ from typing import Optional, Sequence, Union
 import torch
 from transformers import TextStreamer
 
+from ..config import SamplingParams
 from ..errors import LmforgeError
 from ..models.load import context_length
 
 
-def _sampling_args(temperature: Optional[float], top_k: Optional[int], top_p: Optional[float],
-                   repetition_penalty: Optional[float], num_return_sequences: int) -> dict:
+def _sampling_args(params: SamplingParams) -> dict:
+    temperature, top_k, top_p = params.temperature, params.top_k, params.top_p
+    repetition_penalty, num_return_sequences = params.repetition_penalty, params.num_return_sequences
     if temperature is not None and temperature < 0:
         raise LmforgeError(f"--temperature must be >= 0, got {temperature}", "0 means greedy decoding")
     if top_k is not None and top_k <= 0:
@@ -65,18 +67,17 @@ def checked_prompt(tokenizer, prompt, chat: bool, limit: Optional[int], i: int) 
     return ids
 
 
-def generate_texts(model, tokenizer, prompts: Sequence[Union[str, list[dict]]], max_new_tokens: int = 50,
-                   temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                   repetition_penalty: Optional[float] = None, num_return_sequences: int = 1,
-                   seed: Optional[int] = None, chat: bool = False, stream=None) -> list[list[str]]:
+def generate_texts(model, tokenizer, prompts: Sequence[Union[str, list[dict]]],
+                   params: SamplingParams = SamplingParams(), chat: bool = False, stream=None) -> list[list[str]]:
     """Completions (new text only) per prompt: a list of `num_return_sequences` strings each.
 
     Each prompt is generated on its own with the seed reset, so a prompt's output does not depend
     on the other prompts. `stream`: a file to write tokens to as they come (e.g. sys.stdout).
     """
+    max_new_tokens, seed, num_return_sequences = params.max_new_tokens, params.seed, params.num_return_sequences
     if max_new_tokens < 1:
         raise LmforgeError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    args = _sampling_args(temperature, top_k, top_p, repetition_penalty, num_return_sequences)
+    args = _sampling_args(params)
     limit = context_length(model.config)
     device = next(model.parameters()).device
     was_training = model.training

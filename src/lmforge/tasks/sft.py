@@ -24,7 +24,7 @@ from typing import Optional
 
 from transformers import AutoModelForCausalLM
 
-from ..config import Config, Permissions
+from ..config import Config, Permissions, SamplingParams
 from ..data import chat
 from ..data.chat import read_conversations
 from ..data.pipeline import Splits, describe, read_splits
@@ -132,7 +132,7 @@ def make_samples(tokenizer, prompts: list[tuple[list[dict], str]], max_new_token
     def samples(model) -> list:
         if not prompts:
             return []
-        outs = generate_texts(model, tokenizer, [p for p, _ in prompts], max_new_tokens=max_new_tokens)
+        outs = generate_texts(model, tokenizer, [p for p, _ in prompts], SamplingParams(max_new_tokens=max_new_tokens))
         return [{"prompt": p[-1]["content"], "completion": o[0], "reference": ref} for (p, ref), o in zip(prompts, outs)]
     return samples
 

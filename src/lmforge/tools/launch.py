@@ -24,8 +24,6 @@ import torch
 
 from ..errors import LmforgeError
 
-LAUNCHER_ENV = ("LOCAL_RANK", "ACCELERATE_LAUNCHED", "TORCHELASTIC_RUN_ID")
-
 
 def inside_launcher() -> bool:
     """True in a process started by accelerate launch / torchrun (it must not launch again)."""

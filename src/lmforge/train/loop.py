@@ -13,7 +13,7 @@ import math
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -36,6 +36,31 @@ from .signals import StopRequest
 from .steps import plan_steps
 
 log = logging.getLogger("lmforge")
+
+
+@dataclass
+class LoopState:
+    """The loop's resumable state, listed once: a checkpoint saves it, a resume restores it, and the Trainer
+    reads and writes each field as an attribute of its own (`trainer.step`)."""
+    step: int = 0
+    epoch: int = 0
+    batch_pos: int = 0  # next batch index within the epoch
+    best: Optional[float] = None
+    best_step: Optional[int] = None
+    bad_evals: int = 0
+    eval_history: list = field(default_factory=list)
+    last_loss: Optional[float] = None
+    # The logging window: each log.jsonl line averages the loss over the steps since the last line;
+    # saved in checkpoints so a resumed run writes the same lines.
+    win_loss: float = 0.0
+    win_items: int = 0
+    nan_streak: int = 0  # consecutive skipped non-finite steps (nan_policy: skip)
+    nan_skipped: int = 0  # all skipped batches
+
+
+def _state_property(name: str) -> property:
+    return property(lambda self: getattr(self.loop_state, name),
+                    lambda self, value: setattr(self.loop_state, name, value))
 
 
 @dataclass
@@ -96,20 +121,7 @@ class Trainer:
         self.peak_flops = device_peak_flops(self.accelerator.device) * self.accelerator.num_processes
         self.compiled = compiling.setup(self.tc.compile, parts.fixed_shapes, self.total_steps, self.accelerator,
                                         self.model, self.tc.gradient_checkpointing)
-        # state that a checkpoint saves
-        self.step = 0
-        self.epoch = 0
-        self.batch_pos = 0  # next batch index within the epoch
-        self.best: Optional[float] = None
-        self.best_step: Optional[int] = None
-        self.bad_evals = 0
-        self.eval_history: list[dict] = []
-        self.last_loss: Optional[float] = None
-        # The logging window: each log.jsonl line averages the loss over the steps since the last line;
-        # saved in checkpoints so a resumed run writes the same lines.
-        self.win_loss, self.win_items = 0.0, 0
-        self.nan_streak = 0  # consecutive skipped non-finite steps (nan_policy: skip)
-        self.nan_skipped = 0  # all skipped batches
+        self.loop_state = LoopState()  # what a checkpoint saves (read and written through the properties below)
         self.step_times: list[float] = []  # seconds per optimizer step (excluding eval and saving)
         # this fit() call: tokens trained, the logging window's tokens and start, records written
         self.tokens_seen, self.win_tokens, self.win_start, self.eval_seconds = 0, 0, 0.0, 0.0
@@ -181,12 +193,8 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- state
     def state(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos, "best": self.best,
-                "best_step": self.best_step, "bad_evals": self.bad_evals, "eval_history": self.eval_history,
-                "total_steps": self.total_steps, "seed": self.tc.seed,
-                "world_size": self.accelerator.num_processes, "last_loss": self.last_loss, "win_loss": self.win_loss,
-                "win_items": self.win_items, "nan_streak": self.nan_streak, "nan_skipped": self.nan_skipped,
-                "batches_per_epoch": self.batches_per_epoch,
+        return {**asdict(self.loop_state), "total_steps": self.total_steps, "seed": self.tc.seed,
+                "world_size": self.accelerator.num_processes, "batches_per_epoch": self.batches_per_epoch,
                 "step_stats": dict(self.parts.step_stats.window) if self.parts.step_stats else None}
 
     def save(self) -> Optional[Path]:
@@ -225,11 +233,8 @@ class Trainer:
                 state.get("seed", self.tc.seed) != self.tc.seed:
             log.warning("the data, batch size or seed differ from the checkpoint's: the resumed run will not "
                         "see the same batches as an uninterrupted one")
-        for key in ("step", "epoch", "batch_pos", "best", "best_step", "bad_evals", "eval_history"):
-            setattr(self, key, state[key])
-        for key, default in (("last_loss", None), ("win_loss", 0.0), ("win_items", 0), ("nan_streak", 0),
-                             ("nan_skipped", 0)):
-            setattr(self, key, state.get(key, default))
+        fresh = LoopState()
+        self.loop_state = LoopState(**{f.name: state.get(f.name, getattr(fresh, f.name)) for f in fields(LoopState)})
         if self.parts.step_stats is not None:
             self.parts.step_stats.window = dict(state.get("step_stats") or {})
         self.last_saved = Path(folder)
@@ -499,3 +504,7 @@ class Trainer:
         where = f"checkpoint saved to {path}" if self.step > 0 else "no step was finished, nothing to save"
         raise TrainingInterrupted(f"training stopped by {self.stop.signal} at step {self.step}: {where}",
                                   "continue with the same command plus --resume", checkpoint=path)
+
+
+for _field in fields(LoopState):  # trainer.step etc. are the LoopState's fields
+    setattr(Trainer, _field.name, _state_property(_field.name))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, TextIO
 
+from ..config import SamplingParams
 from ..errors import LmforgeError
 from ..models.load import resolve_model_dir
 from ..runtime import inference_device
@@ -22,8 +23,7 @@ HELP = "commands: /reset, /system TEXT, /exit"
 
 
 def chat(model: str, input_stream: Optional[TextIO] = None, output: Optional[TextIO] = None,
-         system: Optional[str] = None, max_new_tokens: int = 256, temperature: Optional[float] = None,
-         top_p: Optional[float] = None, seed: Optional[int] = None) -> list[dict]:
+         system: Optional[str] = None, sampling: SamplingParams = SamplingParams(max_new_tokens=256)) -> list[dict]:
     """Run the conversation until /exit or the end of the input; returns the messages of the last conversation."""
     input_stream = input_stream or sys.stdin
     output = output or sys.stdout
@@ -62,8 +62,7 @@ def chat(model: str, input_stream: Optional[TextIO] = None, output: Optional[Tex
         messages.append({"role": "user", "content": text})
         if interactive:
             output.write("model> ")
-        reply = generate_texts(lm, tokenizer, [list(messages)], max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, seed=seed, stream=output)[0][0]
+        reply = generate_texts(lm, tokenizer, [list(messages)], sampling, stream=output)[0][0]
         output.flush()
         messages.append({"role": "assistant", "content": reply})
     return messages

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
+from ..config import SamplingParams
 from ..errors import LmforgeError
 from ..fs import check_output_file, write_jsonl
 from ..models.load import resolve_model_dir
@@ -24,9 +25,7 @@ PROMPT_NAMES = ("prompt", "text", "input", "question", "instruction")
 
 
 def generate(model: str, prompts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,
-             output: Optional[str] = None, max_new_tokens: int = 50, temperature: Optional[float] = None,
-             top_k: Optional[int] = None, top_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
-             num_return_sequences: int = 1, seed: Optional[int] = None, chat: bool = False,
+             output: Optional[str] = None, sampling: SamplingParams = SamplingParams(), chat: bool = False,
              stream: bool = False, prompt_column: Optional[str] = None) -> list[dict]:
     """Generate from a run folder, model folder or built-in alias; optionally write jsonl rows."""
     if output:
@@ -41,18 +40,15 @@ def generate(model: str, prompts: Optional[Sequence[str]] = None, input_file: Op
         raise LmforgeError("no prompt given", "give a prompt after the model, or --input FILE")
     lm, tokenizer = causal_lm.TASK.load_for_use(resolve_model_dir(model))
     lm.to(inference_device())
-    greedy = not temperature and top_k is None and top_p is None and repetition_penalty is None
-    if greedy and not stream and num_return_sequences == 1 and len(all_prompts) > 1:  # a file: batched
-        outs = [[c] for c in generate_greedy_batched(lm, tokenizer, all_prompts, max_new_tokens=max_new_tokens,
-                                                     chat=chat)]
+    per = sampling.num_return_sequences
+    if sampling.greedy and not stream and per == 1 and len(all_prompts) > 1:  # a file: batched
+        outs = [[c] for c in generate_greedy_batched(lm, tokenizer, all_prompts,
+                                                     max_new_tokens=sampling.max_new_tokens, chat=chat)]
     else:
-        outs = generate_texts(lm, tokenizer, all_prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                              top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                              num_return_sequences=num_return_sequences, seed=seed, chat=chat,
-                              stream=sys.stdout if stream else None)
+        outs = generate_texts(lm, tokenizer, all_prompts, sampling, chat=chat, stream=sys.stdout if stream else None)
     rows = [{"prompt": p, "completion": c, "sequence": j}
             for p, cs in zip(all_prompts, outs) for j, c in enumerate(cs)]
-    rows = with_ids(rows, ids, per=num_return_sequences)
+    rows = with_ids(rows, ids, per=per)
     if output:
         write_jsonl(output, rows)
     return rows

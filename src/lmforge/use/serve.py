@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..config import SamplingParams
 from ..errors import LmforgeError
 from ..models.load import context_length, resolve_model_dir
 from ..runtime import VERSION, inference_device, quiet_libraries
@@ -69,11 +70,11 @@ class Backend:
         if params.get("temperature") == 0:  # temperature 0 means greedy, whatever top-k / top-p say
             top_k = top_p = None
         try:
-            out = generation.generate_texts(
-                self.model, self.tokenizer, [params["prompt"]], max_new_tokens=params["max_new_tokens"],
-                temperature=params.get("temperature"), top_k=top_k, top_p=top_p,
-                repetition_penalty=params.get("repetition_penalty"), seed=params.get("seed"),
-                chat=bool(params.get("chat")), stream=sink)
+            sampling = SamplingParams(max_new_tokens=params["max_new_tokens"], temperature=params.get("temperature"),
+                                      top_k=top_k, top_p=top_p, repetition_penalty=params.get("repetition_penalty"),
+                                      seed=params.get("seed"))
+            out = generation.generate_texts(self.model, self.tokenizer, [params["prompt"]], sampling,
+                                            chat=bool(params.get("chat")), stream=sink)
         except Stopped:
             return {"completion": sink.text if sink else "", "stopped": True}
         return {"completion": out[0][0], "greedy": not (params.get("temperature") or top_k or top_p)}
