@@ -163,7 +163,7 @@ def test_memory_advice_is_concrete():
                                 per_token_activation=50 * mb / 512)
     assert est.total == pytest.approx((100 + 200 + 100 + 1600) * mb)
     assert est.fits is False
-    tips = memory.advise(est, accum=1, max_length=None)
+    tips = memory.advise(est, accum=1, length_key="data.max_length")
     # room = 1000 available - 400 fixed = 600 MB -> 600 / 50 = 12 examples per micro-batch
     assert tips[0] == ("train.per_device_train_batch_size 12 with train.gradient_accumulation_steps 3 "
                        "(about the same effective batch)")

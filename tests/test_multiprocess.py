@@ -179,3 +179,28 @@ def test_a_deepspeed_config_on_cpu_processes_is_said_not_silently_dropped(monkey
     assert not sharding.warn_deepspeed_fallback(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED))
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert sharding.cpu_fsdp(acc) and not sharding.cpu_fsdp(SimpleNamespace(distributed_type=DistributedType.FSDP))
+
+
+# -------------------------------------------------------------------------------------- batch order
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_default_length_grouping_gives_two_processes_the_one_process_batches(mode, tiny_bert_nodrop, tmp_path):
+    """With train.group_by_length at its default (true) and texts of very different lengths, a 2-process run
+    (per-device batch 4) trains on the global batches of the 1-process run (batch 8): step-1 loss and grad norm
+    are equal. (Before the batch order was global, length grouping ran per process: 0.6941 vs 0.6894.)"""
+    rows = [(" ".join([text] * (1 + (i * 7) % 9)), label) for i, (text, label) in enumerate(toy_sentiment_rows(96, 4))]
+    train = write_csv(tmp_path / "train.csv", rows)
+    common = dict(learning_rate=3e-3, max_steps=3, eval_strategy="no", save_strategy="no", report_to="none",
+                  load_best_model_at_end=False)
+    cfg = cls_config(train, train, tmp_path / "multi", tiny_bert_nodrop, per_device_train_batch_size=4, **common)
+    del cfg["data"]["eval"]
+    (tmp_path / "multi.yaml").write_text(yaml.safe_dump(cfg))
+    extra = ["--accelerate-config", str(FSDP_CPU)] if mode == "fsdp" else ["--num-processes", "2"]
+    _run(_train_cmd(tmp_path / "multi.yaml", *extra), cwd=tmp_path)
+    one_cfg = dict(cfg, train=dict(cfg["train"], per_device_train_batch_size=8),
+                   output={"output_dir": str(tmp_path / "one")})
+    one = api.train(one_cfg, progress=False).run_dir
+    a, b = _losses(tmp_path / "multi"), _losses(one)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+    assert a[0]["loss"] == pytest.approx(b[0]["loss"], rel=1e-5)
+    assert a[0]["grad_norm"] == pytest.approx(b[0]["grad_norm"], rel=1e-4)
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-4)

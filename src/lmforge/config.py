@@ -384,7 +384,11 @@ def _section_fields(model_cls: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _format_validation_error(err: ValidationError, source: str) -> LmforgeError:
-    first = err.errors()[0]
+    errors = err.errors()
+    first = errors[0]
+    # a list given for a path-or-mix key: the list branch's error says what is wrong in it
+    first = next((e for e in errors if "list[MixSource]" in map(str, e["loc"])), first) \
+        if isinstance(first.get("input"), list) else first
     loc = tuple(str(p) for p in first["loc"])
     key = ".".join(loc)
     if first["type"] == "extra_forbidden":
@@ -394,6 +398,17 @@ def _format_validation_error(err: ValidationError, source: str) -> LmforgeError:
             f"unknown config key '{key}' in {source}.{did_you_mean(loc[-1], valid)}",
             f"valid keys in {where}: {', '.join(valid)}",
         )
+    if len(loc) >= 3 and loc[0] == "data" and loc[1] in ("train", "eval", "test"):  # a path, or a mix
+        key = f"data.{loc[1]}"
+        got = first.get("input")
+        if loc[2] == "str" or len(loc) == 3 or isinstance(got, list) and len(loc) == 3:
+            return LmforgeError(f"bad value for '{key}' in {source}: a path (text) or a list of {{path, weight}} "
+                                f"sources was expected (got {got!r})", f"write {key}: my.jsonl, or {key}: "
+                                "[{path: a.jsonl, weight: 0.7}, {path: b.jsonl, weight: 0.3}]")
+        rest = [p for p in loc[2:] if p != "list[MixSource]"]
+        where = f"{key}[{rest[0]}]" + "".join(f".{p}" for p in rest[1:]) if rest else key
+        return LmforgeError(f"bad value for '{where}' in {source}: {first['msg'].removeprefix('Value error, ')}",
+                            "each source is {path: FILE_OR_NAME, weight: NUMBER > 0}")
     msg = first["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]

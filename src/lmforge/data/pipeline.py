@@ -193,6 +193,7 @@ def read_sources(spec, cfg, kind: DataKind, split: str, key: str):
     """(rows, source id of each row, sources, rows read per source) of one data key, each source read and
     checked by the kind's reader; a mix is interleaved by `mix`."""
     srcs = sources_of(spec, key)
+    check_same_kind(srcs, cfg, split, key)
     parts = []
     for i, s in enumerate(srcs):
         try:
@@ -200,8 +201,8 @@ def read_sources(spec, cfg, kind: DataKind, split: str, key: str):
         except LmforgeError as e:
             if len(srcs) == 1:
                 raise
-            raise LmforgeError(f"{key}[{i}] ({s.path}): {e.message}", e.hint) from None
-    check_same_kind(srcs, cfg, split, key)
+            message = e.message if e.message.startswith(s.path) else f"{s.path}: {e.message}"
+            raise LmforgeError(f"{key}[{i}]: {message}", e.hint) from None
     sizes = [len(p) for p in parts]
     rows = _concat(parts, [s.path for s in srcs]) if len(parts) > 1 else parts[0]
     source_id = np.repeat(np.arange(len(srcs)), sizes)

@@ -126,6 +126,8 @@ class Task:
     endpoint: str = ""
     """The `lmforge serve` endpoint that uses a model of this task."""
     data_kind: str = "corpus"
+    # the config key that bounds an example's tokens (what the out-of-memory advice tells a user to lower)
+    length_key: str = "data.block_size"
     """'table' (rows with text and label columns), 'corpus' (documents) or 'conversations': how `doctor`
     checks the data."""
     report_sections: tuple[str, ...] = ()

@@ -167,6 +167,7 @@ class Classification(Task):
     greater_is_better = True
     endpoint = "/v1/classify"
     data_kind = "table"
+    length_key = "data.max_length"
     report_sections = ("confusion", "misclassified")
     samples_title = "Samples and misclassified examples"
     pipeline_tag = "text-classification"

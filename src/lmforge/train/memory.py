@@ -171,7 +171,7 @@ def estimate(model: torch.nn.Module, train_lengths, batch_size: int, eval_batch_
     return est
 
 
-def advise(est: MemoryEstimate, accum: int, max_length: Optional[int]) -> list[str]:
+def advise(est: MemoryEstimate, accum: int, length_key: str = "data.block_size") -> list[str]:
     """Concrete settings that would fit, when the estimate does not."""
     if est.fits is not False:
         return []
@@ -191,7 +191,7 @@ def advise(est: MemoryEstimate, accum: int, max_length: Optional[int]) -> list[s
         per_tok = est.per_token_activation * est.batch_size
         fit_len = int(room // max(1.0, per_tok))
         if 16 <= fit_len < est.seq_len:
-            tips.append(f"data.max_length {fit_len} (the longest training example has {est.seq_len} tokens)")
+            tips.append(f"{length_key} {fit_len} (the longest training example has {est.seq_len} tokens)")
     tips.append("train.gradient_checkpointing: true (recomputes activations in the backward pass: slower)")
     if est.device.startswith("cuda"):
         tips.append("train.mixed_precision: bf16 (halves the activations)")
@@ -205,7 +205,7 @@ def estimate_for(trainer) -> "MemoryEstimate":
     est = estimate(accelerator.unwrap_model(trainer.model), parts.train.lengths, tc.per_device_train_batch_size,
                    tc.per_device_eval_batch_size, len(parts.eval) if parts.eval is not None else 0, mp,
                    tc.gradient_checkpointing, accelerator.device)
-    est.advice = advise(est, tc.gradient_accumulation_steps, trainer.cfg.data.max_length)
+    est.advice = advise(est, tc.gradient_accumulation_steps, parts.task.length_key)
     return est
 
 

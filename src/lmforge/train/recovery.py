@@ -13,13 +13,20 @@ from typing import Optional
 
 from ..errors import LmforgeError
 from ..fs import JsonLog, read_json, recorded_process_alive, remove_stale_temporaries
+from ..tasks import get_task
 from . import checkpoint as ckpt
 
 log = logging.getLogger("lmforge")
 
-OOM_ADVICE = ("if it ran out of memory: lower train.per_device_train_batch_size (raise "
-              "train.gradient_accumulation_steps to keep the effective batch), lower data.max_length, or set "
-              "train.gradient_checkpointing: true; `lmforge doctor CONFIG` estimates the memory a config needs")
+def oom_advice(task_name: Optional[str]) -> str:
+    """What to change after a run that was probably killed for memory, naming the keys its task reads."""
+    try:
+        length_key = get_task(str(task_name)).length_key
+    except LmforgeError:  # an unknown task in an old manifest
+        length_key = "data.block_size (data.max_length for classification)"
+    return ("if it ran out of memory: lower train.per_device_train_batch_size (raise "
+            f"train.gradient_accumulation_steps to keep the effective batch), lower {length_key}, or set "
+            "train.gradient_checkpointing: true; `lmforge doctor CONFIG` estimates the memory a config needs")
 
 
 def previous_run(run_dir: Path) -> Optional[dict]:
@@ -45,7 +52,7 @@ def previous_run(run_dir: Path) -> Optional[dict]:
         out["message"] = (f"the previous run in {run_dir} (pid {m.get('pid')}, started {m.get('started')}{last}{mem}) "
                           "ended without a clean exit: it was killed (out of memory? see `dmesg | grep -i oom`), "
                           "or the machine stopped")
-        out["advice"] = OOM_ADVICE
+        out["advice"] = oom_advice(m.get("task"))
     elif m["status"] == "interrupted":
         out["message"] = f"the previous run in {run_dir} was interrupted ({m.get('error', '')[:200]})"
     elif m["status"] == "failed":

@@ -1,0 +1,243 @@
+"""One data pipeline for every kind of data (data/pipeline.py): data.test evaluated by every task,
+max_train_samples counting rows of a seeded shuffle, weighted mixes of sources (their shares, a mix of two
+kinds refused, exact resume), and the new kinds (prompts, query/document pairs)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import cls_config, corpus_text, toy_sentiment_rows, write_csv
+from test_resume import assert_same_run
+
+from lmforge import api
+from lmforge.config import build_config
+from lmforge.data import pipeline, prompts, retrieval
+from lmforge.data.batching import epoch_batches, shard
+from lmforge.errors import LmforgeError
+from lmforge.tasks import causal_lm, classification, dpo, masked_lm, sft
+from lmforge.tasks.chat_template import CHATML
+from lmforge.tokenizer import train_tokenizer
+
+log = logging.getLogger("lmforge")
+WORDS = "thou art kind you are and he saith says unto to them old english rewrite the of a yes no".split()
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _convs(n, seed=0):
+    return [{"messages": [{"role": "user", "content": f"he saith {WORDS[(i + seed) % 19]} {WORDS[(i * 3) % 19]}"},
+                          {"role": "assistant", "content": f"you are {WORDS[(i * 7 + seed) % 19]}"}]}
+            for i in range(n)]
+
+
+def _pairs(n, seed=0):
+    return [{"prompt": f"he saith {WORDS[(i + seed) % 19]} {i}", "chosen": f"you are kind {WORDS[i % 7]}",
+             "rejected": f"you are old {WORDS[(i * 3) % 11]}"} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def chat_llama(tmp_path_factory):
+    """A 2-layer Llama folder with a byte-level BPE tokenizer and ChatML (sft and dpo runs start from it)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    texts = [" ".join(WORDS[(i * 5 + j) % len(WORDS)] for j in range(10)) for i in range(300)]
+    tok = train_tokenizer("byte-level-bpe", texts=texts, vocab_size=400, min_frequency=1,
+                          special_tokens=["<|im_start|>", "<|im_end|>", "</s>"]).tokenizer
+    tok.eos_token = tok.pad_token = "</s>"
+    tok.chat_template = CHATML
+    d = tmp_path_factory.mktemp("chat-llama")
+    tok.save_pretrained(d)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).save_pretrained(d)
+    return d
+
+
+def _lm_model(task):
+    if task == "causal-lm":
+        return {"architecture": "gpt2", "n_layer": 1, "hidden_size": 32, "num_attention_heads": 2,
+                "max_position_embeddings": 64}
+    return {"architecture": "bert", "n_layer": 1, "hidden_size": 32, "num_attention_heads": 2,
+            "intermediate_size": 64, "max_position_embeddings": 64}
+
+
+def _config(task, tmp_path, tiny_bert, chat_llama, **data):
+    """A two-step run of `task` on small data written under tmp_path; `data` overrides the data section."""
+    train = {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1, "eval_strategy": "no",
+             "save_strategy": "no", "seed": 3, "learning_rate": 1e-3}
+    out = {"output_dir": str(tmp_path / f"run-{task}")}
+    if task == "classification":
+        cfg = cls_config(write_csv(tmp_path / "tr.csv", toy_sentiment_rows(60, 1)), write_csv(
+            tmp_path / "ev.csv", toy_sentiment_rows(20, 2)), tmp_path / f"run-{task}", tiny_bert, **train)
+        cfg["data"]["test"] = str(write_csv(tmp_path / "te.csv", toy_sentiment_rows(24, 3)))
+    elif task in ("causal-lm", "masked-lm"):
+        lines = corpus_text().splitlines()
+        (tmp_path / "c.txt").write_text("\n".join(lines[:300]))
+        (tmp_path / "t.txt").write_text("\n".join(lines[300:340]))
+        tokenizer = {"train": {"type": "byte-level-bpe", "vocab_size": 300, "min_frequency": 1,
+                               **({"special_tokens": ["<mask>"]} if task == "masked-lm" else {})}}
+        cfg = {"task": task, "tokenizer": tokenizer, "model": {"from_config": _lm_model(task)},
+               "data": {"train": str(tmp_path / "c.txt"), "test": str(tmp_path / "t.txt"), "block_size": 32},
+               "train": train, "output": out}
+    else:
+        rows = _convs if task == "sft" else _pairs
+        cfg = {"task": task, "model": {"name": str(chat_llama)},
+               "data": {"train": _jsonl(tmp_path / "tr.jsonl", rows(40)), "test": _jsonl(tmp_path / "te.jsonl",
+                                                                                        rows(12, seed=5)),
+                        "block_size": 64}, "train": train, "output": out}
+    cfg["data"].update(data)
+    return cfg
+
+
+TASKS = ["classification", "causal-lm", "masked-lm", "sft", "dpo"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_evaluates_data_test_once_at_the_end(task, tmp_path, tiny_bert, chat_llama, one_thread):
+    if task == "masked-lm":
+        pytest.importorskip("transformers")
+    res = api.train(_config(task, tmp_path, tiny_bert, chat_llama), progress=False)
+    metrics = json.loads((res.run_dir / "metrics.json").read_text())
+    assert "test" in metrics, f"{task}: no test metrics in {sorted(metrics)}"
+    test = metrics["test"]
+    assert np.isfinite(test["loss"]) and test["loss"] > 0
+    if task == "classification":
+        assert test["n_examples"] == 24 and 0 <= test["accuracy"] <= 1
+    manifest = json.loads((res.run_dir / "manifest.json").read_text())
+    assert manifest["data_summary"]["test_rows"] > 0
+    assert "test" in (res.run_dir / "report.html").read_text().lower()
+
+
+def _read(task, cfg):
+    """The training rows the task's setup would encode, by its own reader (no model needed)."""
+    c = build_config(cfg)
+    if task == "classification":
+        return classification.labelled_frames(c)[0]["text"].tolist()
+    if task == "causal-lm":
+        return causal_lm.read_documents(c, False).train
+    if task == "masked-lm":
+        return masked_lm.read_documents(c, log).train
+    reader = sft.TASK if task == "sft" else dpo.TASK
+    return [json.dumps(x if task == "sft" else x.__dict__, sort_keys=True) for x in reader.read(c).train]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_max_train_samples_counts_rows_of_a_seeded_shuffle_in_every_task(task, tmp_path, tiny_bert, chat_llama):
+    cfg = _config(task, tmp_path, tiny_bert, chat_llama, max_train_samples=10)
+    cfg["data"].pop("eval", None)  # the rows are counted after the hold-out
+    first, again = _read(task, cfg), _read(task, cfg)
+    assert len(first) == 10 and first == again
+    other = dict(cfg, train=dict(cfg["train"], seed=4))
+    assert _read(task, other) != first  # the seed chooses the rows
+    full = _read(task, dict(cfg, data={k: v for k, v in cfg["data"].items() if k != "max_train_samples"}))
+    assert set(first) <= set(full) and len(full) > 10  # a subset of the training rows, not of the held-out ones
+
+
+def test_cap_is_pandas_seeded_sample():
+    df = pd.DataFrame({"x": range(50)})
+    assert pipeline.cap(df, 7, 3)["x"].tolist() == df.sample(frac=1.0, random_state=3).head(7)["x"].tolist()
+    assert pipeline.cap(list(range(5)), None, 3) == list(range(5))
+
+
+def test_a_weighted_mix_of_two_sources_lands_near_its_weights(tmp_path):
+    a = write_csv(tmp_path / "a.csv", [(f"a {t}", lab) for t, lab in toy_sentiment_rows(1500, 1)])
+    b = write_csv(tmp_path / "b.csv", [(f"b {t}", lab) for t, lab in toy_sentiment_rows(1500, 2)])
+    ev = write_csv(tmp_path / "e.csv", toy_sentiment_rows(20, 3))
+    shares = []
+    for seed in (0, 1, 2):
+        cfg = build_config({"task": "classification", "train": {"seed": seed},
+                            "data": {"train": [{"path": str(a), "weight": 0.8}, {"path": str(b), "weight": 0.2}],
+                                     "eval": str(ev), "max_train_samples": 1000}})
+        splits = pipeline.read_splits(cfg, classification.labelled.KIND)
+        assert len(splits.train) == 1000
+        share_a = splits.train["text"].str.startswith("a ").mean()
+        assert 0.76 <= share_a <= 0.84, f"seed {seed}: {share_a:.3f} of the rows from a (weight 0.8)"
+        assert splits.mix[0].share == pytest.approx(share_a) and splits.mix[0].rows_read == 1500
+        shares.append(share_a)
+    assert len(set(shares)) > 1  # the draw depends on train.seed
+    # first_exhausted: no row drawn twice; all_exhausted repeats the small source
+    picks = pipeline.mix([100, 10], [0.5, 0.5], seed=0)
+    assert len(picks) == len(set(picks.tolist()))
+    over = pipeline.mix([100, 10], [0.5, 0.5], seed=0, stop="all_exhausted")
+    assert Counter(int(p >= 100) for p in over)[1] > 10 and set(range(100)) <= set(over.tolist())
+
+
+def test_mixing_two_kinds_of_data_is_one_line(tmp_path):
+    convs = _jsonl(tmp_path / "c.jsonl", _convs(20))
+    pairs = _jsonl(tmp_path / "p.jsonl", _pairs(20))
+    cfg = build_config({"task": "sft", "data": {"train": [{"path": convs}, {"path": pairs, "weight": 0.5}]}})
+    with pytest.raises(LmforgeError, match="mixes different kinds of data.*conversations.*preference pairs"):
+        sft.TASK.read(cfg)
+    bad = build_config({"task": "sft", "data": {"train": [{"path": convs}, {"path": str(tmp_path / "nope.jsonl")}]}})
+    with pytest.raises(LmforgeError, match=r"data.train\[1\]"):
+        sft.TASK.read(bad)
+
+
+def test_a_mixed_run_killed_and_resumed_ends_bit_identical(tmp_path, tiny_bert, monkeypatch, one_thread):
+    from lmforge.train import loop
+    a = write_csv(tmp_path / "a.csv", toy_sentiment_rows(80, 1))
+    b = write_csv(tmp_path / "b.csv", toy_sentiment_rows(60, 2))
+
+    def cfg(out):
+        c = cls_config(a, a, out, tiny_bert, max_steps=8, per_device_train_batch_size=8, save_strategy="steps",
+                       save_steps=3, eval_strategy="steps", eval_steps=4)
+        c["data"]["train"] = [{"path": str(a), "weight": 0.6}, {"path": str(b), "weight": 0.4}]
+        del c["data"]["eval"]
+        return c
+    ref = api.train(cfg(tmp_path / "ref"), progress=False).run_dir
+    summary = json.loads((ref / "manifest.json").read_text())["data_summary"]
+    assert [s["source"] for s in summary["mix"]] == [str(a), str(b)]
+    assert sum(s["train_rows"] for s in summary["mix"]) == summary["train_rows"]
+    real = loop.Trainer._collate
+
+    def crash(self, indices, epoch, batch_index):
+        if self.step == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return real(self, indices, epoch, batch_index)
+    monkeypatch.setattr(loop.Trainer, "_collate", crash)
+    with pytest.raises(KeyboardInterrupt):
+        api.train(cfg(tmp_path / "run"), progress=False)
+    monkeypatch.setattr(loop.Trainer, "_collate", real)
+    api.train(cfg(tmp_path / "run"), resume=True, progress=False)
+    assert_same_run(ref, tmp_path / "run")
+
+
+def test_global_batches_do_not_depend_on_the_number_of_processes():
+    lengths = np.random.default_rng(0).integers(3, 200, size=203).tolist()
+    one = epoch_batches(lengths, 8, seed=5, epoch=1)  # 1 process, batch 8, grouped by length
+    for world in (2, 4):
+        parts = [shard(epoch_batches(lengths, 8, seed=5, epoch=1), r, world) for r in range(world)]
+        assert len({len(p) for p in parts}) == 1  # every process steps together
+        kept = [b for b in one if len(b) >= world]  # a last batch smaller than the processes is dropped
+        assert len(parts[0]) == len(kept) >= len(one) - 1
+        for k, batch in enumerate(kept):
+            assert sum((p[k] for p in parts), []) == batch  # the same examples, in the same global batch
+
+
+def test_prompts_and_query_document_kinds_read_and_check_rows(tmp_path):
+    cfg = build_config({"task": "causal-lm"})
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "2+2?", "answer": "4"},
+                                         {"prompt": [{"role": "user", "content": "3+3?"}], "answer": "6"}])
+    rows = prompts.read_prompts(path, cfg)
+    assert rows[0].prompt == "2+2?" and rows[0].columns == {"answer": "4"}
+    assert rows[1].prompt == [{"role": "user", "content": "3+3?"}] and rows[1].columns["answer"] == "6"
+    bad = _jsonl(tmp_path / "b.jsonl", [{"prompt": "ok", "answer": "1"}, {"prompt": "  ", "answer": "2"}])
+    with pytest.raises(LmforgeError, match="row 2: empty prompt"):
+        prompts.read_prompts(bad, cfg)
+    qd = _jsonl(tmp_path / "q.jsonl", [{"anchor": "a verse", "positive": "its pair", "negative": "another"},
+                                       {"anchor": "b", "positive": "c", "negative": "d"}])
+    r = retrieval.read_query_docs(qd, cfg)
+    assert (r[0].query, r[0].document, r[0].negatives, r[0].score) == ("a verse", "its pair", ["another"], None)
+    scored = write_csv(tmp_path / "s.csv", [("q one", "doc", "1"), ("q two", "doc2", "oops")],
+                       header=("query", "document", "label"))
+    with pytest.raises(LmforgeError, match="row 2: column 'label' must be a number"):
+        retrieval.read_query_docs(str(scored), cfg)
