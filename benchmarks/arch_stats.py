@@ -1,5 +1,7 @@
-"""Static figures of lmforge's shape: import cycles, own imports inside functions, branches on a
-task's name outside tasks/, and functions over 80 lines.
+"""Static figures of lmforge's shape: import cycles (between packages and inside them), own imports inside
+functions, branches on a task's name outside tasks/, functions over 80 lines, functions returning tuples of
+more than 3, and the places that implement a shared data rule (the block-size default, the hold-out split,
+the row caps), each of which should be one.
 
     python benchmarks/arch_stats.py            # prints the figures and the offenders
 
@@ -82,6 +84,49 @@ def collect():
     return modules, edges, inner, long_fns, branches
 
 
+def _own_nodes(fn):
+    """The nodes of a function's body, not descending into nested functions or classes."""
+    todo = list(fn.body)
+    while todo:
+        n = todo.pop()
+        yield n
+        todo.extend(c for c in ast.iter_child_nodes(n)
+                    if not isinstance(c, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)))
+
+
+# A data rule and how to recognise code that applies it by itself (a call of the helper that *is* the rule,
+# or the config key it reads): the rule's own module is where it may appear.
+RULES = {
+    "block size (default length)": (re.compile(r"\bdefault_length\("), ("lmforge.models.load",)),
+    "hold-out split": (re.compile(r"\bhold_out\(|\bsplit_items\("), ("lmforge.data.split", "lmforge.data.pipeline")),
+    "row caps (max_train/eval_samples)": (re.compile(r"max_(train|eval)_samples"), ("lmforge.data.pipeline",
+                                                                                   "lmforge.config")),
+}
+
+
+def shape_figures(modules) -> tuple[list[str], dict[str, list[str]]]:
+    """(functions returning tuples of more than 3, {rule: functions outside its module that apply it})."""
+    tuples, rules = [], {name: [] for name in RULES}
+    for mod, p in modules.items():
+        tree = ast.parse(p.read_text())
+        lines = p.read_text().splitlines()
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            widths = [len(n.value.elts) for n in _own_nodes(fn)
+                      if isinstance(n, ast.Return) and isinstance(n.value, ast.Tuple)]
+            if widths and max(widths) > 3:
+                tuples.append(f"{mod}.{fn.name} ({max(widths)})")
+            body = "\n".join(lines[fn.lineno - 1:fn.end_lineno])
+            for name, (pattern, home) in RULES.items():
+                if mod not in home and pattern.search(body.split(":", 1)[1] if ":" in body else body):
+                    rules[name].append(f"{mod}.{fn.name}")
+    # a function nested in another is reported once, by the outermost one
+    for name, found in rules.items():
+        rules[name] = sorted(set(f for f in found if not any(f.startswith(g + ".") for g in found if g != f)))
+    return tuples, rules
+
+
 def cycles(nodes, edges) -> list[list[str]]:
     """Tarjan's strongly connected components of size > 1."""
     index, low, stack, on, out = {}, {}, [], set(), []
@@ -134,6 +179,14 @@ def main() -> None:
     print(f"functions over 80 lines: {len(long_fns)}")
     for line in long_fns:
         print("   ", line)
+    tuples, rules = shape_figures(modules)
+    print(f"functions returning tuples of more than 3: {len(tuples)}")
+    for line in tuples:
+        print("   ", line)
+    for name, found in rules.items():
+        print(f"places outside its module that apply the {name} rule: {len(found)}")
+        for line in found:
+            print("   ", line)
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def _read(task, cfg):
     """The training rows the task's setup would encode, by its own reader (no model needed)."""
     c = build_config(cfg)
     if task == "classification":
-        return classification.labelled_frames(c)[0]["text"].tolist()
+        return classification.labelled_frames(c).train["text"].tolist()
     if task == "causal-lm":
         return causal_lm.read_documents(c, False).train
     if task == "masked-lm":

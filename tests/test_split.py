@@ -59,7 +59,7 @@ def test_classification_held_out_rows_are_the_reports_rows(tmp_path):
     from lmforge.tasks import classification
     train = write_csv(tmp_path / "train.csv", toy_sentiment_rows(100, seed=3))
     cfg = build_config({"task": "classification", "data": {"train": str(train)}, "train": {"seed": 5}})
-    _, eval_df, _, _ = classification.labelled_frames(cfg)
+    eval_df = classification.labelled_frames(cfg).eval
     split, rows = classification.TASK.labelled_rows(cfg)
     assert split == "held-out eval" and rows["text"].tolist() == eval_df["text"].tolist() and len(rows) == 10
     assert Counter(rows["label"]) == {"pos": 5, "neg": 5}

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ..config import load_config
 from ..errors import LmforgeError
 from .kinds import kind_of_source
 from .split import hold_out
@@ -189,9 +190,18 @@ def mix(sizes: Sequence[int], weights: Sequence[float], seed: int, stop: str = "
             pos[c] += 1
 
 
-def read_sources(spec, cfg, kind: DataKind, split: str, key: str):
-    """(rows, source id of each row, sources, rows read per source) of one data key, each source read and
-    checked by the kind's reader; a mix is interleaved by `mix`."""
+@dataclass
+class SourceRows:
+    """The rows of one data key, and for a mix which source each row came from."""
+    rows: Any
+    source_id: np.ndarray  # index into `sources` of each row
+    sources: list[Source]
+    sizes: list[int]  # rows read from each source
+
+
+def read_sources(spec, cfg, kind: DataKind, split: str, key: str) -> SourceRows:
+    """The rows of one data key, each source read and checked by the kind's reader; a mix is interleaved by
+    `mix`."""
     srcs = sources_of(spec, key)
     check_same_kind(srcs, cfg, split, key)
     parts = []
@@ -207,9 +217,9 @@ def read_sources(spec, cfg, kind: DataKind, split: str, key: str):
     rows = _concat(parts, [s.path for s in srcs]) if len(parts) > 1 else parts[0]
     source_id = np.repeat(np.arange(len(srcs)), sizes)
     if len(srcs) == 1:
-        return rows, source_id, srcs, sizes
+        return SourceRows(rows, source_id, srcs, sizes)
     picks = mix(sizes, [s.weight for s in srcs], cfg.train.seed, getattr(cfg.data, "mix_stop", "first_exhausted"))
-    return take(rows, picks), source_id[picks], srcs, sizes
+    return SourceRows(take(rows, picks), source_id[picks], srcs, sizes)
 
 
 def check_same_kind(srcs: list[Source], cfg, split: str, key: str) -> None:
@@ -234,14 +244,15 @@ def read_splits(cfg, kind: DataKind, hold_out_eval: bool = True) -> Splits:
     d, seed = cfg.data, cfg.train.seed
     if not d.train:
         raise LmforgeError("no training data given", "set data.train (a file, a folder or a built-in dataset)")
-    rows, source_id, srcs, sizes = read_sources(d.train, cfg, kind, "train", "data.train")
+    read = read_sources(d.train, cfg, kind, "train", "data.train")
+    rows, source_id, srcs, sizes = read.rows, read.source_id, read.sources, read.sizes
     notes: list[str] = []
     if len(srcs) > 1:
         notes.append(f"mixed {len(srcs)} training sources ({describe(d.train)}): {len(rows):,} {kind.noun}s drawn "
                      f"with seed {seed} ({getattr(d, 'mix_stop', 'first_exhausted')})")
     evals = None
     if d.eval:
-        evals = read_sources(d.eval, cfg, kind, "eval", "data.eval")[0]
+        evals = read_sources(d.eval, cfg, kind, "eval", "data.eval").rows
     elif hold_out_eval and len(rows) >= (kind.min_rows_to_hold_out or 2):
         labels = kind.labels(rows) if kind.labels is not None else None
         train_idx, eval_idx = hold_out(len(rows), d.validation_split, seed, labels=labels)
@@ -260,7 +271,7 @@ def read_splits(cfg, kind: DataKind, hold_out_eval: bool = True) -> Splits:
     if evals is not None and d.max_eval_samples and d.max_eval_samples < len(evals):
         notes.append(f"data.max_eval_samples: evaluating on {d.max_eval_samples:,} of {len(evals):,} {kind.noun}s")
         evals = cap(evals, d.max_eval_samples, seed)
-    test = read_sources(d.test, cfg, kind, "test", "data.test")[0] if d.test else None
+    test = read_sources(d.test, cfg, kind, "test", "data.test").rows if d.test else None
     shares = []
     if len(srcs) > 1:
         counts = np.bincount(source_id, minlength=len(srcs))
@@ -271,7 +282,26 @@ def read_splits(cfg, kind: DataKind, hold_out_eval: bool = True) -> Splits:
     return Splits(rows, evals, test, notes, shares)
 
 
+def eval_rows(rows, overrides, seed: int):
+    """The rows `lmforge eval --data` scores: all of them. The run's data.max_eval_samples is not inherited;
+    only a cap given with this evaluation's own overrides (--data.max_eval_samples N) applies."""
+    limit = load_config(None, overrides).data.max_eval_samples if overrides else None
+    return cap(rows, limit, seed)
+
+
+def eval_keep(n: int, cfg) -> list[int]:
+    """Positions of the eval rows data.max_eval_samples keeps of `n` (a seeded shuffle; all when unset)."""
+    return cap_indices(n, cfg.data.max_eval_samples, cfg.train.seed)
+
+
+def refuse_train_cap(cfg, why: str) -> None:
+    """data.max_train_samples where the rows are not read into memory: a one-line error, never ignored."""
+    if cfg.data.max_train_samples:
+        raise LmforgeError(f"data.max_train_samples counts rows, which {why}",
+                           "use train.max_steps to train on part of the data, or unset data.max_train_samples")
+
+
 def read_eval_rows(source, cfg, kind: DataKind, limit: Optional[int] = None):
     """The rows of a data key read for `lmforge eval` (one source or a mix), capped only when asked."""
-    rows = read_sources(source, cfg, kind, "eval", "--data")[0]
+    rows = read_sources(source, cfg, kind, "eval", "--data").rows
     return cap(rows, limit, cfg.train.seed) if limit else rows

@@ -75,8 +75,16 @@ def _score(value, where: str, column: str) -> float:
     return score
 
 
-def columns_of(df: pd.DataFrame, source: str) -> tuple[str, str, list[str], Optional[str]]:
-    """(query column, document column, negative columns, score column or None)."""
+@dataclass
+class Columns:
+    query: str
+    document: str
+    negatives: list[str]
+    score: Optional[str]
+
+
+def columns_of(df: pd.DataFrame, source: str) -> Columns:
+    """The query, document, negative and (optional) score columns of a table."""
     lower = {str(c).lower(): str(c) for c in df.columns}
     query = next((lower[n] for n in QUERY_NAMES if n in lower), None)
     doc = next((lower[n] for n in DOC_NAMES if n in lower and lower[n] != query), None)
@@ -85,13 +93,14 @@ def columns_of(df: pd.DataFrame, source: str) -> tuple[str, str, list[str], Opti
                            RETRIEVAL_HINT)
     negatives = [c for low, c in lower.items() if low.startswith("negative") or low in ("negatives", "neg")]
     score = next((lower[n] for n in SCORE_NAMES if n in lower), None)
-    return query, doc, negatives, score
+    return Columns(query, doc, negatives, score)
 
 
 def read_query_docs(source: str, cfg, split: str = "train") -> list[QueryDoc]:
     """The query/document rows of a data source, validated row by row."""
     df = sources.read_table(source, cfg.data.format, split)
-    query, doc, neg_cols, score_col = columns_of(df, source)
+    cols = columns_of(df, source)
+    query, doc, neg_cols, score_col = cols.query, cols.document, cols.negatives, cols.score
     out = []
     for i, row in enumerate(df.to_dict("records")):
         where = f"{source} row {i + 1}"

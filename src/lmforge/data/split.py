@@ -35,30 +35,3 @@ def hold_out(n: int, share: float, seed: int, labels: Optional[Sequence] = None)
             return train_idx.tolist(), eval_idx.tolist()
     held = set(np.random.default_rng(seed).permutation(n)[:held_out_count(n, share)].tolist())
     return [i for i in range(n) if i not in held], [i for i in range(n) if i in held]
-
-
-def split_items(items: list, share: float, seed: int) -> tuple[list, list]:
-    """(train, held out) of a list of documents or conversations, by `hold_out`, each in its original order."""
-    train_idx, eval_idx = hold_out(len(items), share, seed)
-    return [items[i] for i in train_idx], [items[i] for i in eval_idx]
-
-
-def read_train_eval(cfg, read, noun: str) -> tuple[list, list, list[str]]:
-    """(train items, eval items, notes) of a config's data with `read(source, cfg, split)`: data.eval when
-    given, else a held-out share of train (`split_items`), each cut to max_train/eval_samples."""
-    d, notes = cfg.data, []
-    train = read(d.train, cfg, "train")
-    if d.max_train_samples:
-        train = train[:d.max_train_samples]
-    if d.eval:
-        evals = read(d.eval, cfg, "eval")
-    else:
-        if len(train) < 2:
-            raise LmforgeError(f"{d.train} has a single {noun}, so none can be held out for evaluation",
-                               f"give data.eval, or more {noun}s")
-        train, evals = split_items(train, d.validation_split, cfg.train.seed)
-        notes.append(f"no eval data given: held out {len(evals)} of the {noun}s "
-                     f"({100 * d.validation_split:.0f}%, seed {cfg.train.seed})")
-    if d.max_eval_samples:
-        evals = evals[:d.max_eval_samples]
-    return train, evals, notes

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..config import Config, Permissions, load_config
+from ..data import pipeline
 from ..errors import LmforgeError
 from ..runtime import load_function
 
@@ -211,6 +212,11 @@ def eval_config(model_dir: Path, overrides, task: Task) -> Config:
     if not overrides:
         cfg.data.format = None
     return cfg
+
+
+def eval_rows(rows, overrides, cfg: Config):
+    """The rows `lmforge eval --data` scores (data.pipeline.eval_rows: the run's caps are not inherited)."""
+    return pipeline.eval_rows(rows, overrides, cfg.train.seed)
 
 
 def refuse_stride(task: Task, stride: Optional[int]) -> None:

@@ -35,7 +35,7 @@ from ..data import corpus, stream
 from ..data.batching import pad_sequences
 from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
 from ..data.corpus import pack, read_corpus, tokenize_documents, truncate
-from ..data.pipeline import Splits, cap, describe, read_eval_rows, read_splits
+from ..data.pipeline import Splits, describe, eval_keep, read_eval_rows, read_splits, refuse_train_cap, take
 from ..data.split import held_out_count
 from ..errors import LmforgeError
 from ..models.load import (
@@ -229,12 +229,10 @@ def read_documents(cfg: Config, streaming: bool) -> Splits:
     if not isinstance(d.train, str):
         raise LmforgeError("data.streaming reads one corpus from its token cache, not a mix of sources",
                            "set data.streaming: false to mix sources in memory, or give one data.train")
-    if d.max_train_samples:
-        raise LmforgeError("data.max_train_samples counts documents, which a streamed corpus does not read into "
-                           "memory", "use train.max_steps to train on part of it, or set data.streaming: false")
+    refuse_train_cap(cfg, "a streamed corpus does not read into memory (or set data.streaming: false)")
     evals = read_eval_rows(d.eval, cfg, corpus.KIND) if d.eval else None
-    if evals is not None and d.max_eval_samples:
-        evals = cap(evals, d.max_eval_samples, cfg.train.seed)
+    if evals is not None:
+        evals = take(evals, eval_keep(len(evals), cfg))
     test = read_eval_rows(d.test, cfg, corpus.KIND) if d.test else None
     return Splits([], evals, test)
 
@@ -343,9 +341,8 @@ class CausalLM(Task):
         train_split, info, hit, fp_train = encode_train(cfg, train_docs, tokenizer, block, streaming)
         if eval_docs is None:
             train_split, eval_split, fp_eval = hold_out_last_blocks(cfg, train_split, fp_train, block, streaming, notes)
-            if d.max_eval_samples and d.max_eval_samples < len(eval_split):  # too few documents: blocks are the rows
-                eval_split = EncodedSplit(eval_split.rows.select(range(d.max_eval_samples)),
-                                          eval_split.lengths[:d.max_eval_samples])
+            keep = eval_keep(len(eval_split), cfg)  # too few documents: the held-out blocks are the rows
+            eval_split = EncodedSplit(eval_split.rows.select(keep), [eval_split.lengths[i] for i in keep])
         else:
             eval_split, _, _, fp_eval = encode_split(eval_docs, tokenizer, block, d.packing, keep_remainder=True)
         test_split = encode_split(test_docs, tokenizer, block, d.packing, keep_remainder=True)[0] if test_docs else None

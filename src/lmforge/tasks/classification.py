@@ -18,7 +18,7 @@ from ..data import labelled
 from ..data.batching import pad_sequences
 from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
 from ..data.labelled import read_labelled
-from ..data.pipeline import describe, read_splits
+from ..data.pipeline import Splits, describe, read_splits
 from ..errors import LmforgeError
 from ..metrics import classification_metrics
 from ..models.load import ensure_pad, load_pretrained, model_config_of, model_source, resolve_block_size
@@ -117,15 +117,15 @@ def make_finalize(labels: list[str]):
 
 
 # ----------------------------------------------------------------------------------- setup
-def labelled_frames(cfg: Config, log=None):
-    """(train, eval, test) frames of the config's data by the data pipeline's rules (data/pipeline.py):
+def labelled_frames(cfg: Config, log=None) -> Splits:
+    """Train / eval / test frames of the config's data by the data pipeline's rules (data/pipeline.py):
     without eval data a stratified, seeded share of train is held out (the report re-derives the same rows
     from the same config); max_train/eval_samples count rows of a seeded shuffle."""
     splits = read_splits(cfg, labelled.KIND)
     if log is not None:
         for note in splits.notes:
             log.info("%s", note)
-    return splits.train, splits.eval, splits.test, splits
+    return splits
 
 
 def check_labels(cfg: Config, train_df, eval_df, test_df) -> list[str]:
@@ -182,7 +182,8 @@ class Classification(Task):
                 + ", ".join(f"`{x}`" for x in summary.get("labels", [])) + ".")
 
     def setup(self, cfg: Config, log: logging.Logger = log, permissions: Permissions = Permissions()) -> TaskParts:
-        train_df, eval_df, test_df, splits = labelled_frames(cfg, log)
+        splits = labelled_frames(cfg, log)
+        train_df, eval_df, test_df = splits.train, splits.eval, splits.test
         labels = check_labels(cfg, train_df, eval_df, test_df)
         label2id = {lab: i for i, lab in enumerate(labels)}
         id2label = {i: lab for lab, i in label2id.items()}
@@ -264,7 +265,8 @@ class Classification(Task):
 
     def labelled_rows(self, cfg: Config):
         """(split name, frame) of the rows to show predictions for: test, else eval, else the held-out rows."""
-        train_df, eval_df, test_df, _ = labelled_frames(cfg)
+        splits = labelled_frames(cfg)
+        eval_df, test_df = splits.eval, splits.test
         if test_df is not None:
             return "test", test_df
         return ("eval" if cfg.data.eval else "held-out eval"), eval_df

@@ -35,7 +35,7 @@ from ..data.pipeline import Splits, describe, read_splits
 from ..data.preference import read_pairs
 from ..errors import LmforgeError
 from ..models.load import resolve_block_size
-from .base import EncodedSplit, StepStats, Task, TaskParts, clip, eval_config, refuse_stride
+from .base import EncodedSplit, StepStats, Task, TaskParts, clip, eval_config, eval_rows, refuse_stride
 from .causal_lm import TASK as CAUSAL_LM
 from .causal_lm import load_model
 from .chat_template import ensure_chat_template
@@ -230,7 +230,7 @@ class DPO(Task):
         max_len = resolve_block_size(cfg.data.block_size, model.config)
         max_prompt = min(cfg.dpo.max_prompt_length or max_len // 2, max_len - 1)
         pairs = read_pairs(data, cfg, "eval")
-        enc = encode_pairs(pairs[:cfg.data.max_eval_samples] if cfg.data.max_eval_samples else pairs,
+        enc = encode_pairs(eval_rows(pairs, overrides, cfg),
                            tokenizer, max_prompt, max_len)
         check_usable(enc, data)
         layout, collate = self.batching(cfg, model, tokenizer)

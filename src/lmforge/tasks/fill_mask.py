@@ -15,7 +15,7 @@ import torch
 
 from ..data.batching import eval_batches, pad_sequences
 from ..errors import LmforgeError
-from ..models.load import default_length
+from ..models.load import resolve_block_size
 
 log = logging.getLogger("lmforge")
 
@@ -40,7 +40,7 @@ def fill_mask_with(model, tokenizer, texts: Sequence[str], top_k: int = 5, batch
         raise LmforgeError("this model's tokenizer has no mask token, so it cannot fill masks",
                            "use a masked language model (BERT, RoBERTa, DistilBERT, a masked-lm run)")
     prepared = [translate_masks(t, mask) for t in texts]
-    limit = default_length(model.config, tokenizer)
+    limit = resolve_block_size(None, model.config, tokenizer)
     enc = tokenizer(prepared, truncation=True, max_length=limit)["input_ids"]
     results: list[Optional[dict]] = [None] * len(texts)
     spellings = ' or '.join(dict.fromkeys((mask,) + MASK_SPELLINGS))

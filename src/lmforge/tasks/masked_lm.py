@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -36,7 +37,7 @@ from ..models.load import load_pretrained, model_config_of, model_source, resolv
 from ..models.lora import load_model, model_config
 from ..models.scratch import build_model
 from ..tokenizer import load_tokenizer, tokenizer_for_config
-from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, refuse_stride
+from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, eval_rows, refuse_stride
 from .fill_mask import fill_mask_with
 
 log = logging.getLogger("lmforge")
@@ -308,8 +309,21 @@ def read_documents(cfg: Config, log: logging.Logger) -> Splits:
     return splits
 
 
-def encode_splits(cfg: Config, docs, tokenizer, model, block_size: int):
-    """(train dataset, masked eval split, masked test split or None, stats, cache hit, fingerprints, spec)."""
+@dataclass
+class MaskedSplits:
+    """The encoded splits of a masked-lm run: training blocks (masked afresh each batch) and the fixed-mask
+    eval / test splits."""
+    train: datasets.Dataset
+    eval: EncodedSplit
+    test: Optional[EncodedSplit]
+    stats: dict  # {"train": ..., "eval": ...}: tokens, documents, dropped tokens
+    cache_hit: bool
+    fingerprints: dict
+    spec: masking.MaskSpec
+
+
+def encode_splits(cfg: Config, docs, tokenizer, model, block_size: int) -> MaskedSplits:
+    """Blocks of the train / eval / test documents, the eval and test masked once (data.eval_mask_seed)."""
     d = cfg.data
     train_docs, eval_docs, test_docs = docs.train, docs.eval, docs.test
     train_ds, tstats, hit, fp_train = encode_cached(train_docs, tokenizer, block_size, d.remainder)
@@ -329,7 +343,7 @@ def encode_splits(cfg: Config, docs, tokenizer, model, block_size: int):
         test_split = fixed_masked_split(test_ds, spec, d.eval_mask_seed + 1, tokenizer.pad_token_id) \
             if len(test_ds) else None
     stats = {"train": tstats, "eval": estats}
-    return train_ds, eval_split, test_split, stats, hit, {"train": fp_train, "eval": fp_eval}, spec
+    return MaskedSplits(train_ds, eval_split, test_split, stats, hit, {"train": fp_train, "eval": fp_eval}, spec)
 
 
 def head_notes(cfg: Config, model, new: set[str], train_ds, spec) -> tuple[list[str], Optional[float]]:
@@ -376,7 +390,9 @@ class MaskedLM(Task):
         model, tokenizer, new, from_scratch = load_model_and_tokenizer(cfg, log, permissions)
         block_size = block_size_for(cfg, model, tokenizer)
         docs = read_documents(cfg, log)
-        train_ds, eval_split, test_split, stats, hit, fps, spec = encode_splits(cfg, docs, tokenizer, model, block_size)
+        enc = encode_splits(cfg, docs, tokenizer, model, block_size)
+        train_ds, eval_split, test_split, stats, hit, fps, spec = (enc.train, enc.eval, enc.test, enc.stats,
+                                                                   enc.cache_hit, enc.fingerprints, enc.spec)
         tstats = stats["train"]
         train_split = EncodedSplit(train_ds, [len(x) for x in train_ds["input_ids"]])
         if tstats.get("word_ids_from_offsets") and spec.whole_word:
@@ -424,14 +440,14 @@ class MaskedLM(Task):
         cfg = eval_config(model_dir, overrides, self)
         d = cfg.data
         block_size = resolve_block_size(d.block_size, model.config, tokenizer)
-        docs = read_corpus(data, cfg, "eval")
+        docs = eval_rows(read_corpus(data, cfg, "eval"), overrides, cfg)
         ds, stats, _, _ = encode_cached(docs, tokenizer, block_size, d.remainder)
         if len(ds) == 0:
             raise LmforgeError(f"{data} ({stats.get('tokens', 0)} tokens) is shorter than one block of {block_size} "
                                "tokens", "give more text, or pass --data.remainder pad")
         spec = masking.MaskSpec.of(tokenizer, d.mlm_probability, d.masking == "whole-word",
                                    vocab_size=model.get_input_embeddings().num_embeddings)
-        split = fixed_masked_split(ds, spec, d.eval_mask_seed, tokenizer.pad_token_id, d.max_eval_samples)
+        split = fixed_masked_split(ds, spec, d.eval_mask_seed, tokenizer.pad_token_id)
         return attach_metrics_function(TaskParts(task=self, model=model, tokenizer=tokenizer, train=None, eval=split,
                          collate=make_collate(tokenizer.pad_token_id), loss=loss_fn, eval_step=eval_step,
                          finalize=finalize), cfg)

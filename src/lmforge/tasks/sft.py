@@ -30,7 +30,7 @@ from ..data.chat import read_conversations
 from ..data.pipeline import Splits, describe, read_splits
 from ..errors import LmforgeError
 from ..models.load import ensure_pad, resolve_block_size
-from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, refuse_stride
+from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, eval_rows, refuse_stride
 from .causal_lm import TASK as CAUSAL_LM
 from .causal_lm import load_model, make_collate
 from .chat_template import end_of_turn, ensure_chat_template, render_with_mask
@@ -237,7 +237,7 @@ class SFT(Task):
         ensure_chat_template(tokenizer)
         block = resolve_block_size(cfg.data.block_size, model.config)
         convs = read_conversations(data, cfg, "eval")
-        enc = encode_conversations(convs[:cfg.data.max_eval_samples] if cfg.data.max_eval_samples else convs,
+        enc = encode_conversations(eval_rows(convs, overrides, cfg),
                                    tokenizer, block, cfg.data.train_on)
         check_trainable(enc, data, cfg.data.train_on)
         split = to_rows(enc, block, cfg.data.packing)

@@ -16,7 +16,7 @@ from rich.progress import Progress
 from ..data.batching import eval_batches
 from ..errors import LmforgeError
 from ..fs import check_output_file, write_jsonl
-from ..models.load import default_length
+from ..models.load import resolve_block_size
 from ..runtime import inference_device
 from ..tasks import classification
 from .inputs import read_ids, read_texts, with_ids
@@ -39,7 +39,7 @@ def classify(model_dir: Path, texts: Optional[Sequence[str]] = None, input_file:
     model, tokenizer = model_and_tokenizer or classification.TASK.load_for_use(model_dir, allow_untrained)
     device = inference_device()
     model.to(device)
-    max_length = default_length(model.config, tokenizer)
+    max_length = resolve_block_size(None, model.config, tokenizer, "data.max_length")
     # an empty text (a blank cell of an input file) gets a result that says so; the others are classified
     results: list[Optional[dict]] = [None] * len(texts)
     for i, t in enumerate(texts):

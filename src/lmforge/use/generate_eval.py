@@ -14,6 +14,7 @@ from ..data.chat import read_conversations
 from ..data.preference import read_pairs
 from ..errors import LmforgeError
 from ..runtime import inference_device
+from ..tasks.base import eval_rows
 from ..tasks.generation import generate_greedy_batched
 from ..tasks.sft import sample_prompts
 
@@ -41,7 +42,7 @@ def generation_scores(model_dir: Path, task, data: str, overrides: Optional[Sequ
     cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
     if not overrides:
         cfg.data.format = None
-    pairs = sample_prompts(_conversations(data, cfg), n=cfg.data.max_eval_samples or 10**9)
+    pairs = sample_prompts(eval_rows(_conversations(data, cfg), overrides, cfg), n=10**9)
     if not pairs:
         raise LmforgeError(f"{data}: no conversation ends with an assistant answer to compare with",
                            "give conversations whose last turn is the reference answer")
