@@ -241,3 +241,28 @@ def test_prompts_and_query_document_kinds_read_and_check_rows(tmp_path):
                        header=("query", "document", "label"))
     with pytest.raises(LmforgeError, match="row 2: column 'label' must be a number"):
         retrieval.read_query_docs(str(scored), cfg)
+
+
+def test_lmforge_no_cache_rebuilds_every_cache(tmp_path, monkeypatch):
+    import datasets
+
+    from lmforge import tokenizer as tokmod
+    from lmforge.data import cache
+    built = []
+
+    def build():
+        built.append(1)
+        return datasets.Dataset.from_list([{"x": 1}])
+    (tmp_path / "c.txt").write_text(corpus_text())
+    cfg = build_config({"task": "causal-lm", "data": {"train": str(tmp_path / "c.txt")},
+                        "tokenizer": {"train": {"type": "byte-level-bpe", "vocab_size": 300, "min_frequency": 1}}})
+    for no_cache, want_hits in ((False, 1), (True, 0)):
+        if no_cache:
+            monkeypatch.setenv("LMFORGE_NO_CACHE", "1")
+        built.clear()
+        hits = [cache.cached_dataset(f"k{no_cache}", build)[1] for _ in range(2)]
+        assert sum(hits) == want_hits and len(built) == 2 - want_hits
+        before = dict(tokmod.STATS)
+        tokmod.trained_for_config(cfg)
+        tokmod.trained_for_config(cfg)
+        assert tokmod.STATS["hits"] - before["hits"] == want_hits

@@ -233,6 +233,13 @@ def cache_dir() -> Path:
     return path
 
 
+def reuse_cache() -> bool:
+    """May a cache entry built earlier be reused? Not with LMFORGE_NO_CACHE=1: every cache (tokenized data,
+    streamed token caches, trained tokenizers, DPO reference log-probs) is then rebuilt, and the new entry
+    replaces the old one. The one rule all four caches follow."""
+    return not os.environ.get("LMFORGE_NO_CACHE")
+
+
 @contextlib.contextmanager
 def locked(lock_file: PathLike) -> Iterator[None]:
     """An exclusive lock on `lock_file` (created if needed) between processes, while inside."""

@@ -23,7 +23,7 @@ from .data.cache import fingerprint
 from .data.corpus import read_corpus
 from .data.stream import source_fingerprint
 from .errors import LmforgeError, did_you_mean
-from .fs import atomic_dir, cache_dir, check_output_dir, locked
+from .fs import atomic_dir, cache_dir, check_output_dir, locked, reuse_cache
 from .models.load import model_source
 from .models.zoo import resolve_model
 
@@ -381,7 +381,7 @@ def trained_for_config(cfg, log=log):
     out = cache_dir() / "tokenizers" / f"{t.type}-{t.vocab_size}-{key}"
     out.parent.mkdir(parents=True, exist_ok=True)
     with locked(out.parent / f".lock-{out.name}"):  # the processes of a multi-process run train it once
-        if (out / "tokenizer.json").exists() and (out / "lmforge_tokenizer.json").exists():
+        if reuse_cache() and (out / "tokenizer.json").exists() and (out / "lmforge_tokenizer.json").exists():
             tok = load_tokenizer(str(out))
             summary = json.loads((out / "lmforge_tokenizer.json").read_text())
             log.info("tokenizer: reusing the %s tokenizer trained earlier (%s, vocab %d)", t.type, out, len(tok))

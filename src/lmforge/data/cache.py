@@ -20,7 +20,7 @@ from typing import Any, Callable
 import datasets
 import pandas as pd
 
-from ..fs import cache_dir, locked
+from ..fs import cache_dir, locked, reuse_cache
 
 # Counts cache hits/misses in this process (tests assert on them).
 STATS = {"hits": 0, "misses": 0}
@@ -49,14 +49,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def cached_dataset(key: str, build: Callable[[], datasets.Dataset], kind: str = "encoded") -> tuple[datasets.Dataset, bool]:
     """Load the dataset cached under ``key`` or build, save and load it. Returns (dataset, hit)."""
-    if os.environ.get("LMFORGE_NO_CACHE"):
-        STATS["misses"] += 1
-        return build(), False
     root = cache_dir() / "data"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{kind}-{key}"
     with locked(root / f".lock-{kind}-{key}"):
-        if (final / "dataset_info.json").exists():
+        if reuse_cache() and (final / "dataset_info.json").exists():
             try:
                 ds = datasets.load_from_disk(str(final))
                 STATS["hits"] += 1

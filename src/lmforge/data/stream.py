@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
 from ..errors import LmforgeError
-from ..fs import cache_dir, locked, write_json
+from ..fs import cache_dir, locked, reuse_cache, write_json
 from . import builtin, encoders
 from .cache import fingerprint, tokenizer_fingerprint
 from .stream_read import CHUNK_BYTES, read_pieces, text_files
@@ -223,9 +223,11 @@ def build_token_cache(source: str, tokenizer, cfg=None, split: str = "train", ad
     root = cache_root()
     final = root / key
     with locked(root / f".lock-{key}"):  # one builder per key; other ranks wait, then hit
-        if (final / "meta.json").exists():
+        if (final / "meta.json").exists() and reuse_cache():
             STATS["hits"] += 1
             return TokenCache(final), True
+        if final.exists():  # LMFORGE_NO_CACHE: rebuilt, then replaces the old entry
+            shutil.rmtree(final, ignore_errors=True)
         STATS["misses"] += 1
         partial = root / f".partial-{key}"
         done = _build(source, tokenizer, cfg, split, add_eos, partial, progress, chunk, checkpoint_bytes,

@@ -18,7 +18,7 @@ import torch
 
 from ..data.preference import Pair
 from ..errors import LmforgeError
-from ..fs import atomic_write, cache_dir
+from ..fs import atomic_write, cache_dir, reuse_cache
 from ..models.lora import adapters_disabled
 from ..runtime import to_device
 from .chat_template import assistant_spans, end_of_turn
@@ -279,7 +279,7 @@ def attach_reference(model, rows: list[dict], collate, batch_size: int, key_extr
     t = time.perf_counter()
     key = hashlib.sha256(f"{model_fingerprint(model)}|{data_fingerprint(rows)}|{key_extra}".encode()).hexdigest()[:32]
     path = cache_dir() / "reference-logps" / f"{key}.pt"
-    if path.exists():
+    if path.exists() and reuse_cache():
         try:
             values = torch.load(path, weights_only=True)
             if values.shape == (len(rows), 2):
