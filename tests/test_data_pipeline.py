@@ -197,6 +197,8 @@ def test_a_mixed_run_killed_and_resumed_ends_bit_identical(tmp_path, tiny_bert, 
     summary = json.loads((ref / "manifest.json").read_text())["data_summary"]
     assert [s["source"] for s in summary["mix"]] == [str(a), str(b)]
     assert sum(s["train_rows"] for s in summary["mix"]) == summary["train_rows"]
+    report = (ref / "report.html").read_text()
+    assert "rows read" in report and f"{100 * summary['mix'][0]['share']:.1f}%" in report
     real = loop.Trainer._collate
 
     def crash(self, indices, epoch, batch_index):

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from lmforge.config import SamplingParams
 from conftest import cls_config, toy_sentiment_rows, write_csv
 
 TEXTS = ["good tasty food", "awful stale bland product", "it was a very nice taste", "the product was rotten"]
@@ -114,6 +115,6 @@ def test_lora_causal_lm_gpt2_adapter_merge_and_generate(tmp_path):
     unmerged = load_model(AutoModelForCausalLM, run / "adapter", merge=False).eval()
     with torch.no_grad():
         assert torch.allclose(merged(input_ids=ids).logits, unmerged(input_ids=ids).logits, atol=1e-5)
-    a = generate(str(run / "adapter"), ["the food"], max_new_tokens=8)  # greedy by default
-    b = generate(str(run), ["the food"], max_new_tokens=8)
+    a = generate(str(run / "adapter"), ["the food"], sampling=SamplingParams(max_new_tokens=8))  # greedy by default
+    b = generate(str(run), ["the food"], sampling=SamplingParams(max_new_tokens=8))
     assert a[0]["completion"] == b[0]["completion"] and len(a[0]["completion"]) > 0

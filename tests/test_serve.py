@@ -296,7 +296,7 @@ def test_generate_limits(gen_server):
 
 def slow_pieces(pieces, delay):
     """A stand-in for generate_texts that writes its pieces to the stream `delay` s apart."""
-    def fake(model, tokenizer, prompts, stream=None, chat=False, **kw):
+    def fake(model, tokenizer, prompts, params=None, chat=False, stream=None):
         if stream is not None and not chat:
             stream.write(prompts[0])
         for p in pieces:

@@ -126,7 +126,8 @@ def _sec_config(run: dict) -> str:
 def _sec_data(run: dict) -> str:
     s = (run["manifest"].get("data_summary") or {})
     data = run["manifest"].get("data") or (run["cfg"].get("data") or {})
-    rows = [(f"{k} data", v) for k, v in data.items() if v]
+    rows = [(f"{k} data", v if isinstance(v, str) else " + ".join(f"{x['path']} ({x['weight']:g})" for x in v))
+            for k, v in data.items() if v]
     for key, label in (("train_rows", "train rows"), ("eval_rows", "eval rows"), ("test_rows", "test rows"),
                        ("max_length", "max_length (tokens)"), ("mean_tokens", "mean tokens per example"),
                        ("truncated_train", "train rows truncated")):
@@ -145,6 +146,10 @@ def _sec_data(run: dict) -> str:
     body = _table(["", ""], rows) if rows else "<p class='muted'>no data summary in manifest.json</p>"
     figs = _img(_balance_figure(s.get("label_counts") or {}), "label balance") + \
         _img(_hist_figure(hist, s.get("max_length")), "length histogram")
+    if s.get("mix"):  # a mix of sources: what each one gave
+        body += _table(["source", "weight", "rows read", "train rows", "share"],
+                       [(m["source"], f"{m['weight']:g}", f"{m['rows_read']:,}", f"{m['train_rows']:,}",
+                         f"{100 * m['share']:.1f}%") for m in s["mix"]])
     if s.get("label_counts"):
         total = sum(s["label_counts"].values()) or 1
         body += _table(["label", "train examples", "share"],
