@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import cls_config, corpus_text, toy_sentiment_rows, write_csv
-from test_resume import assert_same_run
+from test_resume import assert_same_run, crashed_then_resumed
 
 from lmforge import api
 from lmforge.config import build_config
@@ -183,7 +183,6 @@ def test_mixing_two_kinds_of_data_is_one_line(tmp_path):
 
 
 def test_a_mixed_run_killed_and_resumed_ends_bit_identical(tmp_path, tiny_bert, monkeypatch, one_thread):
-    from lmforge.train import loop
     a = write_csv(tmp_path / "a.csv", toy_sentiment_rows(80, 1))
     b = write_csv(tmp_path / "b.csv", toy_sentiment_rows(60, 2))
 
@@ -193,24 +192,13 @@ def test_a_mixed_run_killed_and_resumed_ends_bit_identical(tmp_path, tiny_bert, 
         c["data"]["train"] = [{"path": str(a), "weight": 0.6}, {"path": str(b), "weight": 0.4}]
         del c["data"]["eval"]
         return c
-    ref = api.train(cfg(tmp_path / "ref"), progress=False).run_dir
+    ref, run = crashed_then_resumed(cfg, tmp_path, monkeypatch, crash_step=5)
     summary = json.loads((ref / "manifest.json").read_text())["data_summary"]
     assert [s["source"] for s in summary["mix"]] == [str(a), str(b)]
     assert sum(s["train_rows"] for s in summary["mix"]) == summary["train_rows"]
     report = (ref / "report.html").read_text()
     assert "rows read" in report and f"{100 * summary['mix'][0]['share']:.1f}%" in report
-    real = loop.Trainer._collate
-
-    def crash(self, indices, epoch, batch_index):
-        if self.step == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return real(self, indices, epoch, batch_index)
-    monkeypatch.setattr(loop.Trainer, "_collate", crash)
-    with pytest.raises(KeyboardInterrupt):
-        api.train(cfg(tmp_path / "run"), progress=False)
-    monkeypatch.setattr(loop.Trainer, "_collate", real)
-    api.train(cfg(tmp_path / "run"), resume=True, progress=False)
-    assert_same_run(ref, tmp_path / "run")
+    assert_same_run(ref, run)
 
 
 def test_global_batches_do_not_depend_on_the_number_of_processes():

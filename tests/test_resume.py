@@ -66,6 +66,25 @@ def assert_same_run(ref: Path, other: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------- real processes
+
+def crashed_then_resumed(cfg, tmp_path, monkeypatch, crash_step: int):
+    """Train cfg(ref) uninterrupted, then cfg(run) with a crash (KeyboardInterrupt) at step `crash_step` and a
+    --resume; returns (ref run folder, resumed run folder) for assert_same_run."""
+    from lmforge.train import loop
+    ref = api.train(cfg(tmp_path / "ref"), progress=False).run_dir
+    real = loop.Trainer._collate
+
+    def crash(self, indices, epoch, batch_index):
+        if self.step == crash_step:
+            raise KeyboardInterrupt("simulated crash")
+        return real(self, indices, epoch, batch_index)
+    monkeypatch.setattr(loop.Trainer, "_collate", crash)
+    with pytest.raises(KeyboardInterrupt):
+        api.train(cfg(tmp_path / "run"), progress=False)
+    monkeypatch.setattr(loop.Trainer, "_collate", real)
+    api.train(cfg(tmp_path / "run"), resume=True, progress=False)
+    return ref, tmp_path / "run"
+
 def _cli(cfg_path: Path, *extra) -> list[str]:
     return [sys.executable, "-m", "lmforge.cli", "train", str(cfg_path), "--no-progress", *extra]
 
