@@ -77,7 +77,7 @@ def heldout_eval(model, tok, n_blocks: int) -> dict:
 
     ensure_pad(tok, model)
     docs = read_corpus("kjv:test", Config(), "eval")
-    split, _, _, _ = clm.encode_split(docs, tok, BLOCK, "pack", keep_remainder=True)
+    split = clm.encode_split(docs, tok, BLOCK, "pack", keep_remainder=True).data
     split = clm._head(split, n_blocks)
     loss = clm.CausalLMLoss(attention=clm.probe_packed_attention(model, tok.pad_token_id),
                             chunked=clm.probe_chunked_loss(model))

@@ -61,6 +61,17 @@ def test_no_task_name_branches_no_long_functions_few_inner_imports():
     assert len(inner) <= 10, "own-module imports inside functions:\n" + "\n".join(inner)
 
 
+def test_no_wide_tuples_and_each_data_rule_in_one_place():
+    """Functions return dataclasses, not tuples of more than 3; the block-size default, the hold-out split and the
+    row caps are applied only by their own modules (models/load.py, data/pipeline.py)."""
+    stats = _arch_stats()
+    modules = stats.collect()[0]
+    tuples, rules = stats.shape_figures(modules)
+    assert tuples == [], "return a dataclass instead:\n" + "\n".join(tuples)
+    for rule, places in rules.items():
+        assert places == [], f"the {rule} rule applied outside its module:\n" + "\n".join(places)
+
+
 def test_registry_and_config_name_the_same_tasks():
     from lmforge.config import TaskName
     from lmforge.tasks import TASKS

@@ -21,11 +21,11 @@ def build():
     with open(work / "builds.txt", "a") as f:
         f.write(me + "\\n")
     time.sleep(0.5)  # a slow tokenization: the others arrive while it runs
-    return datasets.Dataset.from_dict({"x": list(range(1000))})
+    return datasets.Dataset.from_dict({"x": list(range(1000))}), {"rows": 1000}
 
-ds, hit = cached_dataset("same-key", build, kind="test")
-assert sum(ds["x"]) == 499500
-print("hit" if hit else "built")
+enc = cached_dataset("same-key", build, kind="test")
+assert sum(enc.data["x"]) == 499500 and enc.info == {"rows": 1000}
+print("hit" if enc.hit else "built")
 """
 
 

@@ -242,7 +242,7 @@ def test_lmforge_no_cache_rebuilds_every_cache(tmp_path, monkeypatch):
 
     def build():
         built.append(1)
-        return datasets.Dataset.from_list([{"x": 1}])
+        return datasets.Dataset.from_list([{"x": 1}]), {}
     (tmp_path / "c.txt").write_text(corpus_text())
     cfg = build_config({"task": "causal-lm", "data": {"train": str(tmp_path / "c.txt")},
                         "tokenizer": {"train": {"type": "byte-level-bpe", "vocab_size": 300, "min_frequency": 1}}})
@@ -250,7 +250,7 @@ def test_lmforge_no_cache_rebuilds_every_cache(tmp_path, monkeypatch):
         if no_cache:
             monkeypatch.setenv("LMFORGE_NO_CACHE", "1")
         built.clear()
-        hits = [cache.cached_dataset(f"k{no_cache}", build)[1] for _ in range(2)]
+        hits = [cache.cached_dataset(f"k{no_cache}", build).hit for _ in range(2)]
         assert sum(hits) == want_hits and len(built) == 2 - want_hits
         before = dict(tokmod.STATS)
         tokmod.trained_for_config(cfg)

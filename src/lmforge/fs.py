@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
@@ -238,6 +239,69 @@ def reuse_cache() -> bool:
     streamed token caches, trained tokenizers, DPO reference log-probs) is then rebuilt, and the new entry
     replaces the old one. The one rule all four caches follow."""
     return not os.environ.get("LMFORGE_NO_CACHE")
+
+
+# Hits and misses of each on-disk cache in this process (tests assert on them): the tokenized data, the
+# streamed token caches, trained tokenizers and DPO reference log-probs.
+CACHE_STATS: dict[str, dict] = {}
+
+
+def cache_stats(cache: str) -> dict:
+    """The hit/miss counters of one cache (the same dict for the life of the process)."""
+    return CACHE_STATS.setdefault(cache, {"hits": 0, "misses": 0})
+
+
+@dataclass
+class CacheSlot:
+    """One entry of an on-disk cache, held under its lock: `hit` says whether `path` may be loaded as it is;
+    `partial` is where a build writes before `publish` renames it into place."""
+    cache: str
+    path: Path
+    hit: bool
+
+    @property
+    def partial(self) -> Path:
+        return self.path.parent / f".partial-{self.path.name}"
+
+    def miss(self) -> None:
+        """The entry could not be loaded after all (damaged): build it again."""
+        if self.hit:
+            self.hit = False
+            stats = cache_stats(self.cache)
+            stats["hits"] -= 1
+            stats["misses"] += 1
+        if self.path.is_dir():
+            shutil.rmtree(self.path, ignore_errors=True)
+        elif self.path.exists():
+            self.path.unlink()
+
+    def publish(self) -> Path:
+        """Move the finished build from `partial` into place (an old entry is replaced)."""
+        if self.path.is_dir():
+            shutil.rmtree(self.path, ignore_errors=True)
+        os.replace(self.partial, self.path)
+        return self.path
+
+
+@contextlib.contextmanager
+def cache_slot(cache: str, name: str, ready: Callable[[Path], bool]) -> Iterator[CacheSlot]:
+    """The one protocol of lmforge's caches: the entry cache_dir()/cache/name is looked at and built under a
+    lock file (the processes of a multi-process run build it once; the others wait, then load it), reused only
+    when `ready(path)` and `reuse_cache()` (LMFORGE_NO_CACHE) allow, built into `slot.partial` and renamed
+    into place by `slot.publish()`, so a crash never leaves a half-written entry; hits and misses counted.
+
+        with cache_slot("data", key, lambda p: (p / "dataset_info.json").exists()) as slot:
+            if slot.hit:
+                return load(slot.path)
+            build(slot.partial); slot.publish()
+    """
+    root = cache_dir() / cache
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / name
+    with locked(root / f".lock-{name}"):
+        hit = reuse_cache() and ready(path)
+        cache_stats(cache)["hits" if hit else "misses"] += 1
+        yield CacheSlot(cache, path, hit)
 
 
 @contextlib.contextmanager

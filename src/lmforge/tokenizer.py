@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from .config import Permissions
 from .data.cache import fingerprint
 from .data.corpus import read_corpus
 from .data.stream import source_fingerprint
 from .errors import LmforgeError, did_you_mean
-from .fs import atomic_dir, cache_dir, check_output_dir, locked, reuse_cache
+from .fs import atomic_dir, cache_slot, cache_stats, check_output_dir
 from .models.load import model_source
 from .models.zoo import resolve_model
 
@@ -84,9 +85,19 @@ def _unique(seq: Iterable[str]) -> list[str]:
     return out
 
 
+@dataclass
+class Untrained:
+    """A tokenizer of one type before training, with its trainer, the roles of its special tokens
+    (unk_token -> "[UNK]", ...) and every special token in order."""
+    tokenizer: Any
+    trainer: Any
+    roles: dict
+    specials: list[str]
+
+
 def build_untrained(kind: str, vocab_size: int, min_frequency: int, special_tokens: Sequence[str],
-                    lowercase: Optional[bool] = None, show_progress: bool = False):
-    """(tokenizers.Tokenizer, trainer, roles) for one tokenizer type, before training."""
+                    lowercase: Optional[bool] = None, show_progress: bool = False) -> Untrained:
+    """A tokenizers.Tokenizer of one type and its trainer, before training."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     if kind not in TOKENIZER_TYPES:
@@ -137,7 +148,7 @@ def build_untrained(kind: str, vocab_size: int, min_frequency: int, special_toke
         tok.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                             special_tokens=specials, show_progress=show_progress)
-    return tok, trainer, roles, specials
+    return Untrained(tok, trainer, roles, specials)
 
 
 def _finish(tok, kind: str, roles: dict, specials: list[str], model_max_length: Optional[int]):
@@ -251,7 +262,8 @@ def train_tokenizer(kind: str = "byte-level-bpe", *, files: Optional[Sequence[st
         check_output_dir(output, "tokenizer output folder")  # before training; a file there is never moved
     if (files is None) == (texts is None):
         raise LmforgeError("give either files or texts to train a tokenizer on")
-    tok, trainer, roles, specials = build_untrained(kind, vocab_size, min_frequency, special_tokens, lowercase)
+    untrained = build_untrained(kind, vocab_size, min_frequency, special_tokens, lowercase)
+    tok, trainer, roles, specials = untrained.tokenizer, untrained.trainer, untrained.roles, untrained.specials
     paths = expand_files(files) if files is not None else []
     total = sum(p.stat().st_size for p in paths) if files is not None else sum(len(t.encode("utf-8")) for t in texts)
     if max_bytes:
@@ -378,19 +390,19 @@ def trained_for_config(cfg, log=log):
     data_fp = [source_fingerprint(f) for f in files] if files else source_fingerprint(source)
     settings = t.model_dump(mode="json")
     key = fingerprint(data_fp, settings, cfg.data.text_column, cfg.data.format, "tok-v1")
-    out = cache_dir() / "tokenizers" / f"{t.type}-{t.vocab_size}-{key}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with locked(out.parent / f".lock-{out.name}"):  # the processes of a multi-process run train it once
-        if reuse_cache() and (out / "tokenizer.json").exists() and (out / "lmforge_tokenizer.json").exists():
+    ready = lambda p: (p / "tokenizer.json").exists() and (p / "lmforge_tokenizer.json").exists()  # noqa: E731
+    # the processes of a multi-process run train it once
+    with cache_slot("tokenizers", f"{t.type}-{t.vocab_size}-{key}", ready) as slot:
+        out = slot.path
+        if slot.hit:
             tok = load_tokenizer(str(out))
-            summary = json.loads((out / "lmforge_tokenizer.json").read_text())
             log.info("tokenizer: reusing the %s tokenizer trained earlier (%s, vocab %d)", t.type, out, len(tok))
-            STATS["hits"] += 1
-            tok.lmforge_summary = summary
+            tok.lmforge_summary = json.loads((out / "lmforge_tokenizer.json").read_text())
             return tok
-        STATS["misses"] += 1
         log.info("tokenizer: training a %s tokenizer (vocab %d) on %s", t.type, t.vocab_size,
                  ", ".join(files) if files else source)
+        if out.exists():  # LMFORGE_NO_CACHE, or an incomplete entry: replaced
+            shutil.rmtree(out, ignore_errors=True)
         res = train_from_source(t.type, source=source, files=files, cfg=cfg, vocab_size=t.vocab_size,
                                 min_frequency=t.min_frequency, special_tokens=t.special_tokens, lowercase=t.lowercase,
                                 max_bytes=int(t.max_mb * 1e6) if t.max_mb else None, output=out,
@@ -408,4 +420,4 @@ def _interactive() -> bool:
 
 
 # Counts config-driven tokenizer trainings and cache hits in this process (tests assert on them).
-STATS = {"hits": 0, "misses": 0}
+STATS = cache_stats("tokenizers")

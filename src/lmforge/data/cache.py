@@ -11,19 +11,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import datasets
 import pandas as pd
 
-from ..fs import cache_dir, locked, reuse_cache
+from ..fs import cache_slot, cache_stats
 
-# Counts cache hits/misses in this process (tests assert on them).
-STATS = {"hits": 0, "misses": 0}
+STATS = cache_stats("data")  # hits / misses of this cache in this process (tests assert on them)
+INFO_FILE = "lmforge_info.json"  # what the encoding found (tokens, truncations...), kept with the entry
+
+
+@dataclass
+class CachedEncoding:
+    """An encoded split from the cache or just built: the Arrow table, what its encoding found, whether it
+    came from the cache, and its key (the split's fingerprint)."""
+    data: Any  # the Arrow table (a task may wrap it in its own split type)
+    info: dict
+    hit: bool
+    key: str
 
 
 def fingerprint(*parts: Any) -> str:
@@ -47,28 +55,26 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return fingerprint(text, extra)
 
 
-def cached_dataset(key: str, build: Callable[[], datasets.Dataset], kind: str = "encoded") -> tuple[datasets.Dataset, bool]:
-    """Load the dataset cached under ``key`` or build, save and load it. Returns (dataset, hit)."""
-    root = cache_dir() / "data"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{kind}-{key}"
-    with locked(root / f".lock-{kind}-{key}"):
-        if reuse_cache() and (final / "dataset_info.json").exists():
+def cached_dataset(key: str, build: Callable[[], tuple[datasets.Dataset, dict]], kind: str = "encoded") -> CachedEncoding:
+    """The dataset cached under ``key`` (memory-mapped), or `build()` -> (dataset, info), saved with its info
+    and loaded back. An empty dataset is returned as built, not cached (an empty Arrow table does not reload)."""
+    with cache_slot("data", f"{kind}-{key}", lambda p: (p / "dataset_info.json").exists()) as slot:
+        if slot.hit:
             try:
-                ds = datasets.load_from_disk(str(final))
-                STATS["hits"] += 1
-                return ds, True
-            except Exception:  # a damaged entry: rebuild it
-                shutil.rmtree(final, ignore_errors=True)
-        STATS["misses"] += 1
-        ds = build()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-{key}-", dir=root))
+                info_file = slot.path / INFO_FILE
+                info = json.loads(info_file.read_text()) if info_file.exists() else {}
+                return CachedEncoding(datasets.load_from_disk(str(slot.path)), info, True, key)
+            except Exception:  # noqa: BLE001 - a damaged entry: rebuild it
+                slot.miss()
+        ds, info = build()
+        if len(ds) == 0:
+            return CachedEncoding(ds, info, False, key)
+        shutil.rmtree(slot.partial, ignore_errors=True)
         try:
-            ds.save_to_disk(str(tmp))
-            if final.exists():
-                shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            ds.save_to_disk(str(slot.partial))
+            (slot.partial / INFO_FILE).write_text(json.dumps(info))
+            slot.publish()
         except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            return ds, False  # caching is an optimisation: a full disk must not stop the run
-        return datasets.load_from_disk(str(final)), False
+            shutil.rmtree(slot.partial, ignore_errors=True)
+            return CachedEncoding(ds, info, False, key)  # caching is an optimisation: a full disk must not stop the run
+        return CachedEncoding(datasets.load_from_disk(str(slot.path)), info, False, key)

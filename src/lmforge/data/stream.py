@@ -39,16 +39,18 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
 from ..errors import LmforgeError
-from ..fs import cache_dir, locked, reuse_cache, write_json
+from ..fs import cache_dir, cache_slot, cache_stats, write_json
 from . import builtin, encoders
-from .cache import fingerprint, tokenizer_fingerprint
+from .cache import CachedEncoding, fingerprint, tokenizer_fingerprint
 from .stream_read import CHUNK_BYTES, read_pieces, text_files
 
 log = logging.getLogger("lmforge")
 
 FORMAT = "lmforge-token-cache-v1"
 # Counts in this process (tests assert on them): cache hits, builds, resumed builds, documents encoded.
-STATS = {"hits": 0, "misses": 0, "resumed": 0, "encoded_docs": 0}
+STATS = cache_stats("tokens")  # hits / misses, and builds resumed and documents encoded (tests assert on them)
+STATS.setdefault("resumed", 0)
+STATS.setdefault("encoded_docs", 0)
 STREAM_EVAL_BLOCKS = 1000      # at most this many held-out blocks when streaming without data.eval
 CHECKPOINT_BYTES = 64 << 20    # progress record every this many bytes of input
 
@@ -220,22 +222,16 @@ def build_token_cache(source: str, tokenizer, cfg=None, split: str = "train", ad
     `stop_after_bytes` stops early leaving a resumable partial build (for tests of resumption).
     """
     key = cache_key(source, tokenizer, cfg, split, add_eos)
-    root = cache_root()
-    final = root / key
-    with locked(root / f".lock-{key}"):  # one builder per key; other ranks wait, then hit
-        if (final / "meta.json").exists() and reuse_cache():
-            STATS["hits"] += 1
-            return TokenCache(final), True
-        if final.exists():  # LMFORGE_NO_CACHE: rebuilt, then replaces the old entry
-            shutil.rmtree(final, ignore_errors=True)
-        STATS["misses"] += 1
-        partial = root / f".partial-{key}"
-        done = _build(source, tokenizer, cfg, split, add_eos, partial, progress, chunk, checkpoint_bytes,
+    # one builder per key (other ranks wait, then hit); a stopped build stays in slot.partial and resumes
+    with cache_slot("tokens", key, lambda p: (p / "meta.json").exists()) as slot:
+        if slot.hit:
+            return TokenCache(slot.path), True
+        done = _build(source, tokenizer, cfg, split, add_eos, slot.partial, progress, chunk, checkpoint_bytes,
                       stop_after_bytes)
         if not done:
             return None, False  # type: ignore[return-value]
-        os.replace(partial, final)
-    return TokenCache(final), False
+        slot.publish()
+    return TokenCache(slot.path), False
 
 
 def _build(source, tokenizer, cfg, split, add_eos, partial: Path, progress: bool, chunk: int,
@@ -403,8 +399,8 @@ def use_streaming(cfg, source: Optional[str]) -> tuple[bool, str]:
 
 
 def streamed_split(source: str, tokenizer, cfg, block_size: int, keep_remainder: bool = False,
-                   split: str = "train", progress: bool = False):
-    """(rows, lengths, info, hit, key) of a source's token cache cut into blocks, like corpus.pack."""
+                   split: str = "train", progress: bool = False) -> CachedEncoding:
+    """A source's token cache cut into blocks like corpus.pack: `.data` the Blocks, `.info` their facts."""
     cache, hit = build_token_cache(source, tokenizer, cfg, split, progress=progress)
     blocks = cache.blocks(block_size, keep_remainder)
     info = {"total_tokens": cache.n_tokens, "dropped_tokens": blocks.dropped_tokens, "truncated_docs": 0,
@@ -417,7 +413,7 @@ def streamed_split(source: str, tokenizer, cfg, block_size: int, keep_remainder:
         log.info("data.streaming: tokenized %s into %s (%s tokens, %s documents, %.0f MB in %.1f s = %.1f MB/s)",
                  source, cache.path, f"{cache.n_tokens:,}", f"{cache.n_docs:,}", m["bytes"] / 1e6, m["seconds"],
                  m["mb_per_s"])
-    return blocks, blocks.lengths(), info, hit, cache.path.name
+    return CachedEncoding(blocks, info, hit, cache.path.name)
 
 
 def sample_documents(blocks: "Blocks", tokenizer, n: int = 3, max_tokens: int = 64) -> list[str]:

@@ -33,7 +33,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from ..config import Config, Permissions, SamplingParams
 from ..data import corpus, stream
 from ..data.batching import pad_sequences
-from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
+from ..data.cache import CachedEncoding, cached_dataset, fingerprint, tokenizer_fingerprint
 from ..data.corpus import pack, read_corpus, tokenize_documents, truncate
 from ..data.pipeline import Splits, describe, eval_keep, read_eval_rows, read_splits, refuse_train_cap, take
 from ..data.split import held_out_count
@@ -107,36 +107,20 @@ def _encode(docs: list[str], tokenizer, block_size: int, packing: str, keep_rema
     return cols, info
 
 
-class _Empty(Exception):
-    pass
-
-
-def encode_split(docs: list[str], tokenizer, block_size: int, packing: str, keep_remainder: bool):
-    """Cached encoding of a split. Returns (EncodedSplit, info, cache hit, fingerprint)."""
-    key = fingerprint(docs, tokenizer_fingerprint(tokenizer), block_size, packing, keep_remainder, "clm-v1")
-    box = {}
+def encode_split(docs: list[str], tokenizer, block_size: int, packing: str, keep_remainder: bool) -> CachedEncoding:
+    """Cached encoding of a split: `.data` an EncodedSplit (empty when the documents make no block), `.info`
+    the encoding's facts (total, dropped and truncated tokens, documents), `.hit`, `.key`."""
+    key = fingerprint(docs, tokenizer_fingerprint(tokenizer), block_size, packing, keep_remainder, "clm-v2")
 
     def build():
         cols, info = _encode(docs, tokenizer, block_size, packing, keep_remainder)
-        box["info"] = info
-        if not cols["input_ids"]:
-            raise _Empty()  # nothing to cache; the caller says what is wrong
-        ds = datasets.Dataset.from_dict(cols)
-        n = len(ds)
-        for k, v in info.items():  # keep the facts of the encoding with the cache entry
-            ds = ds.add_column(f"info_{k}", [v] + [0] * (n - 1)) if n else ds
-        return ds
+        return datasets.Dataset.from_dict(cols), info
 
-    try:
-        ds, hit = cached_dataset(key, build, kind="clm")
-    except _Empty:
-        return EncodedSplit([], []), box["info"], False, key
-    info_cols = [c for c in ds.column_names if c.startswith("info_")]
-    info = {c[5:]: int(ds[0][c]) for c in info_cols} if len(ds) else box.get("info", {})
-    ds = ds.remove_columns(info_cols)
-    ds = ds.with_format("numpy")
-    lengths = [len(x) for x in ds["input_ids"]]
-    return EncodedSplit(ds, lengths), info, hit, key
+    enc = cached_dataset(key, build, kind="clm")
+    if len(enc.data) == 0:
+        return replace(enc, data=EncodedSplit([], []))
+    ds = enc.data.with_format("numpy")
+    return replace(enc, data=EncodedSplit(ds, [len(x) for x in ds["input_ids"]]))
 
 
 def sliding_windows(docs: list[str], tokenizer, block: int, stride: int) -> EncodedSplit:
@@ -256,20 +240,20 @@ def hold_out_last_blocks(cfg: Config, train_split: EncodedSplit, fp_train: str, 
     return train_split, eval_split, fp_train + f":last{n_eval}"
 
 
-def encode_train(cfg: Config, train_docs, tokenizer, block: int, streaming: bool):
-    """(train split, encoding info, cache hit, fingerprint) from documents, or from the token cache when streaming."""
+def encode_train(cfg: Config, train_docs, tokenizer, block: int, streaming: bool) -> CachedEncoding:
+    """The training split (`.data`) from documents, or from the token cache when streaming."""
     d = cfg.data
     if streaming:
-        rows, lengths, info, hit, fp = stream.streamed_split(d.train, tokenizer, cfg, block,
-                                                             keep_remainder=d.remainder == "pad")
-        split = EncodedSplit(rows, lengths)
+        enc = stream.streamed_split(d.train, tokenizer, cfg, block, keep_remainder=d.remainder == "pad")
+        enc = replace(enc, data=EncodedSplit(enc.data, enc.data.lengths()))
     else:
-        split, info, hit, fp = encode_split(train_docs, tokenizer, block, d.packing, keep_remainder=d.remainder == "pad")
+        enc = encode_split(train_docs, tokenizer, block, d.packing, keep_remainder=d.remainder == "pad")
+    split, info = enc.data, enc.info
     total = info.get("total_tokens", sum(split.lengths))
     if len(split) == 0 or (d.packing == "pack" and info.get("dropped_tokens", 0) == total):
         raise LmforgeError(f"the training corpus {describe(d.train)} has {total} tokens, fewer than one block of {block}",
                            f"add text, or lower data.block_size (e.g. --data.block_size {max(2, total // 2)})")
-    return split, info, hit, fp
+    return enc
 
 
 def log_encoding(log: logging.Logger, cfg: Config, train_split, info: dict, block: int, hit: bool, n_docs: int) -> None:
@@ -338,14 +322,16 @@ class CausalLM(Task):
         if pad_note:
             notes.append(pad_note)
         block = resolve_block_size(d.block_size, model.config)
-        train_split, info, hit, fp_train = encode_train(cfg, train_docs, tokenizer, block, streaming)
+        train_enc = encode_train(cfg, train_docs, tokenizer, block, streaming)
+        train_split, info, hit, fp_train = train_enc.data, train_enc.info, train_enc.hit, train_enc.key
         if eval_docs is None:
             train_split, eval_split, fp_eval = hold_out_last_blocks(cfg, train_split, fp_train, block, streaming, notes)
             keep = eval_keep(len(eval_split), cfg)  # too few documents: the held-out blocks are the rows
             eval_split = EncodedSplit(eval_split.rows.select(keep), [eval_split.lengths[i] for i in keep])
         else:
-            eval_split, _, _, fp_eval = encode_split(eval_docs, tokenizer, block, d.packing, keep_remainder=True)
-        test_split = encode_split(test_docs, tokenizer, block, d.packing, keep_remainder=True)[0] if test_docs else None
+            eval_enc = encode_split(eval_docs, tokenizer, block, d.packing, keep_remainder=True)
+            eval_split, fp_eval = eval_enc.data, eval_enc.key
+        test_split = encode_split(test_docs, tokenizer, block, d.packing, keep_remainder=True).data if test_docs else None
         if len(eval_split) == 0:
             raise LmforgeError("the evaluation corpus has no tokens", "give a non-empty data.eval")
         log_encoding(log, cfg, train_split, info, block, hit, len(train_docs))
@@ -416,7 +402,7 @@ class CausalLM(Task):
         block = resolve_block_size(base.data.block_size if from_run or overrides else None, model.config)
         packing = base.data.packing if stride is None else "truncate"
         if stride is None:
-            split, _, _, _ = encode_split(docs, tokenizer, block, packing, keep_remainder=True)
+            split = encode_split(docs, tokenizer, block, packing, keep_remainder=True).data
         else:
             split = sliding_windows(docs, tokenizer, block, stride)
         attention = probe_packed_attention(model, tokenizer.pad_token_id) if packing == "pack" else "attention_mask"

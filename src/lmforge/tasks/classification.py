@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +17,7 @@ from transformers import AutoModelForSequenceClassification
 from ..config import Config, Permissions
 from ..data import labelled
 from ..data.batching import pad_sequences
-from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
+from ..data.cache import CachedEncoding, cached_dataset, fingerprint, tokenizer_fingerprint
 from ..data.labelled import read_labelled
 from ..data.pipeline import Splits, describe, read_splits
 from ..errors import LmforgeError
@@ -58,21 +59,16 @@ def encode_frame(df: pd.DataFrame, tokenizer, max_length: int, label2id: Optiona
     return rows, len(long_rows)
 
 
-def encode_cached(df: pd.DataFrame, tokenizer, max_length: int, label2id: Optional[dict]):
-    key = fingerprint(df, tokenizer_fingerprint(tokenizer), max_length, label2id, "cls-v1")
-    truncated = {}
+def encode_cached(df: pd.DataFrame, tokenizer, max_length: int, label2id: Optional[dict]) -> CachedEncoding:
+    """The encoded split (`.data`, an EncodedSplit) of a frame, cached; `.info["truncated"]`: rows cut at max_length."""
+    key = fingerprint(df, tokenizer_fingerprint(tokenizer), max_length, label2id, "cls-v2")
 
     def build():
         rows, n_trunc = encode_frame(df, tokenizer, max_length, label2id)
-        truncated["n"] = n_trunc
-        ds = datasets.Dataset.from_list(rows)
-        return ds.add_column("n_truncated", [n_trunc] + [0] * (len(rows) - 1)) if rows else ds
+        return datasets.Dataset.from_list(rows), {"truncated": n_trunc}
 
-    ds, hit = cached_dataset(key, build, kind="cls")
-    n_trunc = int(ds[0]["n_truncated"]) if len(ds) else 0
-    ds = ds.remove_columns("n_truncated")
-    lengths = [len(x) for x in ds["input_ids"]]
-    return EncodedSplit(ds, lengths), n_trunc, hit, key
+    enc = cached_dataset(key, build, kind="cls")
+    return replace(enc, data=EncodedSplit(enc.data, [len(x) for x in enc.data["input_ids"]] if len(enc.data) else []))
 
 
 # ----------------------------------------------------------------------------------- batches
@@ -200,9 +196,11 @@ class Classification(Task):
             id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
         model.config.pad_token_id = tokenizer.pad_token_id
 
-        train_split, n_trunc, hit, fp_train = encode_cached(train_df, tokenizer, max_length, label2id)
-        eval_split, _, _, fp_eval = encode_cached(eval_df, tokenizer, max_length, label2id)
-        test_split = encode_cached(test_df, tokenizer, max_length, label2id)[0] if test_df is not None else None
+        train_enc = encode_cached(train_df, tokenizer, max_length, label2id)
+        eval_enc = encode_cached(eval_df, tokenizer, max_length, label2id)
+        train_split, eval_split = train_enc.data, eval_enc.data
+        n_trunc, hit, fp_train, fp_eval = train_enc.info["truncated"], train_enc.hit, train_enc.key, eval_enc.key
+        test_split = encode_cached(test_df, tokenizer, max_length, label2id).data if test_df is not None else None
         log.info("tokenized %d train / %d eval rows%s; %d train rows (%.1f%%) truncated at %d tokens",
                  len(train_split), len(eval_split), " (from cache)" if hit else "", n_trunc,
                  100 * n_trunc / max(1, len(train_split)), max_length)
@@ -242,7 +240,7 @@ class Classification(Task):
             raise LmforgeError(f"{data}: label(s) {', '.join(map(repr, unseen[:5]))} are not labels of this model",
                                f"the model knows {', '.join(map(repr, list(label2id)[:20]))}")
         max_length = resolve_block_size(cfg.data.max_length, model.config, tokenizer, "data.max_length")
-        split, _, _, _ = encode_cached(df, tokenizer, max_length, label2id)
+        split = encode_cached(df, tokenizer, max_length, label2id).data
         labels = [model.config.id2label[i] for i in range(len(label2id))]
         return attach_metrics_function(TaskParts(task=self, model=model, tokenizer=tokenizer, train=None, eval=split,
                          collate=make_collate(tokenizer.pad_token_id), loss=loss_fn, eval_step=eval_step,

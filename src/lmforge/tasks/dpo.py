@@ -21,6 +21,7 @@ disabled; without: a frozen copy of the starting model).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import copy
 import logging
 from pathlib import Path
@@ -62,6 +63,17 @@ METRICS = ("reward_accuracy", "reward_margin", "rewards_chosen", "rewards_reject
 
 
 # ----------------------------------------------------------------------------------- the loss
+@dataclass
+class PairScores:
+    """One batch of pairs: each pair's loss, the chosen / rejected rewards, the policy's summed log-probs
+    [pairs, 2] and the scored tokens [pairs, 2]."""
+    losses: torch.Tensor
+    reward_chosen: torch.Tensor
+    reward_rejected: torch.Tensor
+    logps: torch.Tensor
+    counts: torch.Tensor
+
+
 class PreferenceObjective:
     """The loop's loss (sum over pairs) and eval step; keeps the logging window's reward statistics."""
 
@@ -72,7 +84,7 @@ class PreferenceObjective:
         self.live_reference = live_reference  # None (cached in the batch), a model, or "adapter"
         self.stats = StepStats(METRICS, count="pairs")
 
-    def _compute(self, model, batch: dict):
+    def _compute(self, model, batch: dict) -> PairScores:
         logps, counts = sequence_logps(model, batch)
         ref = None
         if needs_reference(self.loss_type):
@@ -86,10 +98,11 @@ class PreferenceObjective:
             self.loss_type, self.beta, logps[:, 0], logps[:, 1], counts[:, 0], counts[:, 1],
             None if ref is None else ref[:, 0], None if ref is None else ref[:, 1],
             label_smoothing=self.label_smoothing, simpo_gamma=self.simpo_gamma)
-        return losses, rc, rr, logps, counts
+        return PairScores(losses, rc, rr, logps, counts)
 
     def __call__(self, model, batch: dict) -> torch.Tensor:
-        losses, rc, rr, logps, _ = self._compute(model, batch)
+        s = self._compute(model, batch)
+        losses, rc, rr, logps = s.losses, s.reward_chosen, s.reward_rejected, s.logps
         with torch.no_grad():
             stats = {"pairs": float(len(losses)), "reward_accuracy": float((rc > rr).float().sum()),
                      "reward_margin": float((rc - rr).sum()), "rewards_chosen": float(rc.sum()),
@@ -100,7 +113,8 @@ class PreferenceObjective:
 
     @torch.no_grad()
     def eval_step(self, model, batch: dict) -> dict:
-        losses, rc, rr, logps, counts = self._compute(model, batch)
+        s = self._compute(model, batch)
+        losses, rc, rr, logps, counts = s.losses, s.reward_chosen, s.reward_rejected, s.logps, s.counts
         return {"pair_loss": losses.double(), "reward_chosen": rc.double(), "reward_rejected": rr.double(),
                 "logp_chosen": logps[:, 0].double(), "logp_rejected": logps[:, 1].double(),
                 "tokens_chosen": counts[:, 0], "tokens_rejected": counts[:, 1]}

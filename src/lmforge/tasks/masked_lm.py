@@ -12,7 +12,6 @@ the before/after comparison is on the same masked tokens.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from ..config import Config, Permissions
 from ..data import corpus, masking
 from ..data.batching import pad_sequences
-from ..data.cache import cached_dataset, fingerprint, tokenizer_fingerprint
+from ..data.cache import CachedEncoding, cached_dataset, fingerprint, tokenizer_fingerprint
 from ..data.corpus import read_corpus
 from ..data.pipeline import Splits, read_splits
 from ..errors import LmforgeError
@@ -111,35 +110,22 @@ def head_note(model, new: set[str], source: str) -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------------- data
-def encode_cached(texts: list[str], tokenizer, block_size: int, remainder: str):
-    """Blocks and word ids of a split, cached on disk by (texts, tokenizer, block_size, remainder)."""
+def encode_cached(texts: list[str], tokenizer, block_size: int, remainder: str) -> CachedEncoding:
+    """Blocks and word ids of a split (`.data`), cached on disk by (texts, tokenizer, block_size, remainder);
+    `.info`: the encoding's tokens, documents and dropped tokens."""
     h = hashlib.sha256()
     for t in texts:
         h.update(t.encode("utf-8"))
         h.update(b"\x1e")
-    key = fingerprint(h.hexdigest(), tokenizer_fingerprint(tokenizer), block_size, remainder, "mlm-v1")
-
-    class Empty(Exception):  # an empty Arrow table cannot be saved and reloaded: not cached
-        pass
+    key = fingerprint(h.hexdigest(), tokenizer_fingerprint(tokenizer), block_size, remainder, "mlm-v2")
 
     def build():
         ids, words, stats = masking.encode_blocks(texts, tokenizer, block_size, remainder)
-        if not ids:
-            raise Empty(stats)
         features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
                                       "word_ids": datasets.Sequence(datasets.Value("int32"))})
-        info = datasets.DatasetInfo(description=json.dumps(stats), features=features)
-        return datasets.Dataset.from_dict({"input_ids": ids, "word_ids": words}, features=features, info=info)
+        return datasets.Dataset.from_dict({"input_ids": ids, "word_ids": words}, features=features), stats
 
-    try:
-        ds, hit = cached_dataset(key, build, kind="mlm")
-    except Empty as e:
-        return datasets.Dataset.from_dict({"input_ids": [], "word_ids": []}), e.args[0], False, key
-    try:
-        stats = json.loads(ds.info.description or "{}")
-    except ValueError:
-        stats = {}
-    return ds, stats, hit, key
+    return cached_dataset(key, build, kind="mlm")
 
 
 def fixed_masked_split(ds, spec: masking.MaskSpec, seed: int, pad_id: int, limit: Optional[int] = None) -> EncodedSplit:
@@ -271,13 +257,21 @@ def make_samples(tokenizer, probes: list[str]):
 
 
 # ----------------------------------------------------------------------------------- setup
-def load_model_and_tokenizer(cfg: Config, log: logging.Logger, permissions: Permissions):
+@dataclass
+class LoadedEncoder:
+    model: PreTrainedModel
+    tokenizer: object
+    new_params: set  # names of parameters the checkpoint did not have (a new MLM head)
+    from_scratch: bool
+
+
+def load_model_and_tokenizer(cfg: Config, log: logging.Logger, permissions: Permissions) -> LoadedEncoder:
     """(model, tokenizer, newly initialised parameter names, from_scratch)."""
     if cfg.model.from_config and not cfg.model.name:
         tokenizer = tokenizer_for_config(cfg, log, permissions)
         model = build_model(cfg, tokenizer, AutoModelForMaskedLM, "masked-lm")
         check_mask_token(tokenizer, "the from-config model")
-        return model, tokenizer, set(), True  # all new: one learning rate for all
+        return LoadedEncoder(model, tokenizer, set(), True)  # all new: one learning rate for all
     path = model_source(cfg, permissions)
     check_encoder(model_config_of(path, cfg), f"the model {cfg.model.name}")
     tokenizer = load_tokenizer(path, cfg.model.revision)
@@ -286,7 +280,7 @@ def load_model_and_tokenizer(cfg: Config, log: logging.Logger, permissions: Perm
         raise LmforgeError(f"the tokenizer of {cfg.model.name} has no pad token",
                            "add a pad token to its tokenizer_config.json")
     model, missing = load_pretrained(AutoModelForMaskedLM, path, cfg, permissions)
-    return model, tokenizer, missing, False
+    return LoadedEncoder(model, tokenizer, missing, False)
 
 
 def block_size_for(cfg: Config, model, tokenizer) -> int:
@@ -326,11 +320,13 @@ def encode_splits(cfg: Config, docs, tokenizer, model, block_size: int) -> Maske
     """Blocks of the train / eval / test documents, the eval and test masked once (data.eval_mask_seed)."""
     d = cfg.data
     train_docs, eval_docs, test_docs = docs.train, docs.eval, docs.test
-    train_ds, tstats, hit, fp_train = encode_cached(train_docs, tokenizer, block_size, d.remainder)
+    train_enc = encode_cached(train_docs, tokenizer, block_size, d.remainder)
+    train_ds, tstats, hit, fp_train = train_enc.data, train_enc.info, train_enc.hit, train_enc.key
     if len(train_ds) == 0:
         raise LmforgeError(f"the training text ({tstats.get('tokens', 0)} tokens) is shorter than one block of "
                            f"{block_size} tokens", "lower data.block_size, add text, or set data.remainder: pad")
-    eval_ds, estats, _, fp_eval = encode_cached(eval_docs, tokenizer, block_size, d.remainder)
+    eval_enc = encode_cached(eval_docs, tokenizer, block_size, d.remainder)
+    eval_ds, estats, fp_eval = eval_enc.data, eval_enc.info, eval_enc.key
     if len(eval_ds) == 0:
         raise LmforgeError(f"the eval text ({estats.get('tokens', 0)} tokens) is shorter than one block of "
                            f"{block_size} tokens", "give more eval text, lower data.block_size, or set data.remainder: pad")
@@ -339,7 +335,7 @@ def encode_splits(cfg: Config, docs, tokenizer, model, block_size: int) -> Maske
     eval_split = fixed_masked_split(eval_ds, spec, d.eval_mask_seed, tokenizer.pad_token_id)
     test_split = None
     if test_docs is not None:
-        test_ds, _, _, _ = encode_cached(test_docs, tokenizer, block_size, d.remainder)
+        test_ds = encode_cached(test_docs, tokenizer, block_size, d.remainder).data
         test_split = fixed_masked_split(test_ds, spec, d.eval_mask_seed + 1, tokenizer.pad_token_id) \
             if len(test_ds) else None
     stats = {"train": tstats, "eval": estats}
@@ -387,7 +383,8 @@ class MaskedLM(Task):
 
     def setup(self, cfg: Config, log: logging.Logger = log, permissions: Permissions = Permissions()) -> TaskParts:
         d = cfg.data
-        model, tokenizer, new, from_scratch = load_model_and_tokenizer(cfg, log, permissions)
+        loaded = load_model_and_tokenizer(cfg, log, permissions)
+        model, tokenizer, new, from_scratch = loaded.model, loaded.tokenizer, loaded.new_params, loaded.from_scratch
         block_size = block_size_for(cfg, model, tokenizer)
         docs = read_documents(cfg, log)
         enc = encode_splits(cfg, docs, tokenizer, model, block_size)
@@ -441,7 +438,8 @@ class MaskedLM(Task):
         d = cfg.data
         block_size = resolve_block_size(d.block_size, model.config, tokenizer)
         docs = eval_rows(read_corpus(data, cfg, "eval"), overrides, cfg)
-        ds, stats, _, _ = encode_cached(docs, tokenizer, block_size, d.remainder)
+        enc = encode_cached(docs, tokenizer, block_size, d.remainder)
+        ds, stats = enc.data, enc.info
         if len(ds) == 0:
             raise LmforgeError(f"{data} ({stats.get('tokens', 0)} tokens) is shorter than one block of {block_size} "
                                "tokens", "give more text, or pass --data.remainder pad")

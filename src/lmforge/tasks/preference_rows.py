@@ -13,12 +13,13 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
 from ..data.preference import Pair
 from ..errors import LmforgeError
-from ..fs import atomic_write, cache_dir, reuse_cache
+from ..fs import atomic_write, cache_slot
 from ..models.lora import adapters_disabled
 from ..runtime import to_device
 from .chat_template import assistant_spans, end_of_turn
@@ -42,8 +43,17 @@ class EncodedPairs:
     unshared: int = 0  # the template renders the prompt differently before the two replies
 
 
-def _side(tokenizer, pair: Pair, reply: list[dict], eot: str):
-    """(prompt ids, reply ids, scored flags per reply token, mask method) of one side of a pair."""
+@dataclass
+class Side:
+    """One side of a pair: the prompt's ids, the reply's ids, which reply tokens are scored, the mask method."""
+    prompt: list[int]
+    reply: list[int]
+    scored: list[bool]
+    method: str
+
+
+def _side(tokenizer, pair: Pair, reply: list[dict], eot: str) -> Optional[Side]:
+    """One side of a pair, or None when the template leaves no assistant span."""
     full, spans, method = assistant_spans(tokenizer, pair.prompt + reply, "assistant", eot, from_turn=len(pair.prompt))
     if not spans:
         return None
@@ -51,7 +61,7 @@ def _side(tokenizer, pair: Pair, reply: list[dict], eot: str):
     prompt_ids = tokenizer(full[:cut], add_special_tokens=False)["input_ids"]
     enc = tokenizer(full[cut:end], add_special_tokens=False, return_offsets_mapping=True)
     scored = [b > a and any(s - cut <= a < e - cut for s, e in spans) for a, b in enc["offset_mapping"]]
-    return list(prompt_ids), list(enc["input_ids"]), scored, method
+    return Side(list(prompt_ids), list(enc["input_ids"]), scored, method)
 
 
 def encode_pairs(pairs: list[Pair], tokenizer, max_prompt: int, max_length: int) -> EncodedPairs:
@@ -65,8 +75,9 @@ def encode_pairs(pairs: list[Pair], tokenizer, max_prompt: int, max_length: int)
             out.cut_away += 1
             continue
         row, cut = {}, False
-        for name, (p, ids, scored, method) in zip(("chosen", "rejected"), sides):
-            out.methods.add(method)
+        for name, side in zip(("chosen", "rejected"), sides):
+            p, ids, scored = side.prompt, side.reply, side.scored
+            out.methods.add(side.method)
             if len(p) > max_prompt:
                 p, cut = p[-max_prompt:], True
             room = max(0, max_length - len(p))
@@ -278,16 +289,26 @@ def attach_reference(model, rows: list[dict], collate, batch_size: int, key_extr
     of `model` (eval mode); returns (seconds, from_cache)."""
     t = time.perf_counter()
     key = hashlib.sha256(f"{model_fingerprint(model)}|{data_fingerprint(rows)}|{key_extra}".encode()).hexdigest()[:32]
-    path = cache_dir() / "reference-logps" / f"{key}.pt"
-    if path.exists() and reuse_cache():
-        try:
-            values = torch.load(path, weights_only=True)
-            if values.shape == (len(rows), 2):
-                for row, v in zip(rows, values.tolist()):
-                    row["ref"] = v
-                return time.perf_counter() - t, True
-        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
-            pass
+    with cache_slot("reference-logps", f"{key}.pt", lambda p: p.exists()) as slot:
+        if slot.hit:
+            try:
+                values = torch.load(slot.path, weights_only=True)
+                if values.shape == (len(rows), 2):
+                    for row, v in zip(rows, values.tolist()):
+                        row["ref"] = v
+                    return time.perf_counter() - t, True
+            except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+                pass
+            slot.miss()
+        values = _reference_pass(model, rows, collate, batch_size, t)
+        atomic_write(slot.path, lambda tmp: torch.save(values, tmp))
+    for row, v in zip(rows, values.tolist()):
+        row["ref"] = v
+    return time.perf_counter() - t, False
+
+
+def _reference_pass(model, rows: list[dict], collate, batch_size: int, t: float) -> torch.Tensor:
+    """[pairs, 2] summed log-probs of each pair's replies under `model` (eval mode, longest first)."""
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -308,10 +329,7 @@ def attach_reference(model, rows: list[dict], collate, batch_size: int, key_extr
                          last - t, (last - t) * (len(rows) - done) / done)
     finally:
         model.train(was)
-    for row, v in zip(rows, values.tolist()):
-        row["ref"] = v
-    atomic_write(path, lambda tmp: torch.save(values, tmp))
-    return time.perf_counter() - t, False
+    return values
 
 
 # ----------------------------------------------------------------------------------- probe
