@@ -256,3 +256,8 @@ def test_lmforge_no_cache_rebuilds_every_cache(tmp_path, monkeypatch):
         tokmod.trained_for_config(cfg)
         tokmod.trained_for_config(cfg)
         assert tokmod.STATS["hits"] - before["hits"] == want_hits
+
+
+def test_an_option_only_one_task_has_is_refused_by_the_others(tiny_cls_run):
+    with pytest.raises(LmforgeError, match="--stride is not an option of classification evaluation"):
+        api.evaluate(tiny_cls_run / "model", stride=4, progress=False)

@@ -170,7 +170,7 @@ def test_known_pair_columns_are_detected(tiny_bert, tmp_path, capsys):
     rows = [(f"{a} food", f"{b} food", "same" if a == b else "different")
             for a, b in zip("good bad good bad good bad".split() * 8, "good good bad bad bad good".split() * 8)]
     f = write_csv(tmp_path / "nli.csv", rows, header=("premise", "hypothesis", "label"))
-    from lmforge.tasks.classification import read_labelled
+    from lmforge.data.labelled import read_labelled
     df = read_labelled(str(f), load_config(None, {"data": {"train": str(f)}}), "train")
     assert list(df["text_pair"][:2]) == ["good food", "good food"] and list(df["text"][:2]) == ["good food", "bad food"]
     cfg = tmp_path / "c.yaml"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from .config import Config, Permissions, SamplingParams, resolve_config  # noqa: F401 (SamplingParams: public)
+from .errors import LmforgeError
 from .data.builtin import DATASETS
 from .models.load import resolve_model_dir
 from .models.push import push_folder
@@ -116,7 +117,12 @@ def evaluate(model: Union[str, Path], data: Optional[str] = None, batch_size: in
     model_dir = resolve_model_dir(model)
     task = get_task(task) if task else _task_of(model_dir)
     data = data or _run_eval_data(model_dir)
-    parts = task.eval_setup(model_dir, data, overrides, stride=stride)
+    options = {"stride": stride} if stride is not None else {}
+    for name in options:
+        if name not in task.eval_options:  # e.g. --stride (sliding windows) is causal-lm's alone
+            raise LmforgeError(f"--{name} is not an option of {task.name} evaluation",
+                               f"{task.name} takes: {', '.join('--' + o for o in task.eval_options) or 'no extra options'}")
+    parts = task.eval_setup(model_dir, data, overrides, **options)
     with TrainProgress(enabled=progress) as bar:
         metrics = evaluate_split(parts.model, parts.eval, parts, batch_size, progress=bar, desc="eval")
     metrics["data"] = data
@@ -134,7 +140,6 @@ def _run_eval_data(model_dir: Path) -> str:
         cfg = resolve_config(str(run_cfg))
         if cfg.data.test or cfg.data.eval:
             return cfg.data.test or cfg.data.eval
-    from .errors import LmforgeError
     raise LmforgeError(f"no --data given, and {model_dir} is not from a run with a test or eval set",
                        "pass --data FILE (or a built-in dataset such as finefood:test)")
 

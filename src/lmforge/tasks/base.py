@@ -127,6 +127,9 @@ class Task:
     endpoint: str = ""
     """The `lmforge serve` endpoint that uses a model of this task."""
     data_kind: str = "corpus"
+    # options of `lmforge eval` that only some tasks have, passed to their eval_setup as keywords (causal-lm:
+    # "stride"); any other task refuses them in one line, in one place (api.evaluate)
+    eval_options: tuple[str, ...] = ()
     # the config key that bounds an example's tokens (what the out-of-memory advice tells a user to lower)
     length_key: str = "data.block_size"
     """'table' (rows with text and label columns), 'corpus' (documents) or 'conversations': how `doctor`
@@ -153,8 +156,8 @@ class Task:
     def setup(self, cfg: Config, log: logging.Logger, permissions: Permissions = Permissions()) -> TaskParts:
         raise NotImplementedError
 
-    def eval_setup(self, model_dir: Path, data: str, overrides=None, stride: Optional[int] = None) -> TaskParts:
-        """A saved model and new data, encoded as its run did (`stride`: sliding-window scoring, causal-lm)."""
+    def eval_setup(self, model_dir: Path, data: str, overrides=None) -> TaskParts:
+        """A saved model and new data, encoded as its run did (options in `eval_options` come as keywords)."""
         raise NotImplementedError
 
     def prepare(self, cfg: Config, progress: bool = True) -> dict:
@@ -217,11 +220,6 @@ def eval_config(model_dir: Path, overrides, task: Task) -> Config:
 def eval_rows(rows, overrides, cfg: Config):
     """The rows `lmforge eval --data` scores (data.pipeline.eval_rows: the run's caps are not inherited)."""
     return pipeline.eval_rows(rows, overrides, cfg.train.seed)
-
-
-def refuse_stride(task: Task, stride: Optional[int]) -> None:
-    if stride is not None:
-        raise LmforgeError(f"--stride (sliding-window scoring) is for causal-lm models; this is a {task.name} model")
 
 
 def attach_metrics_function(parts: TaskParts, cfg: Config) -> TaskParts:

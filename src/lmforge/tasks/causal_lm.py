@@ -34,7 +34,7 @@ from ..config import Config, Permissions, SamplingParams
 from ..data import corpus, stream
 from ..data.batching import pad_sequences
 from ..data.cache import CachedEncoding, cached_dataset, fingerprint, tokenizer_fingerprint
-from ..data.corpus import pack, read_corpus, tokenize_documents, truncate
+from ..data.corpus import pack, tokenize_documents, truncate
 from ..data.pipeline import Splits, describe, eval_keep, read_eval_rows, read_splits, refuse_train_cap, take
 from ..data.split import held_out_count
 from ..errors import LmforgeError
@@ -295,6 +295,7 @@ class CausalLM(Task):
     pipeline_tag = "text-generation"
     usage_example = 'print(pipe("Once upon a time", max_new_tokens=40))'
     try_command = 'lmforge generate {run} "Once upon a time"'
+    eval_options = ("stride",)
     starter = {"model": "smollm2-135m", "data": "kjv", "about": "continue text: fine-tune (or pretrain) a decoder on documents",
                "keys": {"data": ["block_size", "packing", "document_separator"]},
                "values": {"data": {"block_size": 256}, "train": {"per_device_train_batch_size": 8}}}
@@ -397,7 +398,7 @@ class CausalLM(Task):
         `stride`, score it in sliding windows instead (see sliding_windows)."""
         model, tokenizer = self.load_for_use(Path(model_dir))
         base = eval_config(model_dir, overrides, self)
-        docs = read_corpus(data, base, "eval")
+        docs = read_eval_rows(data, base, corpus.KIND)
         from_run = (Path(model_dir).parent / "config.yaml").exists()
         block = resolve_block_size(base.data.block_size if from_run or overrides else None, model.config)
         packing = base.data.packing if stride is None else "truncate"

@@ -18,14 +18,13 @@ from ..config import Config, Permissions
 from ..data import labelled
 from ..data.batching import pad_sequences
 from ..data.cache import CachedEncoding, cached_dataset, fingerprint, tokenizer_fingerprint
-from ..data.labelled import read_labelled
-from ..data.pipeline import Splits, describe, read_splits
+from ..data.pipeline import Splits, describe, read_eval_rows, read_splits
 from ..errors import LmforgeError
 from ..metrics import classification_metrics
 from ..models.load import ensure_pad, load_pretrained, model_config_of, model_source, resolve_block_size
 from ..models.lora import load_model
 from ..tokenizer import load_tokenizer
-from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, eval_config, refuse_stride
+from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, eval_config
 
 log = logging.getLogger("lmforge")
 
@@ -228,12 +227,11 @@ class Classification(Task):
         model.eval()
         return model, tokenizer
 
-    def eval_setup(self, model_dir: Path, data: str, overrides=None, stride: Optional[int] = None) -> TaskParts:
+    def eval_setup(self, model_dir: Path, data: str, overrides=None) -> TaskParts:
         """Load a trained classifier and encode a labelled dataset with its label mapping."""
-        refuse_stride(self, stride)
         model, tokenizer = self.load_for_use(model_dir)
         cfg = eval_config(model_dir, overrides, self)
-        df = read_labelled(data, cfg, "eval")
+        df = read_eval_rows(data, cfg, labelled.KIND)
         label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
         unseen = sorted(set(df["label"]) - set(label2id))
         if unseen:

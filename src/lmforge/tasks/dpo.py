@@ -32,11 +32,10 @@ from transformers import AutoModelForCausalLM
 
 from ..config import Config, Permissions, load_config
 from ..data import preference
-from ..data.pipeline import Splits, describe, read_splits
-from ..data.preference import read_pairs
+from ..data.pipeline import Splits, describe, read_eval_rows, read_splits
 from ..errors import LmforgeError
 from ..models.load import resolve_block_size
-from .base import EncodedSplit, StepStats, Task, TaskParts, clip, eval_config, eval_rows, refuse_stride
+from .base import EncodedSplit, StepStats, Task, TaskParts, clip, eval_config, eval_rows
 from .causal_lm import TASK as CAUSAL_LM
 from .causal_lm import load_model
 from .chat_template import ensure_chat_template
@@ -235,15 +234,14 @@ class DPO(Task):
     def load_for_use(self, model_dir: Path, allow_untrained: bool = False):
         return CAUSAL_LM.load_for_use(model_dir)
 
-    def eval_setup(self, model_dir: Path, data: str, overrides=None, stride: Optional[int] = None) -> TaskParts:
+    def eval_setup(self, model_dir: Path, data: str, overrides=None) -> TaskParts:
         """Preference metrics of a saved model on `data`'s pairs, against its run's starting model as reference."""
-        refuse_stride(self, stride)
         model, tokenizer = self.load_for_use(Path(model_dir))
         cfg = eval_config(model_dir, overrides, self)
         ensure_chat_template(tokenizer)
         max_len = resolve_block_size(cfg.data.block_size, model.config)
         max_prompt = min(cfg.dpo.max_prompt_length or max_len // 2, max_len - 1)
-        pairs = read_pairs(data, cfg, "eval")
+        pairs = read_eval_rows(data, cfg, preference.KIND)
         enc = encode_pairs(eval_rows(pairs, overrides, cfg),
                            tokenizer, max_prompt, max_len)
         check_usable(enc, data)

@@ -28,15 +28,14 @@ from ..config import Config, Permissions
 from ..data import corpus, masking
 from ..data.batching import pad_sequences
 from ..data.cache import CachedEncoding, cached_dataset, fingerprint, tokenizer_fingerprint
-from ..data.corpus import read_corpus
-from ..data.pipeline import Splits, read_splits
+from ..data.pipeline import Splits, read_eval_rows, read_splits
 from ..errors import LmforgeError
 from ..metrics import perplexity
 from ..models.load import load_pretrained, model_config_of, model_source, resolve_block_size
 from ..models.lora import load_model, model_config
 from ..models.scratch import build_model
 from ..tokenizer import load_tokenizer, tokenizer_for_config
-from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, eval_rows, refuse_stride
+from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, eval_rows
 from .fill_mask import fill_mask_with
 
 log = logging.getLogger("lmforge")
@@ -430,14 +429,13 @@ class MaskedLM(Task):
         model, tokenizer, _ = self.load_with_new_params(model_dir)
         return model, tokenizer
 
-    def eval_setup(self, model_dir: Path, data: str, overrides=None, stride: Optional[int] = None) -> TaskParts:
+    def eval_setup(self, model_dir: Path, data: str, overrides=None) -> TaskParts:
         """Fixed-mask perplexity of a masked LM on a corpus, with the run's block size, masking and eval seed."""
-        refuse_stride(self, stride)
         model, tokenizer = self.load_for_use(model_dir)
         cfg = eval_config(model_dir, overrides, self)
         d = cfg.data
         block_size = resolve_block_size(d.block_size, model.config, tokenizer)
-        docs = eval_rows(read_corpus(data, cfg, "eval"), overrides, cfg)
+        docs = eval_rows(read_eval_rows(data, cfg, corpus.KIND), overrides, cfg)
         enc = encode_cached(docs, tokenizer, block_size, d.remainder)
         ds, stats = enc.data, enc.info
         if len(ds) == 0:

@@ -20,17 +20,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from transformers import AutoModelForCausalLM
 
 from ..config import Config, Permissions, SamplingParams
 from ..data import chat
-from ..data.chat import read_conversations
-from ..data.pipeline import Splits, describe, read_splits
+from ..data.pipeline import Splits, describe, read_eval_rows, read_splits
 from ..errors import LmforgeError
 from ..models.load import ensure_pad, resolve_block_size
-from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, eval_rows, refuse_stride
+from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, eval_rows
 from .causal_lm import TASK as CAUSAL_LM
 from .causal_lm import load_model, make_collate
 from .chat_template import end_of_turn, ensure_chat_template, render_with_mask
@@ -229,14 +227,13 @@ class SFT(Task):
     def load_for_use(self, model_dir: Path, allow_untrained: bool = False):
         return CAUSAL_LM.load_for_use(model_dir)
 
-    def eval_setup(self, model_dir: Path, data: str, overrides=None, stride: Optional[int] = None) -> TaskParts:
+    def eval_setup(self, model_dir: Path, data: str, overrides=None) -> TaskParts:
         """Loss and perplexity over the trained tokens of `data`'s conversations, encoded as the run did."""
-        refuse_stride(self, stride)
         model, tokenizer = self.load_for_use(Path(model_dir))
         cfg = eval_config(model_dir, overrides, self)
         ensure_chat_template(tokenizer)
         block = resolve_block_size(cfg.data.block_size, model.config)
-        convs = read_conversations(data, cfg, "eval")
+        convs = read_eval_rows(data, cfg, chat.KIND)
         enc = encode_conversations(eval_rows(convs, overrides, cfg),
                                    tokenizer, block, cfg.data.train_on)
         check_trainable(enc, data, cfg.data.train_on)
