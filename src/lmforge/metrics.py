@@ -9,24 +9,32 @@ import numpy as np
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str] | None = None) -> dict:
-    """Accuracy, precision / recall / F1 (macro and weighted), MCC and the confusion matrix."""
+    """Accuracy, precision / recall / F1 (macro and weighted), MCC and the confusion matrix.
+
+    The averages follow scikit-learn's default: over the labels present in the truth or the predictions (a
+    class absent from both is not scored 0). The confusion matrix keeps every label of the model, and
+    `absent_labels` names those that were in neither."""
     from sklearn import metrics as skm
 
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     ids = list(range(len(labels))) if labels is not None else sorted(set(y_true) | set(y_pred))
+    present = sorted({int(x) for x in y_true} | {int(x) for x in y_pred})
     out = {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "mcc": float(skm.matthews_corrcoef(y_true, y_pred)),
     }
     for avg in ("macro", "weighted"):
-        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=avg, zero_division=0)
+        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=present, average=avg,
+                                                         zero_division=0)
         out[f"precision_{avg}"] = float(p)
         out[f"recall_{avg}"] = float(r)
         out[f"f1_{avg}"] = float(f)
     if len(ids) == 2:
         out["f1"] = float(skm.f1_score(y_true, y_pred, pos_label=1, labels=ids, zero_division=0))
     out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=ids).tolist()
+    if labels is not None:
+        out["absent_labels"] = [labels[i] for i in ids if i not in present]
     return out
 
 
