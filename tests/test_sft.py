@@ -312,3 +312,29 @@ def test_eval_generate_scores_exact_match_and_chrf(tiny_chat_model, tmp_path, ca
     base = api.evaluate(tiny_chat_model, str(tmp_path / "eval.jsonl"), progress=False, generate=True,
                         max_new_tokens=8, task="sft")
     assert base["n_generated"] == 3 and base["loss"] > 0
+
+
+GEN_CHATML = ("{% for message in messages %}{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}"
+              "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}{% else %}"
+              "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endif %}"
+              "{% endfor %}")
+
+
+def test_a_token_straddling_the_template_and_an_indented_reply_is_trained():
+    """A code reply that starts with a newline and indentation: byte-level BPE merges it with the template's
+    newline into one token. That token carries the reply's first characters, so it is trained, as
+    transformers' return_assistant_tokens_mask (and TRL) do; the rest of the mask is unchanged."""
+    texts = ["<|im_start|>assistant\n\n\n    x = 1\n    y = 2<|im_end|>\n"] * 200 + ["def f():\n\n\n    return 1"] * 100
+    t = train_tokenizer("byte-level-bpe", texts=texts, vocab_size=400, min_frequency=1,
+                        special_tokens=["<|im_start|>", "<|im_end|>", "</s>"]).tokenizer
+    t.chat_template = CHATML
+    for reply in ("\n\n    x = 1", "plain words"):
+        conv = [{"role": "user", "content": "write it"}, {"role": "assistant", "content": reply}]
+        r = render_with_mask(t, conv)
+        ref = t.apply_chat_template(conv, chat_template=GEN_CHATML, tokenize=True, return_dict=True,
+                                    return_assistant_tokens_mask=True)
+        assert r.ids == list(ref["input_ids"])
+        assert r.trained == [bool(x) for x in ref["assistant_masks"]], reply
+    r = render_with_mask(t, [{"role": "user", "content": "w"}, {"role": "assistant", "content": "\n\n    x = 1"}])
+    straddle = [t.decode([i]) for i, on in zip(r.ids, r.trained) if on]
+    assert straddle[0].startswith("\n\n\n")  # the template's newline and the reply's two, one trained token

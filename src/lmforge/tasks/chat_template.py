@@ -119,5 +119,8 @@ def render_with_mask(tokenizer, messages: list[dict], train_on: str = "assistant
     full, spans, method = assistant_spans(tokenizer, messages, train_on, eot)
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    trained = [any(s <= start < e for s, e in spans) and end > start for start, end in offsets]
+    # a token is trained when any of its characters is in a span: a token that straddles the template and the
+    # reply (the template's newline merged with a reply that starts with whitespace or indentation) is trained,
+    # as transformers' return_assistant_tokens_mask and TRL do
+    trained = [end > start and any(start < e and end > s for s, e in spans) for start, end in offsets]
     return Rendered(list(ids), trained, method)
