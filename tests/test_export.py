@@ -4,6 +4,9 @@ LoRA run's merged export equals the adapter model; unsupported formats and occup
 from __future__ import annotations
 
 import json
+import os
+import platform
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,6 +83,45 @@ def test_unsupported_pairs_and_occupied_folders_are_one_line(tiny_cls_run, tmp_p
     (tmp_path / "busy" / "mine.txt").write_text("x")
     assert main(["export", str(tiny_cls_run), "-o", str(tmp_path / "busy")]) == 2
     assert "is not empty" in capsys.readouterr().err and (tmp_path / "busy" / "mine.txt").read_text() == "x"
+
+
+def test_export_never_writes_into_a_run_and_says_what_state_the_run_is_in(tiny_cls_run, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(tiny_cls_run, run)
+    (run / "checkpoints").mkdir(exist_ok=True)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    for inside in ("checkpoints/step-99", "model/sub"):
+        assert main(["export", str(run), "-o", str(run / inside)]) == 2
+        assert f"inside the run folder {run.resolve()}'s {inside.split('/')[0]}/" in capsys.readouterr().err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before and not (run / "model" / "sub").exists()
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps(dict(manifest, status="running", pid=os.getpid(),
+                                                       host=platform.node())))
+    from lmforge.tools import export as export_mod
+    from lmforge.train import recovery
+    alive = {"status": "alive", "pid": 4242}
+    orig = export_mod.previous_run
+    export_mod.previous_run = lambda d: alive if Path(d) == run else orig(d)
+    try:
+        assert main(["export", str(run), "-o", str(tmp_path / "x")]) == 2
+        assert "is still training (pid 4242)" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    finally:
+        export_mod.previous_run = orig
+    (run / "manifest.json").write_text(json.dumps(dict(manifest, status="failed", error="boom")))
+    assert recovery.previous_run(run)["status"] == "failed"
+    out = api.export(str(run), "safetensors", str(tmp_path / "ok"))
+    assert json.loads((out / "export.json").read_text())["run_status"] == "failed"
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores permissions: nothing to check here
+            return
+        assert main(["export", str(run), "-o", str(ro / "e")]) == 2
+        assert "export" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)
 
 
 # ----------------------------------------------------------------------------------------------- GGUF

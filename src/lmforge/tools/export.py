@@ -35,6 +35,7 @@ from ..fs import atomic_dir, check_output_dir
 from ..models.load import resolve_model_dir
 from ..models.onnx_model import is_onnx_dir, load_onnx
 from ..tasks import task_of
+from ..train.recovery import previous_run
 from ..use.inputs import read_texts
 from . import gguf_export, onnx_export
 
@@ -218,6 +219,33 @@ def _card_line(report: dict) -> str:
     return line + ".\n"
 
 
+def _check_output_outside_runs(out: Path) -> None:
+    """An export never goes inside a run folder's checkpoints/, model/ or adapter/ (resume deletes and rewrites
+    checkpoints; model/ is what the run's commands load)."""
+    out = out.expanduser().resolve()
+    for parent in out.parents:
+        if (parent / "manifest.json").exists() or (parent / "config.yaml").exists() and (parent / "log.jsonl").exists():
+            inside = out.relative_to(parent).parts[0]
+            if inside in ("checkpoints", "model", "adapter"):
+                raise LmforgeError(f"-o {out} is inside the run folder {parent}'s {inside}/, which lmforge writes "
+                                   "and replaces", f"export next to the run instead, e.g. -o {parent}-export")
+
+
+def _run_state(model_dir: Path) -> Optional[str]:
+    """The recorded state of the run a model folder belongs to; a run still training is refused."""
+    state = previous_run(Path(model_dir).parent)
+    if state is None:
+        return None
+    if state["status"] == "alive":
+        raise LmforgeError(f"the run {Path(model_dir).parent} is still training (pid {state.get('pid')})",
+                           "wait until it finishes, or export one of its checkpoints/step-N folders")
+    if state["status"] in ("failed", "interrupted", "crashed"):
+        log.warning("the run %s %s: exporting what %s holds", Path(model_dir).parent,
+                    {"failed": "failed", "interrupted": "was interrupted", "crashed": "ended without a clean exit"}
+                    [state["status"]], model_dir)
+    return state["status"]
+
+
 def export(model: str, fmt: str = "safetensors", output: Optional[str] = None, dtype: Optional[str] = None,
            verify: bool = True, quantize: Optional[str] = None) -> Path:
     precision = _check_options(fmt, dtype, quantize)
@@ -228,14 +256,21 @@ def export(model: str, fmt: str = "safetensors", output: Optional[str] = None, d
                            "export folder")
     if out.exists() and any(out.iterdir()):
         raise LmforgeError(f"export folder {out} is not empty", "choose another -o, or remove it first")
+    _check_output_outside_runs(out)
+    run_status = _run_state(model_dir)
     task = task_of(model_dir)
     trained, tokenizer = task.load_for_use(model_dir, allow_untrained=True)  # LoRA: merged into its base
     trained.float().eval()
     if fmt == "gguf":
         gguf_export.check_supported(trained, precision)  # before any file is written
     started = time.perf_counter()
-    report = {"format": fmt, "precision": precision, "source": str(model_dir), "task": task.name}
-    atomic_dir(out, lambda tmp: report.update(_write(fmt, precision, trained, tokenizer, model_dir, tmp)))
+    report = {"format": fmt, "precision": precision, "source": str(model_dir), "task": task.name,
+              "run_status": run_status}
+    try:
+        atomic_dir(out, lambda tmp: report.update(_write(fmt, precision, trained, tokenizer, model_dir, tmp)))
+    except OSError as e:  # a read-only or full disk: one line, nothing half-written left (atomic_dir)
+        raise LmforgeError(f"cannot write the export to {out}: {e.strerror or e}",
+                           "choose a writable -o with room for the model") from None
     report["export_s"] = round(time.perf_counter() - started, 2)
     reloaded, own_tokenizer = _reload(fmt, out, report, task, trained)
     texts = probe_texts(model_dir)
