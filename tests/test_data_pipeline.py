@@ -261,3 +261,20 @@ def test_lmforge_no_cache_rebuilds_every_cache(tmp_path, monkeypatch):
 def test_an_option_only_one_task_has_is_refused_by_the_others(tiny_cls_run):
     with pytest.raises(LmforgeError, match="--stride is not an option of classification evaluation"):
         api.evaluate(tiny_cls_run / "model", stride=4, progress=False)
+
+
+def test_user_metrics_never_replace_measured_ones_and_a_broken_module_is_one_line(tmp_path, monkeypatch,
+                                                                                   tiny_bert, one_thread):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shadow.py").write_text("def m(predictions, labels, info):\n    return {'loss': -1000, 'accuracy': 1.0}\n")
+    (tmp_path / "broken.py").write_text("def m(predictions, labels, info)\n    return {}\n")
+    (tmp_path / "own.py").write_text("def m(predictions, labels, info):\n    return {'my_acc': 0.5}\n")
+    train = write_csv(tmp_path / "t.csv", toy_sentiment_rows(40, 1))
+    base = cls_config(train, train, tmp_path / "r", tiny_bert, max_steps=1, eval_strategy="no")
+    with pytest.raises(LmforgeError, match="returned 'accuracy', 'loss', which lmforge measures itself"):
+        api.train(dict(base, eval={"metrics_function": "shadow:m"}), progress=False)
+    with pytest.raises(LmforgeError, match="module 'broken' has a syntax error"):
+        api.train(dict(base, eval={"metrics_function": "broken:m"}), progress=False)
+    res = api.train(dict(base, eval={"metrics_function": "own:m"}, output={"output_dir": str(tmp_path / "ok")}),
+                    progress=False)
+    assert res.metrics["eval"]["my_acc"] == 0.5 and res.metrics["eval"]["loss"] > 0

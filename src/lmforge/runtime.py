@@ -82,6 +82,12 @@ def load_function(spec: str, key: str, example: str) -> Callable:
     except ImportError as e:
         raise LmforgeError(f"{key}: cannot import module '{mod_name}' ({e})",
                            "put the module in the current folder or install it") from None
+    except SyntaxError as e:
+        raise LmforgeError(f"{key}: module '{mod_name}' has a syntax error ({e.filename}, line {e.lineno}: {e.msg})",
+                           "fix the module's code") from None
+    except Exception as e:  # noqa: BLE001 - the user's module raised while it was imported: named, one line
+        raise LmforgeError(f"{key}: importing module '{mod_name}' raised {type(e).__name__}: {e}",
+                           "fix the module's code (it runs when imported)") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise LmforgeError(f"{key}: '{mod_name}' has no function '{fn_name}'")

@@ -69,7 +69,13 @@ def evaluate_split(model, split: EncodedSplit, parts: TaskParts, batch_size: int
     model.train(was_training)
     metrics = parts.finalize(cat)
     if parts.metrics_function is not None:
-        metrics.update(user_metrics(parts, cat))
+        extra = user_metrics(parts, cat)
+        shadowed = sorted(set(extra) & set(metrics))
+        if shadowed:  # the measured numbers (and best-checkpoint choice) are never replaced by a user's
+            raise LmforgeError(f"eval.metrics_function {parts.metrics_function_name} returned "
+                               f"{', '.join(repr(k) for k in shadowed)}, which lmforge measures itself",
+                               f"give your metrics their own names (e.g. 'my_{shadowed[0]}')")
+        metrics.update(extra)
     return metrics
 
 
