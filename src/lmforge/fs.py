@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
@@ -149,6 +150,13 @@ def _writable_ancestor(p: Path, what: str) -> None:
         raise LmforgeError(f"{what} {p} is under {anc}, which is a file", "choose a path in a folder")
     if not os.access(anc, os.W_OK | os.X_OK):
         raise LmforgeError(f"{what} {p}: cannot write in {anc} (permission denied)", "choose a writable place")
+    # os.access says yes to root on /proc, /sys and read-only mounts: make (and remove) a folder to be sure
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".lmforge-write-probe-", dir=anc))
+        probe.rmdir()
+    except OSError as e:
+        raise LmforgeError(f"{what} {p}: cannot write in {anc} ({e.strerror or e})",
+                           "choose a writable place on a normal disk (not /proc, /sys or a read-only mount)") from None
 
 
 def check_output_file(path: PathLike, what: str = "output file", replace: bool = True) -> Path:
@@ -188,8 +196,14 @@ class JsonLog:
         """On resume: drop lines logged after the checkpoint's step (they will be logged again)."""
         if not self.enabled or not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line) if line.strip() else None
+            except ValueError:  # a line cut off when the run was killed: dropped (it will be logged again)
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                keep.append(line)
         write_text(self.path, "".join(line + "\n" for line in keep))
 
     def write(self, record: dict) -> None:

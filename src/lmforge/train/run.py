@@ -12,6 +12,7 @@ training, so nothing left behind looks finished.
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import time
@@ -270,16 +271,42 @@ def open_run(cfg: Config, accelerator, resume) -> Iterator[OpenRun]:
                 run.trackers = None
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
+        disk = disk_error(e, run_dir)
         if is_main and run_dir.exists():
             run.manifest.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                                error=str(e)[:2000], error_type=type(e).__name__,
+                                error=str(disk or e)[:2000], error_type=type(e).__name__,
                                 traceback=None if isinstance(e, LmforgeError) else traceback.format_exc()[-4000:])
-            write_json(run_dir / "manifest.json", run.manifest)
+            try:
+                write_json(run_dir / "manifest.json", run.manifest)
+            except OSError:  # the disk that is full: the manifest keeps its last good state
+                pass
+        if disk is not None:
+            raise disk from None
         raise
     finally:
         if run.trackers is not None:
             run.trackers.close(run.ok)
         _close_handler(handler)
+
+
+DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
+
+
+def disk_error(e: BaseException, run_dir: Path) -> Optional[LmforgeError]:
+    """A full, read-only or unwritable disk met while writing the run (a checkpoint, best/, model/, a log): one
+    line naming the folder and the last good checkpoint (every checkpoint is written under a temporary name and
+    renamed, so it is intact), instead of a traceback."""
+    text = str(e)
+    if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+        why = e.strerror or text
+    elif type(e).__name__ == "SafetensorError" and ("No space left" in text or "Read-only" in text):
+        why = "No space left on device" if "No space left" in text else "Read-only file system"
+    else:
+        return None
+    last = latest_checkpoint(run_dir) if run_dir.exists() else None
+    return LmforgeError(f"cannot write into {run_dir}: {why}",
+                        "free some space (or choose a writable output.output_dir), then rerun with --resume" +
+                        (f"; the last good checkpoint is {last}" if last else "; no checkpoint was saved yet"))
 
 
 def _resume_point(run_dir: Path, resume, is_main: bool, created: bool, accelerator) -> Optional[Path]:
