@@ -105,3 +105,19 @@ def test_sweep_rejects_an_unknown_key_before_training(tmp_path):
         sweep({"data": {"train": "x.csv"}}, ["train.learning_rat=loguniform:1e-5:1e-3"], trials=1,
               output_dir=str(tmp_path / "s"))
     assert not (tmp_path / "s").exists()
+
+
+def test_a_sweep_whose_every_trial_fails_is_one_line_exit_2(tiny_bert, tmp_path, monkeypatch, capsys):
+    from lmforge import cli
+    from lmforge.tools import sweep
+
+    def crash(*a, **k):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+    monkeypatch.setattr(sweep, "train", crash)
+    train = write_csv(tmp_path / "train.csv", toy_sentiment_rows(32, seed=0))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cls_config(train, train, tmp_path / "u", tiny_bert)))
+    rc = cli.main(["--quiet", "sweep", str(tmp_path / "c.yaml"), "--param", "train.learning_rate=loguniform:1e-4:1e-2",
+                   "--trials", "2", "--output-dir", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "all 2 trials of the sweep" in err and "RuntimeError: CUDA error" in err
+    assert "Traceback" not in err

@@ -166,11 +166,12 @@ def generate(model: Union[str, Path], prompts: Optional[Sequence[str]] = None, i
 
 def fill_mask(model: Union[str, Path], texts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,
               output: Optional[str] = None, top_k: int = 5, batch_size: int = 32,
-              text_column: Optional[str] = None) -> list[dict]:
+              text_column: Optional[str] = None, allow_untrained: bool = False) -> list[dict]:
     """Top-k fillers (token, score) at every mask of each text, for a masked LM run, folder or alias."""
     quiet_libraries()
     return _fill_mask.fill_mask(resolve_model_dir(model), texts=texts, input_file=input_file, output=output,
-                                top_k=top_k, batch_size=batch_size, text_column=text_column)
+                                top_k=top_k, batch_size=batch_size, text_column=text_column,
+                                allow_untrained=allow_untrained)
 
 
 def chat(model: Union[str, Path], input_stream=None, output=None, **kwargs) -> list[dict]:

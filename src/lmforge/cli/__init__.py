@@ -81,7 +81,7 @@ def train(ctx: typer.Context,
           allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled (.bin) model weights."),
           trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the Hub."),
           no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
-          num_processes: Optional[int] = typer.Option(None, "--num-processes", help="Launch N processes (GPUs, or CPU processes) with accelerate."),
+          num_processes: Optional[int] = typer.Option(None, "--num-processes", min=1, help="Launch N processes (GPUs, or CPU processes) with accelerate."),
           accelerate_config: Optional[str] = typer.Option(None, "--accelerate-config", help="accelerate config file (DDP/FSDP/DeepSpeed, several machines); see examples/accelerate/.")):
     """Train a model. Extra --section.key value pairs override the config; --resume [CKPT] continues a run."""
     api = _api()
@@ -237,7 +237,7 @@ def tokenizer_train(
         min_frequency: int = typer.Option(2, "--min-frequency", min=1, help="Minimum count of a merged pair / piece."),
         output: str = typer.Option(..., "--output", "-o", help="Folder to write; AutoTokenizer.from_pretrained loads it."),
         lowercase: Optional[bool] = typer.Option(None, "--lowercase/--no-lowercase", help="Default: only wordpiece lowercases."),
-        max_mb: Optional[float] = typer.Option(None, "--max-mb", help="Train on the first N MB only."),
+        max_mb: Optional[float] = typer.Option(None, "--max-mb", callback=_positive, help="Train on the first N MB only."),
         text_column: Optional[str] = typer.Option(None, "--text-column", help="Text column of a csv/jsonl/parquet --data."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
     """Train a tokenizer: --files A.txt B.txt ... or --data SOURCE; extra --special-tokens X Y ... are added."""
@@ -263,7 +263,8 @@ def fill_mask_cmd(model: str = typer.Argument(..., help="Run folder, model folde
                   output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results as jsonl."),
                   top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Candidates per mask."),
                   text_column: Optional[str] = typer.Option(None, "--text-column"),
-                  batch_size: int = typer.Option(32, "--batch-size", min=1)):
+                  batch_size: int = typer.Option(32, "--batch-size", min=1),
+                  allow_untrained: bool = typer.Option(False, "--allow-untrained", help="Fill with an MLM head that was never trained (random fillers).")):
     """Fill the masks of texts: top-k tokens with probabilities per mask."""
     api = _api()
     if not texts and not input:
@@ -271,7 +272,7 @@ def fill_mask_cmd(model: str = typer.Argument(..., help="Run folder, model folde
     if top_k <= 0 or batch_size <= 0:
         raise LmforgeError("--top-k and --batch-size must be positive")
     rows = api.fill_mask(model, texts=texts or None, input_file=input, output=output, top_k=top_k,
-                         batch_size=batch_size, text_column=text_column)
+                         batch_size=batch_size, text_column=text_column, allow_untrained=allow_untrained)
     if output:
         console.print(f"wrote {len(rows)} results to {output}")
         return

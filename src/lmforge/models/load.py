@@ -98,6 +98,12 @@ def model_source(cfg: Config, permissions: Permissions = Permissions()) -> str:
     if cfg.model.trust_remote_code and not permissions.trust_remote_code:
         raise LmforgeError("the config sets model.trust_remote_code, which runs code from the model's files",
                            "pass --trust-remote-code on the command line to allow it")
+    tok = getattr(cfg, "tokenizer", None)
+    if tok is not None and (tok.name or tok.train is not None):  # never silently replaced by the model's own
+        key = "tokenizer.name" if tok.name else "tokenizer.train"
+        raise LmforgeError(f"{key} is set, but model.name {cfg.model.name} brings its own tokenizer, which its "
+                           "embeddings are tied to", f"remove {key}, or build a fresh model with model.from_config "
+                           "(and no model.name) to use another tokenizer")
     path = resolve_model(cfg.model.name)
     if is_onnx_dir(path):
         raise LmforgeError(f"{path} is an ONNX export, which runs but cannot be trained",

@@ -64,6 +64,8 @@ def list_runs(root: Union[str, Path] = "runs") -> list[dict]:
     root = Path(root)
     if not root.exists():
         raise LmforgeError(f"folder not found: {root}", "give the folder that holds your runs (default: runs)")
+    if not root.is_dir():
+        raise LmforgeError(f"{root} is a file, not a folder of runs", "give the folder that holds your runs (default: runs)")
     found = [p.parent for p in sorted(set(root.glob("manifest.json")) | set(root.glob("*/manifest.json"))
                                       | set(root.glob("*/*/manifest.json")))]
     rows = []

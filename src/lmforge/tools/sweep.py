@@ -183,7 +183,8 @@ def sweep(config: Union[str, Path, dict, None], params: Sequence[str], trials: i
     log.info("sweep: %d trials over %s, %s %s; folder %s", trials, ", ".join(s.key for s in specs),
              direction, f"{split}.{name}", sweep_dir)
     fatal: list[LmforgeError] = []  # a mistake every trial would repeat: stop the sweep
-    objective = _objective(base_raw, specs, sweep_dir, split, name, progress, permissions, fatal)
+    failures: list[str] = []  # why each failed trial failed
+    objective = _objective(base_raw, specs, sweep_dir, split, name, progress, permissions, fatal, failures)
     try:
         study.optimize(objective, n_trials=trials, catch=(LmforgeError,), gc_after_trial=True)
     except KeyboardInterrupt:
@@ -191,6 +192,9 @@ def sweep(config: Union[str, Path, dict, None], params: Sequence[str], trials: i
     result = summarize(study, sweep_dir, specs, f"{split}.{name}", direction)
     if fatal:
         raise fatal[0]
+    if failures and not any(r["state"] == "complete" for r in result.rows):
+        raise LmforgeError(f"all {len(failures)} trials of the sweep in {sweep_dir} failed; the first: {failures[0]}",
+                           "fix that error (try the base config alone with lmforge train), then sweep again")
     return result
 
 
@@ -210,7 +214,7 @@ def _study(sweep_dir: Path, direction: str, seed: int, pruner: str):
 
 
 def _objective(base_raw: dict, specs: list, sweep_dir: Path, split: str, name: str, progress: bool,
-               permissions: Permissions, fatal: list):
+               permissions: Permissions, fatal: list, failures: list):
     """The function Optuna calls per trial: the config with the trial's values, trained in its own run folder."""
     import optuna
 
@@ -233,7 +237,13 @@ def _objective(base_raw: dict, specs: list, sweep_dir: Path, split: str, name: s
             raise
         except LmforgeError as e:
             log.warning("trial %d (%s) failed: %s", trial.number, shown, e.message)
+            failures.append(e.message)
             raise
+        except Exception as e:  # noqa: BLE001 - a trial's crash is that trial's failure, said in one line
+            message = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            log.warning("trial %d (%s) failed: %s", trial.number, shown, message)
+            failures.append(message)
+            raise LmforgeError(message) from None
         got = result.metrics.get(split) or {}
         if not isinstance(got.get(name), (int, float)):
             avail = [f"{split}.{k}" for k, v in got.items() if isinstance(v, (int, float))]

@@ -22,8 +22,10 @@ log = logging.getLogger("lmforge")
 
 def fill_mask(model_dir: Path, texts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,
               output: Optional[str] = None, top_k: int = 5, batch_size: int = 32,
-              text_column: Optional[str] = None) -> list[dict]:
-    """Load a masked LM (run folder, model folder or alias) and fill the masks of texts or a file."""
+              text_column: Optional[str] = None, allow_untrained: bool = False) -> list[dict]:
+    """Load a masked LM (run folder, model folder or alias) and fill the masks of texts or a file. A model whose
+    MLM head was never trained (a classification run, a bare encoder) is refused, as `predict` refuses an untrained
+    classifier, unless `allow_untrained`."""
     if output:
         check_output_file(output, "--output")
     where = None
@@ -34,6 +36,10 @@ def fill_mask(model_dir: Path, texts: Optional[Sequence[str]] = None, input_file
         raise LmforgeError("no texts to fill", "give texts after the model, or --input FILE")
     model, tokenizer, missing = masked_lm.TASK.load_with_new_params(Path(model_dir))
     note = masked_lm.head_note(model, missing, str(model_dir))
+    if note and not allow_untrained:
+        raise LmforgeError(note.split(", so the perplexity")[0] + ": its fillers would be random",
+                           "train it first (lmforge train with task: masked-lm), or pass --allow-untrained to look "
+                           "at the untrained head anyway")
     if note:
         log.warning("%s Its predictions are not meaningful until it is trained (lmforge train with task: masked-lm).",
                     note.split(", so the perplexity")[0] + ".")
