@@ -338,3 +338,43 @@ def test_a_token_straddling_the_template_and_an_indented_reply_is_trained():
     r = render_with_mask(t, [{"role": "user", "content": "w"}, {"role": "assistant", "content": "\n\n    x = 1"}])
     straddle = [t.decode([i]) for i, on in zip(r.ids, r.trained) if on]
     assert straddle[0].startswith("\n\n\n")  # the template's newline and the reply's two, one trained token
+
+
+def test_openai_stop_is_honoured_streamed_and_not_and_bad_fields_are_4xx(tiny_chat_model):
+    openai = pytest.importorskip("openai")
+    import urllib.error
+    import urllib.request
+
+    from test_serve import Live
+
+    from lmforge.tasks import causal_lm
+    from lmforge.tasks.generation import generate_texts
+    messages = [{"role": "user", "content": "Thou art kind."}]
+    model, tok = causal_lm.TASK.load_for_use(tiny_chat_model)
+    sampling = dict(max_tokens=16, temperature=1.0, seed=3)  # sampled, so the reply has a middle to stop at
+    full = generate_texts(model, tok, [messages], SamplingParams(max_new_tokens=16, temperature=1.0, seed=3))[0][0]
+    at = next(k for k in range(2, len(full) - 2) if full.index(full[k:k + 2]) == k)
+    stop = full[at:at + 2]
+    want = full[:at]
+    live = Live(tiny_chat_model)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{live.port}/v1", api_key="unused", max_retries=0)
+        res = client.chat.completions.create(model="x", messages=messages, stop=[stop, "@@never@@"], **sampling)
+        assert res.choices[0].message.content == want and res.choices[0].finish_reason == "stop"
+        pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="x", messages=messages, stop=stop, stream=True, **sampling)]
+        assert "".join(pieces) == want
+        plain = client.chat.completions.create(model="x", messages=messages, stop="@@never@@", **sampling)
+        assert plain.choices[0].message.content == full  # a stop string that never comes changes nothing
+        with pytest.raises(openai.UnprocessableEntityError):
+            client.chat.completions.create(model="x", messages=messages, stop=["a", "b", "c", "d", "e"])
+        for stream in (False, True):  # a lone surrogate in `model`: a 4xx JSON body, never a 500 or a cut stream
+            body = ('{"model": "\\ud800", "stream": %s, "messages": [{"role": "user", "content": "x"}]}'
+                    % str(stream).lower()).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{live.port}/v1/chat/completions", data=body,
+                                         headers={"content-type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(req, timeout=60)
+            assert e.value.code == 422 and "surrogate" in e.value.read().decode()
+    finally:
+        live.stop()

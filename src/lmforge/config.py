@@ -41,6 +41,7 @@ class SamplingParams:
     repetition_penalty: Optional[float] = None
     num_return_sequences: int = 1
     seed: Optional[int] = None  # reset before each prompt: the same seed gives the same text
+    stop: tuple[str, ...] = ()  # end the text where one of these strings starts (it is not part of the text)
 
     @property
     def greedy(self) -> bool:

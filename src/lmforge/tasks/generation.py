@@ -67,6 +67,12 @@ def checked_prompt(tokenizer, prompt, chat: bool, limit: Optional[int], i: int) 
     return ids
 
 
+def cut_at_stop(text: str, stops) -> tuple[str, bool]:
+    """The text up to the first stop string (excluded), and whether one was found."""
+    found = [text.find(s) for s in stops if s and s in text]
+    return (text[:min(found)], True) if found else (text, False)
+
+
 def generate_texts(model, tokenizer, prompts: Sequence[Union[str, list[dict]]],
                    params: SamplingParams = SamplingParams(), chat: bool = False, stream=None) -> list[list[str]]:
     """Completions (new text only) per prompt: a list of `num_return_sequences` strings each.
@@ -100,11 +106,13 @@ def generate_texts(model, tokenizer, prompts: Sequence[Union[str, list[dict]]],
                 if not chat and isinstance(prompt, str):
                     stream.write(prompt)
             input_ids = torch.tensor([ids], device=device)
+            stop_args = {"stop_strings": list(params.stop), "tokenizer": tokenizer} if params.stop else {}
             with torch.no_grad():
                 out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                      max_new_tokens=new, eos_token_id=eos, pad_token_id=pad, streamer=streamer,
-                                     **args)
-            results.append([tokenizer.decode(seq[len(ids):], skip_special_tokens=True) for seq in out])
+                                     **args, **stop_args)
+            results.append([cut_at_stop(tokenizer.decode(seq[len(ids):], skip_special_tokens=True), params.stop)[0]
+                            for seq in out])
             if streamer is not None:
                 stream.write("\n")
                 stream.flush()

@@ -1,5 +1,5 @@
 """OpenAI-compatible endpoints of `lmforge serve` for a causal-lm or sft model, so existing clients work
-unchanged: POST /v1/chat/completions (messages, max_tokens, temperature, top_p, seed; stream as
+unchanged: POST /v1/chat/completions (messages, max_tokens, temperature, top_p, seed, stop; stream as
 server-sent events ending with `data: [DONE]`) and GET /v1/models.
 
     from openai import OpenAI
@@ -13,7 +13,7 @@ import json
 import threading
 import time
 import uuid
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -35,9 +35,10 @@ class ChatMessageIn(BaseModel):
 
 
 class ChatCompletionIn(BaseModel):
-    # extra fields that clients send (user, stop, penalties, stream_options, ...) are accepted and ignored
+    # extra fields that clients send (user, penalties, stream_options, ...) are accepted and ignored
     model_config = ConfigDict(extra="ignore")
     model: Optional[str] = None
+    stop: Optional[Union[str, list[str]]] = Field(None, description="Up to 4 strings; the reply ends before one.")
     messages: list[ChatMessageIn] = Field(..., min_length=1)
     max_tokens: Optional[int] = Field(None, ge=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
@@ -46,6 +47,21 @@ class ChatCompletionIn(BaseModel):
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
     n: int = Field(1, ge=1, le=1, description="One choice per request.")
     stream: bool = False
+
+    @field_validator("model", "stop", mode="after")
+    @classmethod
+    def _unicode(cls, value):
+        return valid_unicode(value)
+
+    @field_validator("stop", mode="after")
+    @classmethod
+    def _stops(cls, value):
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > 4:
+            raise ValueError(f"at most 4 stop sequences, got {len(stops)}")
+        if any(not s for s in stops):
+            raise ValueError("a stop sequence must not be empty")
+        return stops
 
 
 def add_openai_endpoints(app: FastAPI, backend, slot: ModelSlot, limits: Limits, model_id: str) -> None:
@@ -71,7 +87,7 @@ def add_openai_endpoints(app: FastAPI, backend, slot: ModelSlot, limits: Limits,
                 raise ApiError(413, f"messages[{i}] has {len(m['content'])} characters; this server accepts at most "
                                f"{limits.max_chars}", "too_large")
         params = {"prompt": messages, "max_new_tokens": max_tokens, "temperature": req.temperature,
-                  "top_p": req.top_p, "seed": req.seed}
+                  "top_p": req.top_p, "seed": req.seed, "stop": req.stop or []}
         reply = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": req.model or model_id}
         slot.enter()
         try:

@@ -64,7 +64,8 @@ class Backend:
                  stop: Optional[threading.Event] = None) -> dict:
         """Continue params["prompt"]; with on_token, call it with each piece of text as it comes."""
         plain = not params.get("chat") and isinstance(params["prompt"], str)  # plain prompts are echoed first
-        sink = TokenSink(on_token, stop, skip_first=plain) if on_token else None
+        stops = tuple(params.get("stop") or ())
+        sink = TokenSink(on_token, stop, skip_first=plain, stops=stops) if on_token else None
         top_k = params.get("top_k") or None
         top_p = params.get("top_p") if params.get("top_p") not in (None, 1.0) else None
         if params.get("temperature") == 0:  # temperature 0 means greedy, whatever top-k / top-p say
@@ -72,10 +73,14 @@ class Backend:
         try:
             sampling = SamplingParams(max_new_tokens=params["max_new_tokens"], temperature=params.get("temperature"),
                                       top_k=top_k, top_p=top_p, repetition_penalty=params.get("repetition_penalty"),
-                                      seed=params.get("seed"))
+                                      seed=params.get("seed"), stop=stops)
             out = generation.generate_texts(self.model, self.tokenizer, [params["prompt"]], sampling,
                                             chat=bool(params.get("chat")), stream=sink)
+            if sink is not None:
+                sink.finish()
         except Stopped:
+            if sink is not None and sink.hit_stop:  # a stop string: a normal end
+                return {"completion": sink.text, "stop_string": True}
             return {"completion": sink.text if sink else "", "stopped": True}
         return {"completion": out[0][0], "greedy": not (params.get("temperature") or top_k or top_p)}
 

@@ -24,12 +24,18 @@ class Stopped(Exception):
 
 class TokenSink:
     """A file-like stream for generate_texts: passes generated text on as it comes. It skips the
-    prompt (written first when not in chat mode) and the newline written after the end."""
+    prompt (written first when not in chat mode) and the newline written after the end. With `stops`, text
+    that may be the start of a stop string is held back until it is not; a stop string ends the stream
+    (`hit_stop`) and is never sent."""
 
-    def __init__(self, on_token: Callable[[str], None], stop: Optional[threading.Event], skip_first: bool):
+    def __init__(self, on_token: Callable[[str], None], stop: Optional[threading.Event], skip_first: bool,
+                 stops: tuple = ()):
         self.on_token, self.stop, self.skip_first = on_token, stop, skip_first
+        self.stops = tuple(s for s in stops if s)
         self.pending = ""
+        self.held = ""  # text that may be the beginning of a stop string
         self.text = ""
+        self.hit_stop = False
 
     def write(self, piece: str) -> None:
         if self.stop is not None and self.stop.is_set():
@@ -38,14 +44,36 @@ class TokenSink:
             self.skip_first = False
             return
         if self.pending:
-            self.text += self.pending
-            self.on_token(self.pending)
+            self._emit(self.pending)
             self.pending = ""
         if piece == "\n":  # maybe the end-of-output newline: hold it until more text comes
             self.pending = piece
         elif piece:
-            self.text += piece
-            self.on_token(piece)
+            self._emit(piece)
+
+    def _send(self, text: str) -> None:
+        if text:
+            self.text += text
+            self.on_token(text)
+
+    def _emit(self, text: str) -> None:
+        if not self.stops:
+            self._send(text)
+            return
+        self.held += text
+        found = [self.held.find(s) for s in self.stops if s in self.held]
+        if found:
+            self._send(self.held[:min(found)])
+            self.held, self.hit_stop = "", True
+            raise Stopped()  # generation ends here; the stop string is not sent
+        keep = max((k for s in self.stops for k in range(1, len(s)) if self.held.endswith(s[:k])), default=0)
+        self._send(self.held[:len(self.held) - keep])
+        self.held = self.held[len(self.held) - keep:]
+
+    def finish(self) -> None:
+        """Generation ended without a stop string: send what was held back."""
+        self._send(self.held)
+        self.held = ""
 
     def flush(self) -> None:
         pass
