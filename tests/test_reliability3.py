@@ -45,3 +45,75 @@ def test_a_tokenizer_key_beside_a_pretrained_model_is_refused(tmp_path, tiny_ber
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", str(tmp_path / "c.yaml")]) == 2
     assert "tokenizer.name is set, but model.name" in capsys.readouterr().err
+
+
+def _base_gpt2(tmp_path):
+    """A GPT-2-like base model folder without a chat template (its eos is <|endoftext|>)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lmforge.tokenizer import train_tokenizer
+    texts = [f"thou art kind {i} and he saith unto them" for i in range(200)]
+    tok = train_tokenizer("byte-level-bpe", texts=texts, vocab_size=300, min_frequency=1,
+                          special_tokens=["<|endoftext|>"]).tokenizer
+    tok.eos_token = "<|endoftext|>"
+    d = tmp_path / "base"
+    tok.save_pretrained(d)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=32, n_head=2, n_positions=128,
+                               eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)).save_pretrained(d)
+    return d
+
+
+def _chat_rows(path, n, empty=False):
+    import json
+    rows = [{"messages": [{"role": "user", "content": f"say {i}"},
+                          {"role": "assistant", "content": "" if empty else f"ok {i}"}]} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_a_chat_run_on_a_base_model_stops_at_its_end_of_turn_everywhere(tmp_path, one_thread):
+    import json
+
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from lmforge import api
+    base = _base_gpt2(tmp_path)
+    cfg = {"task": "sft", "model": {"name": str(base)}, "data": {"train": _chat_rows(tmp_path / "c.jsonl", 40)},
+           "train": {"max_steps": 2, "per_device_train_batch_size": 4, "eval_strategy": "no", "save_strategy": "no"},
+           "output": {"output_dir": str(tmp_path / "run")}}
+    run = api.train(cfg, progress=False).run_dir
+    tok = AutoTokenizer.from_pretrained(run / "model")
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    eos = GenerationConfig.from_pretrained(run / "model").eos_token_id
+    assert im_end in eos and tok.eos_token_id in eos  # chat, serve and generate read this
+    # the GGUF export stops there too (its end-of-turn token id is written)
+    out = api.export(str(run), "gguf", str(tmp_path / "g"), verify=False)
+    facts = json.loads((out / "export.json").read_text())
+    assert facts["gguf"]["tokenizer"]["eot_id"] == im_end
+
+
+def test_chat_data_that_cannot_teach_anything_warns(tmp_path, one_thread, caplog):
+    import logging
+
+    from lmforge import api
+    base = _base_gpt2(tmp_path)
+    cfg = {"task": "sft", "model": {"name": str(base)}, "data": {"train": _chat_rows(tmp_path / "e.jsonl", 20, True)},
+           "train": {"max_steps": 1, "per_device_train_batch_size": 4, "eval_strategy": "no", "save_strategy": "no"},
+           "output": {"output_dir": str(tmp_path / "run")}}
+    with caplog.at_level(logging.WARNING, logger="lmforge"):
+        api.train(cfg, progress=False)
+    assert "every assistant reply" in caplog.text and "is empty" in caplog.text
+
+
+def test_a_chat_template_that_raises_is_one_line(tmp_path, capsys):
+    from lmforge.tasks.chat_template import render_with_mask
+    from lmforge.errors import LmforgeError
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(_base_gpt2(tmp_path))
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                         "{{ raise_exception('System role not supported') }}{% endif %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(LmforgeError, match="refused a conversation with roles system, user, assistant: System role not supported"):
+        render_with_mask(tok, [{"role": "system", "content": "x"}, {"role": "user", "content": "y"},
+                               {"role": "assistant", "content": "z"}])

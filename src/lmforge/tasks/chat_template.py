@@ -47,7 +47,35 @@ def ensure_chat_template(tokenizer) -> Optional[str]:
 
 
 def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except Exception as e:  # noqa: BLE001 - the template's own code (jinja raise_exception): one line
+        roles = ", ".join(dict.fromkeys(m["role"] for m in messages))
+        raise LmforgeError(f"the model's chat template refused a conversation with roles {roles}: "
+                           f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}",
+                           "change the data to what the template accepts (some templates take no system turn), "
+                           "or give the tokenizer another chat template") from None
+
+
+def stop_at_end_of_turn(tokenizer, model) -> Optional[str]:
+    """Make generation stop at the template's end-of-turn token (ChatML's <|im_end|>, Llama 3's <|eot_id|>) as well
+    as at EOS: the generation config (saved with the model, read by chat, serve and generate) gets its id. Returns
+    the note to log once, or a warning text when the template writes no end-of-turn marker at all."""
+    eot = end_of_turn(tokenizer)
+    if not eot:
+        return ("warning: the chat template writes no end-of-turn marker after a reply, so a model trained on it "
+                "cannot learn where a reply ends (it will run to max_new_tokens); use a template that closes each "
+                "turn with a special token")
+    ids = tokenizer(eot.strip(), add_special_tokens=False)["input_ids"]
+    gc = getattr(model, "generation_config", None)
+    if gc is None or len(ids) != 1:
+        return None
+    current = gc.eos_token_id if isinstance(gc.eos_token_id, list) else \
+        ([gc.eos_token_id] if gc.eos_token_id is not None else [])
+    if ids[0] in current:
+        return None
+    gc.eos_token_id = current + ids
+    return f"generation stops at the end-of-turn token {eot.strip()!r} (id {ids[0]}) as well as at EOS"
 
 
 def end_of_turn(tokenizer) -> str:

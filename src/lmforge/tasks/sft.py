@@ -31,7 +31,7 @@ from ..models.load import ensure_pad, resolve_block_size
 from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, eval_rows
 from .causal_lm import TASK as CAUSAL_LM
 from .causal_lm import load_model, make_collate
-from .chat_template import end_of_turn, ensure_chat_template, render_with_mask
+from .chat_template import end_of_turn, ensure_chat_template, render_with_mask, stop_at_end_of_turn
 from .generation import generate_texts
 from .lm_loss import IGNORE, CausalLMLoss, finalize, probe_chunked_loss, probe_packed_attention
 
@@ -144,6 +144,11 @@ def load_chat_model(cfg: Config, notes: list[str], log: logging.Logger = log,
     notes += [n for n in (ensure_chat_template(tokenizer), ensure_pad(tokenizer, model, source)) if n]
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
+    stop_note = stop_at_end_of_turn(tokenizer, model)
+    if stop_note and stop_note.startswith("warning: "):
+        log.warning("%s", stop_note[len("warning: "):])
+    elif stop_note:
+        notes.append(stop_note)
     return model, tokenizer, resolve_block_size(cfg.data.block_size, model.config)
 
 
@@ -175,6 +180,10 @@ class SFT(Task):
         splits = self.read(cfg)
         notes = list(splits.notes)
         train_convs, eval_convs = splits.train, splits.eval
+        replies = [m["content"] for c in train_convs for m in c if m["role"] == "assistant"]
+        if replies and not any(r.strip() for r in replies):
+            log.warning("every assistant reply in %s is empty: the run can only learn the end-of-turn token, "
+                        "nothing else", describe(d.train))
         model, tokenizer, block = load_chat_model(cfg, notes, log, permissions)
         train_enc = encode_conversations(train_convs, tokenizer, block, d.train_on)
         check_trainable(train_enc, describe(d.train), d.train_on)

@@ -201,6 +201,13 @@ def write_gguf(model, tokenizer, tok_dir: Path, path: Path, quant: str, name: st
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     n_vocab = model.get_input_embeddings().weight.shape[0]
     tok_info = _add_tokenizer(writer, tokenizer, tok_dir, n_vocab)
+    # a chat run stops at its end-of-turn token as well as at EOS (generation_config.eos_token_id is a list):
+    # llama.cpp reads that token as tokenizer.ggml.eot_token_id
+    gc_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    extra = [int(i) for i in (gc_eos if isinstance(gc_eos, list) else []) if i != tokenizer.eos_token_id]
+    if extra:
+        writer.add_eot_token_id(extra[0])
+    tok_info["eot_id"] = extra[0] if extra else None
     kinds: Counter = Counter()
     for tname, data in _gguf_tensors(model):
         encoded, qtype, kind = _encode(tname, data, quant)
