@@ -117,3 +117,41 @@ def test_a_chat_template_that_raises_is_one_line(tmp_path, capsys):
     with pytest.raises(LmforgeError, match="refused a conversation with roles system, user, assistant: System role not supported"):
         render_with_mask(tok, [{"role": "system", "content": "x"}, {"role": "user", "content": "y"},
                                {"role": "assistant", "content": "z"}])
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_an_adapter_only_lora_chat_run_that_grew_the_vocabulary_loads_everywhere(tie, tmp_path, one_thread):
+    """A LoRA sft run on a base without a chat template adds <|im_start|> / <|im_end|>: their embedding rows are
+    trained and saved with the adapter (and the output layer when it is not tied), so generate, export
+    (safetensors and onnx) and the adapter folder itself all load, and answer alike."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from lmforge import api
+    from lmforge.config import SamplingParams
+    from lmforge.tokenizer import train_tokenizer
+    texts = [f"say {i} ok {i}" for i in range(200)]
+    tok = train_tokenizer("byte-level-bpe", texts=texts, vocab_size=300, min_frequency=1,
+                          special_tokens=["</s>"]).tokenizer
+    tok.eos_token = "</s>"
+    base = tmp_path / "base"
+    tok.save_pretrained(base)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                                 tie_word_embeddings=tie, eos_token_id=tok.eos_token_id)).save_pretrained(base)
+    cfg = {"task": "sft", "model": {"name": str(base)}, "data": {"train": _chat_rows(tmp_path / "c.jsonl", 40)},
+           "peft": {"r": 4, "alpha": 8, "merge": False},
+           "train": {"max_steps": 3, "per_device_train_batch_size": 4, "eval_strategy": "no", "save_strategy": "no",
+                     "learning_rate": 1e-2},
+           "output": {"output_dir": str(tmp_path / "run")}}
+    run = api.train(cfg, progress=False).run_dir
+    assert (run / "adapter").exists() and not (run / "model").exists()
+    im_end = len(tok) + 1  # the second token ChatML added
+    assert im_end in GenerationConfig.from_pretrained(run / "adapter").eos_token_id
+    prompt = [{"role": "user", "content": "say 3"}]
+    a = api.generate(str(run / "adapter"), [prompt], sampling=SamplingParams(max_new_tokens=6), chat=True)
+    exported = api.export(str(run), "safetensors", str(tmp_path / "st"))
+    b = api.generate(str(exported), [prompt], sampling=SamplingParams(max_new_tokens=6), chat=True)
+    assert a[0]["completion"] == b[0]["completion"]
+    api.export(str(run), "onnx", str(tmp_path / "onnx"))  # verified against the merged adapter model

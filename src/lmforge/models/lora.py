@@ -21,16 +21,17 @@ here to write the adapter and to merge at the end.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
-from transformers import AutoConfig
+from transformers import AutoConfig, GenerationConfig
 
 from ..config import Config, Permissions
 from ..errors import LmforgeError
@@ -73,6 +74,21 @@ def count(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+def added_token_rows(model, ids: list[int]) -> Optional[dict]:
+    """What LoRA must train and save for tokens added to the vocabulary (a chat template's <|im_start|> and
+    <|im_end|>): their rows of the input embeddings (PEFT's trainable tokens, which also follow a tied output
+    layer) and, when the output layer is not tied, the whole output layer (else the model could never learn to
+    write them). Without it the new rows stay random, and the adapter does not fit the base model."""
+    if not ids:
+        return None
+    names = {id(m): n for n, m in model.named_modules()}
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    emb_name = names[id(emb)].rsplit(".", 1)[-1]
+    tied = out is not None and out.weight is emb.weight
+    return {"trainable_token_indices": {emb_name: list(ids)},
+            "modules_to_save": [] if tied or out is None else [names[id(out)].rsplit(".", 1)[-1]]}
+
+
 def apply(cfg: Config, parts, log=log) -> LoraState:
     """Inject LoRA layers into ``parts.model`` in place; only they (and new modules) stay trainable."""
     from peft import LoraConfig, get_peft_model
@@ -87,9 +103,13 @@ def apply(cfg: Config, parts, log=log) -> LoraState:
     # frozen: train them in full and save them with the adapter.
     new_modules = sorted({n.rsplit(".", 1)[0] for n in parts.new_param_names if "." in n})
     to_save = pc.modules_to_save if pc.modules_to_save is not None else new_modules
+    token_rows = added_token_rows(model, parts.added_token_ids)
+    if token_rows and pc.modules_to_save is None:
+        to_save = sorted(set(to_save) | set(token_rows["modules_to_save"]))
     conv1d = any(type(m).__name__ == "Conv1D" for m in model.modules())  # GPT-2 stores weights transposed
     lcfg = LoraConfig(r=pc.r, lora_alpha=pc.alpha, lora_dropout=pc.dropout, target_modules=targets,
-                      modules_to_save=to_save or None, fan_in_fan_out=conv1d)
+                      modules_to_save=to_save or None, fan_in_fan_out=conv1d,
+                      trainable_token_indices=token_rows["trainable_token_indices"] if token_rows else None)
     try:
         peft_model = get_peft_model(model, lcfg)
     except ValueError as e:
@@ -120,6 +140,9 @@ def save(state: LoraState, run_dir: Path, tokenizer, card: str, merge: bool) -> 
         pm.save_pretrained(d, safe_serialization=True)
         tokenizer.save_pretrained(d)
         (d / MODEL_CONFIG).write_text(config.to_json_string())
+        gc = getattr(pm.base_model.model, "generation_config", None)
+        if gc is not None:  # e.g. a chat run's end-of-turn stop token: commands loading the adapter read it
+            gc.save_pretrained(d)
         (d / "README.md").write_text(card)
     atomic_dir(Path(run_dir) / "adapter", write_adapter)
     if merge:
@@ -177,8 +200,16 @@ def load_model(auto_cls, model_dir: Path, merge: bool = True, permissions: Permi
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
     check_weights_safe(str(model_dir), permissions)  # the adapter's own weights too
+    vocab = getattr(extra.get("config"), "vocab_size", None)
+    if vocab is not None:  # the run may have grown the vocabulary: load the base as it is, then grow it
+        extra["config"] = copy.deepcopy(extra["config"])
+        extra["config"].vocab_size = AutoConfig.from_pretrained(base).vocab_size
     loaded = auto_cls.from_pretrained(base, **safe_only, **extra)
     model, info = loaded if extra.get("output_loading_info") else (loaded, None)
+    if vocab is not None and vocab != model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(vocab)  # the added rows come from the adapter (trainable tokens)
+    if (model_dir / "generation_config.json").exists():
+        model.generation_config = GenerationConfig.from_pretrained(str(model_dir))
     model = PeftModel.from_pretrained(model, str(model_dir))
     model = model.merge_and_unload() if merge else model
     if info is not None:  # the adapter carries the trained new modules: nothing is left uninitialised

@@ -78,6 +78,8 @@ class TaskParts:
     eval_step: Callable[[torch.nn.Module, dict], dict]
     finalize: Callable[[dict], dict]
     new_param_names: set[str] = field(default_factory=set)
+    # token ids added to the vocabulary for this run (a chat template's tokens): LoRA trains their embedding rows
+    added_token_ids: list[int] = field(default_factory=list)
     # learning rate of the newly initialised parameters when train.head_learning_rate is not set
     # (None: the one learning rate for all)
     head_learning_rate: Optional[float] = None

@@ -159,7 +159,8 @@ class DPO(Task):
         splits = self.read(cfg)
         notes = list(splits.notes)
         train_pairs, eval_pairs = splits.train, splits.eval
-        model, tokenizer, max_len = load_chat_model(cfg, notes, log, permissions)
+        chat_model = load_chat_model(cfg, notes, log, permissions)
+        model, tokenizer, max_len = chat_model.model, chat_model.tokenizer, chat_model.block_size
         max_prompt = min(dc.max_prompt_length or max_len // 2, max_len - 1)
         train_enc = encode_pairs(train_pairs, tokenizer, max_prompt, max_len)
         check_usable(train_enc, describe(d.train))
@@ -200,7 +201,8 @@ class DPO(Task):
         prompts = [(p.prompt, p.chosen[-1]["content"]) for p in eval_pairs[:3]]
         return TaskParts(
             task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split, test=test_split,
-            collate=collate, loss=objective, eval_step=objective.eval_step, finalize=finalize, summary=summary, notes=notes,
+            collate=collate, loss=objective, added_token_ids=chat_model.added_token_ids,
+            eval_step=objective.eval_step, finalize=finalize, summary=summary, notes=notes,
             samples=make_samples(tokenizer, prompts), step_stats=objective.stats,
             output_layer_share=scored / max(1, sum(train_split.lengths)),
         )

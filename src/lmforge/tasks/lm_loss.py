@@ -146,7 +146,7 @@ class CausalLMLoss:
             if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                 raise LmforgeError("the custom loss function must return a scalar tensor (the mean loss)")
             return loss * batch["n_items"]
-        if not self.chunked:
+        if not self.chunked or not plain_head(model):
             logits = model(**self.model_inputs(batch), use_cache=False).logits[:, :-1]
             return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), self.shifted(batch).reshape(-1),
                                    ignore_index=IGNORE, reduction="sum")
@@ -159,7 +159,7 @@ class CausalLMLoss:
     def token_nll(self, model, batch: dict) -> torch.Tensor:
         """(B, L-1) negative log-likelihood of each target token (0 where not a target)."""
         labels = self.shifted(batch)
-        if self.custom is not None or not self.chunked:
+        if self.custom is not None or not self.chunked or not plain_head(model):
             logits = model(**self.model_inputs(batch), use_cache=False).logits[:, :-1].float()
             nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
             return nll
@@ -239,6 +239,13 @@ def probe_packed_attention(model, pad_id: int) -> str:
         model.train(was)
     raise LmforgeError(f"packing is not supported for {type(model).__name__}: its attention cannot be kept inside "
                        "documents", "set data.packing: truncate")
+
+
+def plain_head(model) -> bool:
+    """The output layer is a plain Linear whose weight is what it computes with. A PEFT wrapper (LoRA's trainable
+    tokens or modules_to_save on the head) is not: its forward must run, so the chunked loss steps aside."""
+    head = getattr(model, "module", model).get_output_embeddings()
+    return isinstance(head, torch.nn.Linear)
 
 
 def probe_chunked_loss(model) -> bool:

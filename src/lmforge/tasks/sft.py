@@ -135,21 +135,31 @@ def make_samples(tokenizer, prompts: list[tuple[list[dict], str]], max_new_token
     return samples
 
 
+@dataclass
+class ChatModel:
+    model: object
+    tokenizer: object
+    block_size: int
+    added_token_ids: list[int]  # tokens the chat template added (their embeddings are new: trained, saved by LoRA)
+
+
 def load_chat_model(cfg: Config, notes: list[str], log: logging.Logger = log,
-                    permissions: Permissions = Permissions()):
-    """(model, tokenizer, length limit) of a causal LM made ready for conversations (sft and dpo): its chat
-    template (ChatML when it has none), a pad token, embeddings grown to the tokenizer, and data.block_size
+                    permissions: Permissions = Permissions()) -> ChatModel:
+    """A causal LM made ready for conversations (sft and dpo): its chat template (ChatML when it has none), a pad
+    token, embeddings grown to the tokenizer, generation that stops at the end of a turn, and data.block_size
     checked against the model; what was changed is added to `notes`."""
     model, tokenizer, source = load_model(cfg, log, permissions)
     notes += [n for n in (ensure_chat_template(tokenizer), ensure_pad(tokenizer, model, source)) if n]
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+    rows = model.get_input_embeddings().num_embeddings
+    added = list(range(rows, len(tokenizer)))
+    if added:
         model.resize_token_embeddings(len(tokenizer))
     stop_note = stop_at_end_of_turn(tokenizer, model)
     if stop_note and stop_note.startswith("warning: "):
         log.warning("%s", stop_note[len("warning: "):])
     elif stop_note:
         notes.append(stop_note)
-    return model, tokenizer, resolve_block_size(cfg.data.block_size, model.config)
+    return ChatModel(model, tokenizer, resolve_block_size(cfg.data.block_size, model.config), added)
 
 
 # ----------------------------------------------------------------------------------- the task
@@ -184,7 +194,8 @@ class SFT(Task):
         if replies and not any(r.strip() for r in replies):
             log.warning("every assistant reply in %s is empty: the run can only learn the end-of-turn token, "
                         "nothing else", describe(d.train))
-        model, tokenizer, block = load_chat_model(cfg, notes, log, permissions)
+        chat_model = load_chat_model(cfg, notes, log, permissions)
+        model, tokenizer, block = chat_model.model, chat_model.tokenizer, chat_model.block_size
         train_enc = encode_conversations(train_convs, tokenizer, block, d.train_on)
         check_trainable(train_enc, describe(d.train), d.train_on)
         eval_enc = encode_conversations(eval_convs, tokenizer, block, d.train_on)
@@ -211,6 +222,7 @@ class SFT(Task):
         return TaskParts(
             task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split, test=test_split,
             collate=make_collate(tokenizer.pad_token_id, d.packing), loss=loss, eval_step=loss.eval_step,
+            added_token_ids=chat_model.added_token_ids,
             finalize=finalize, summary=summary, notes=notes, fingerprints={}, fixed_shapes=False,
             samples=make_samples(tokenizer, sample_prompts(eval_convs)),
         )
