@@ -6,6 +6,8 @@ to train on is one line, exit 2."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -378,3 +380,15 @@ def test_openai_stop_is_honoured_streamed_and_not_and_bad_fields_are_4xx(tiny_ch
             assert e.value.code == 422 and "surrogate" in e.value.read().decode()
     finally:
         live.stop()
+
+
+def test_chat_repl_skips_non_utf8_lines_has_help_and_drops_old_turns_to_fit(tiny_chat_model):
+    line = ("thou art kind and he saith unto them old english " * 4).strip()
+    stdin = b"caf\xe9 latin-1\n/help\n" + (line.encode() + b"\n") * 6 + b"/exit\n"
+    p = subprocess.run([sys.executable, "-m", "lmforge.cli", "chat", str(tiny_chat_model), "--max-new-tokens", "8"],
+                       input=stdin, capture_output=True, timeout=180)
+    out, err = p.stdout.decode(), p.stderr.decode()
+    assert p.returncode == 0, err[-2000:]
+    assert "not UTF-8 text, so it was skipped" in out and "Traceback" not in err
+    assert "/reset (forget the conversation)" in out  # /help
+    assert "outgrew the model's context: dropped its" in out  # 256 positions: six long turns do not fit

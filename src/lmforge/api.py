@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from .config import Config, Permissions, SamplingParams, resolve_config  # noqa: F401 (SamplingParams: public)
-from .errors import LmforgeError
 from .data.builtin import DATASETS
+from .errors import LmforgeError
 from .models.load import resolve_model_dir
 from .models.push import push_folder
 from .models.zoo import MODELS

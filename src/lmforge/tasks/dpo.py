@@ -21,9 +21,9 @@ disabled; without: a frozen copy of the starting model).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import copy
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
