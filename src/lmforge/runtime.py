@@ -9,7 +9,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from .errors import LmforgeError
 
@@ -100,3 +100,35 @@ def to_device(batch: dict, device) -> dict:
     module needs no torch import (the CLI starts without it)."""
     return {k: (v.to(device, non_blocking=True) if hasattr(v, "is_floating_point") and hasattr(v, "to") else v)
             for k, v in batch.items()}
+
+
+def available_bytes(device) -> Optional[float]:
+    """Free memory for this process: GPU free memory, or RAM (MemAvailable, capped by a cgroup limit)."""
+    import torch  # lazy: this bottom module is imported by the CLI, which starts without torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return float(free)
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:  # containers: the cgroup v2 limit is what the OOM killer enforces
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = float(Path("/sys/fs/cgroup/memory.current").read_text())
+            room = float(limit) - used
+            avail = room if avail is None else min(avail, room)
+    except (OSError, ValueError):
+        pass
+    if avail is None:
+        try:
+            import psutil
+            avail = float(psutil.virtual_memory().available)
+        except Exception:
+            return None
+    return avail

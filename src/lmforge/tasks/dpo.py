@@ -35,6 +35,7 @@ from ..data import preference
 from ..data.pipeline import Splits, describe, read_eval_rows, read_splits
 from ..errors import LmforgeError
 from ..models.load import resolve_block_size
+from ..runtime import available_bytes
 from .base import EncodedSplit, StepStats, Task, TaskParts, clip, eval_config, eval_rows
 from .causal_lm import TASK as CAUSAL_LM
 from .causal_lm import load_model
@@ -59,6 +60,18 @@ from .sft import load_chat_model, make_samples
 log = logging.getLogger("lmforge")
 
 METRICS = ("reward_accuracy", "reward_margin", "rewards_chosen", "rewards_rejected", "logps_chosen", "logps_rejected")
+
+
+def check_room_for_a_copy(model) -> None:
+    """dpo.reference: live without LoRA keeps a frozen copy of the model: refused in one line, before the copy is
+    made, when the free memory cannot hold it (with room for training left)."""
+    need = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    free = available_bytes(next(model.parameters()).device)
+    if free is not None and need > 0.5 * free:
+        raise LmforgeError(f"dpo.reference: live keeps a frozen copy of the model ({need / 2**20:,.0f} MB), and only "
+                           f"{free / 2**20:,.0f} MB are free, which must also hold training",
+                           "use dpo.reference: cached (the default: one pass before training), or add a peft: section "
+                           "(the reference is then the base model with the adapter off, no copy)")
 
 
 # ----------------------------------------------------------------------------------- the loss
@@ -179,6 +192,8 @@ class DPO(Task):
             if dc.reference == "cached":
                 notes.append(self.cache_reference(cfg, model, collate, train_enc, eval_enc, test_enc))
             else:
+                if cfg.peft is None:
+                    check_room_for_a_copy(model)
                 live = "adapter" if cfg.peft is not None else copy.deepcopy(model).eval().requires_grad_(False)
                 notes.append("reference log-probs computed at each step (dpo.reference: live)" +
                              ("; the base model with the LoRA adapter disabled" if cfg.peft is not None else

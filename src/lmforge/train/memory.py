@@ -23,10 +23,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import torch
+
+from ..runtime import available_bytes
 
 log = logging.getLogger("lmforge")
 
@@ -92,36 +93,6 @@ class MemoryEstimate:
                 "temporaries_mb": round(self.temporaries / MB, 1),
                 "available_mb": round((self.available + self.already_used) / MB, 1) if self.available is not None else None,
                 "batch_size": self.batch_size, "seq_len": self.seq_len, "fits": self.fits}
-
-
-def available_bytes(device) -> Optional[float]:
-    """Free memory for this process: GPU free memory, or RAM (MemAvailable, capped by a cgroup limit)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return float(free)
-    avail = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                avail = float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:  # containers: the cgroup v2 limit is what the OOM killer enforces
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = float(Path("/sys/fs/cgroup/memory.current").read_text())
-            room = float(limit) - used
-            avail = room if avail is None else min(avail, room)
-    except (OSError, ValueError):
-        pass
-    if avail is None:
-        try:
-            import psutil
-            avail = float(psutil.virtual_memory().available)
-        except Exception:
-            return None
-    return avail
 
 
 def activation_bytes(model_config, batch: int, seq: int, dtype_bytes: int, checkpointing: bool,
