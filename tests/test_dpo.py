@@ -317,11 +317,8 @@ def test_doctor_shows_a_pair_with_its_scored_tokens(tiny_llama, tmp_path, capsys
 def test_a_live_reference_copy_that_cannot_fit_is_refused_before_it_is_made(tiny_llama, tmp_path, monkeypatch):
     from lmforge.tasks import dpo as dpo_task
     monkeypatch.setattr(dpo_task, "available_bytes", lambda device: 1000.0)  # a machine with 1 KB free
-    copies = []
-    real = dpo_task.copy.deepcopy
-    monkeypatch.setattr(dpo_task.copy, "deepcopy", lambda x: copies.append(1) or real(x))
     cfg = _dpo_config(_pairs_jsonl(tmp_path / "p.jsonl", 20), tiny_llama, tmp_path / "run",
                       train={"max_steps": 1}, dpo={"reference": "live"})
     with pytest.raises(LmforgeError, match=r"dpo.reference: live keeps a frozen copy of the model"):
         api.train(cfg, progress=False)
-    assert copies == [] and not (tmp_path / "run").exists()
+    assert not (tmp_path / "run").exists()
