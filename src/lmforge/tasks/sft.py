@@ -223,6 +223,8 @@ class SFT(Task):
             task=self, model=model, tokenizer=tokenizer, train=train_split, eval=eval_split, test=test_split,
             collate=make_collate(tokenizer.pad_token_id, d.packing), loss=loss, eval_step=loss.eval_step,
             added_token_ids=chat_model.added_token_ids,
+            # the chunked loss runs the output layer at the trained tokens only (their share, for MFU)
+            output_layer_share=(summary["trained_tokens"] / max(1, summary["train_tokens"])) if loss.chunked else 1.0,
             finalize=finalize, summary=summary, notes=notes, fingerprints={}, fixed_shapes=False,
             samples=make_samples(tokenizer, sample_prompts(eval_convs)),
         )
