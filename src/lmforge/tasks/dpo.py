@@ -90,8 +90,8 @@ class PreferenceObjective:
     """The loop's loss (sum over pairs) and eval step; keeps the logging window's reward statistics."""
 
     def __init__(self, loss_type: str, beta: float, label_smoothing: float = 0.0, simpo_gamma: float = 0.5,
-                 live_reference=None):
-        self.loss_type, self.beta = loss_type, beta
+                 live_reference=None, reward_scale: Optional[str] = None):
+        self.loss_type, self.beta, self.reward_scale = loss_type, beta, reward_scale or "mean"
         self.label_smoothing, self.simpo_gamma = label_smoothing, simpo_gamma
         self.live_reference = live_reference  # None (cached in the batch), a model, or "adapter"
         self.stats = StepStats(METRICS, count="pairs")
@@ -109,7 +109,7 @@ class PreferenceObjective:
         losses, rc, rr = preference_loss(
             self.loss_type, self.beta, logps[:, 0], logps[:, 1], counts[:, 0], counts[:, 1],
             None if ref is None else ref[:, 0], None if ref is None else ref[:, 1],
-            label_smoothing=self.label_smoothing, simpo_gamma=self.simpo_gamma)
+            label_smoothing=self.label_smoothing, simpo_gamma=self.simpo_gamma, reward_scale=self.reward_scale)
         return PairScores(losses, rc, rr, logps, counts)
 
     def __call__(self, model, batch: dict) -> torch.Tensor:
@@ -198,7 +198,11 @@ class DPO(Task):
                 notes.append("reference log-probs computed at each step (dpo.reference: live)" +
                              ("; the base model with the LoRA adapter disabled" if cfg.peft is not None else
                               "; a frozen copy of the starting model is kept in memory"))
-        objective = PreferenceObjective(dc.loss_type, dc.beta, dc.label_smoothing, dc.simpo_gamma, live)
+        if dc.reward_scale is not None and dc.loss_type != "ipo":
+            raise LmforgeError(f"dpo.reward_scale is IPO's choice; dpo.loss_type {dc.loss_type} has one convention",
+                               "remove dpo.reward_scale (see the README's table of losses and rewards next to TRL's)")
+        objective = PreferenceObjective(dc.loss_type, dc.beta, dc.label_smoothing, dc.simpo_gamma, live,
+                                        dc.reward_scale)
         train_split = EncodedSplit(train_enc.rows, [row_length(r, layout) for r in train_enc.rows])
         eval_split = EncodedSplit(eval_enc.rows, [row_length(r, layout) for r in eval_enc.rows])
         test_split = EncodedSplit(test_enc.rows, [row_length(r, layout) for r in test_enc.rows]) \
@@ -268,7 +272,8 @@ class DPO(Task):
             ref_model, _, _ = load_model(ref_cfg, log)
             attach_reference(ref_model, enc.rows, collate, max(cfg.train.per_device_eval_batch_size, 1))
             del ref_model
-        objective = PreferenceObjective(cfg.dpo.loss_type, cfg.dpo.beta, cfg.dpo.label_smoothing, cfg.dpo.simpo_gamma)
+        objective = PreferenceObjective(cfg.dpo.loss_type, cfg.dpo.beta, cfg.dpo.label_smoothing, cfg.dpo.simpo_gamma,
+                                        reward_scale=cfg.dpo.reward_scale)
         split = EncodedSplit(enc.rows, [row_length(r, layout) for r in enc.rows])
         return TaskParts(task=self, model=model, tokenizer=tokenizer, train=None, eval=split, collate=collate,
                          loss=objective, eval_step=objective.eval_step, finalize=finalize,

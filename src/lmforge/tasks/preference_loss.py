@@ -40,14 +40,17 @@ def _smoothed(z: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def preference_loss(loss_type: str, beta: float, pc, pr, nc, nr, rc=None, rr=None, label_smoothing: float = 0.0,
-                    simpo_gamma: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(per-pair losses, chosen rewards, rejected rewards); tensors of shape (pairs,)."""
+                    simpo_gamma: float = 0.5, reward_scale: str = "mean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per-pair losses, chosen rewards, rejected rewards); tensors of shape (pairs,). `reward_scale` "sum": IPO's
+    rewards from the summed log-ratios, as TRL logs them (the loss is the same)."""
     nc, nr = nc.to(pc.dtype), nr.to(pr.dtype)
     if loss_type == "sigmoid":
         c, r = pc - rc, pr - rr
         return _smoothed(beta * (c - r), label_smoothing), beta * c, beta * r
     if loss_type == "ipo":
         c, r = (pc - rc) / nc, (pr - rr) / nr
+        if reward_scale == "sum":
+            return (c - r - 1 / (2 * beta)) ** 2, beta * (pc - rc), beta * (pr - rr)
         return (c - r - 1 / (2 * beta)) ** 2, beta * c, beta * r
     c, r = pc / nc, pr / nr
     if loss_type == "simpo":
