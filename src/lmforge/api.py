@@ -242,8 +242,9 @@ def config_keys(section: Optional[str] = None) -> list[dict]:
 
 
 def export(model: Union[str, Path], fmt: str = "safetensors", output: Optional[str] = None,
-           dtype: Optional[str] = None, verify: bool = True, quantize: Optional[str] = None) -> Path:
+           dtype: Optional[str] = None, verify: bool = True, quantize: Optional[str] = None,
+           gguf_pre: Optional[str] = None) -> Path:
     """Export a run or model folder (a LoRA run merged) as a plain folder, checked against the trained model
     (export.json); see lmforge.tools.export."""
     quiet_libraries()
-    return _export.export(str(model), fmt, output, dtype, verify, quantize)
+    return _export.export(str(model), fmt, output, dtype, verify, quantize, gguf_pre)

@@ -123,9 +123,10 @@ def export(model: str = typer.Argument(..., help="Run folder or model folder (a 
            output: Optional[str] = typer.Option(None, "--output", "-o", help="Folder to write (default: MODEL-export-FORMAT)."),
            dtype: Optional[str] = typer.Option(None, "--dtype", help="safetensors: float32 (default), bfloat16 or float16."),
            quantize: Optional[str] = typer.Option(None, "--quantize", "-q", help="gguf: f32, f16 (default), q8_0 or q4_0."),
-           no_verify: bool = typer.Option(False, "--no-verify", help="Keep an export whose parity check fails.")):
+           no_verify: bool = typer.Option(False, "--no-verify", help="Keep an export whose parity check fails."),
+           gguf_pre: Optional[str] = typer.Option(None, "--gguf-pre", help="gguf: llama.cpp's pre-tokenizer name, for a tokenizer its hash table does not know.")):
     """Export a trained model as a plain folder and check it answers like the trained one (OUT/export.json)."""
-    out = _api().export(model, fmt, output, dtype, verify=not no_verify, quantize=quantize)
+    out = _api().export(model, fmt, output, dtype, verify=not no_verify, quantize=quantize, gguf_pre=gguf_pre)
     report = json.loads((out / "export.json").read_text())
     p = report["parity"]
     greedy = p.get("greedy")

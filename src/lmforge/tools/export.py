@@ -161,7 +161,7 @@ def _check_options(fmt: str, dtype: Optional[str], quantize: Optional[str]) -> s
     return dtype or "float32"
 
 
-def _write(fmt: str, precision: str, trained, tokenizer, model_dir: Path, tmp: Path) -> dict:
+def _write(fmt: str, precision: str, trained, tokenizer, model_dir: Path, tmp: Path, pre=None) -> dict:
     """Write the export's files into tmp; returns the format's own facts for export.json."""
     card = model_dir / "README.md"  # the model card travels with the weights
     if card.exists():
@@ -180,7 +180,7 @@ def _write(fmt: str, precision: str, trained, tokenizer, model_dir: Path, tmp: P
     with tempfile.TemporaryDirectory() as tok_dir:
         tokenizer.save_pretrained(tok_dir)
         facts = gguf_export.write_gguf(trained, tokenizer, Path(tok_dir), tmp / f"{name}-{precision}.gguf",
-                                       precision, name)
+                                       precision, name, pre)
     return {"files": [f"{name}-{precision}.gguf"], "gguf": facts}
 
 
@@ -194,8 +194,11 @@ def _reload(fmt: str, out: Path, report: dict, task, trained) -> tuple:
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # its per-tensor de-quantizing bar
     gguf_file = report["files"][0]
-    # transformers' GGUF reader does not map gpt2's n_positions (llama.cpp reads it as context_length)
+    # transformers' GGUF reader does not map gpt2's n_positions nor qwen3's head size (llama.cpp reads them as
+    # context_length and attention.key_length, which tests/test_gguf_llama_cpp.py checks against its converter)
     extra = {"n_positions": trained.config.n_positions} if trained.config.model_type == "gpt2" else {}
+    if getattr(trained.config, "head_dim", None) is not None and trained.config.model_type != "gpt2":
+        extra["head_dim"] = trained.config.head_dim
     before = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own per-tensor bar (a plain tqdm)
     try:
@@ -247,7 +250,7 @@ def _run_state(model_dir: Path) -> Optional[str]:
 
 
 def export(model: str, fmt: str = "safetensors", output: Optional[str] = None, dtype: Optional[str] = None,
-           verify: bool = True, quantize: Optional[str] = None) -> Path:
+           verify: bool = True, quantize: Optional[str] = None, gguf_pre: Optional[str] = None) -> Path:
     precision = _check_options(fmt, dtype, quantize)
     model_dir = resolve_model_dir(model)
     if is_onnx_dir(model_dir):
@@ -261,13 +264,20 @@ def export(model: str, fmt: str = "safetensors", output: Optional[str] = None, d
     task = task_of(model_dir)
     trained, tokenizer = task.load_for_use(model_dir, allow_untrained=True)  # LoRA: merged into its base
     trained.float().eval()
+    pre = None
+    if gguf_pre is not None and fmt != "gguf":
+        raise LmforgeError("--gguf-pre is for --format gguf")
     if fmt == "gguf":
         gguf_export.check_supported(trained, precision)  # before any file is written
+        with tempfile.TemporaryDirectory() as tok_dir:
+            tokenizer.save_pretrained(tok_dir)
+            pre = gguf_export.pre_tokenizer(tokenizer, json.loads((Path(tok_dir) / "tokenizer.json").read_text()),
+                                            gguf_pre)
     started = time.perf_counter()
     report = {"format": fmt, "precision": precision, "source": str(model_dir), "task": task.name,
               "run_status": run_status}
     try:
-        atomic_dir(out, lambda tmp: report.update(_write(fmt, precision, trained, tokenizer, model_dir, tmp)))
+        atomic_dir(out, lambda tmp: report.update(_write(fmt, precision, trained, tokenizer, model_dir, tmp, pre)))
     except OSError as e:  # a read-only or full disk: one line, nothing half-written left (atomic_dir)
         raise LmforgeError(f"cannot write the export to {out}: {e.strerror or e}",
                            "choose a writable -o with room for the model") from None
@@ -277,7 +287,9 @@ def export(model: str, fmt: str = "safetensors", output: Optional[str] = None, d
     causal = type(trained).__name__.endswith(onnx_export.CAUSAL_HEADS)
     report["parity"] = parity(trained, reloaded, tokenizer, texts, causal=causal)
     if own_tokenizer is not None:  # the GGUF's own tokenizer, as llama.cpp-side readers rebuild it
-        same = [own_tokenizer(t)["input_ids"] == tokenizer(t)["input_ids"] for t in texts + PROMPTS]
+        # the held-out texts, the prompts and llama.cpp's own probe (digits, whitespace runs, code, emoji, scripts)
+        probe = json.loads(gguf_export.PRE_TABLE.read_text())["probe"]
+        same = [own_tokenizer(t)["input_ids"] == tokenizer(t)["input_ids"] for t in texts + PROMPTS + [probe]]
         report["parity"]["tokenizer_agreement"] = sum(same) / len(same)
     report["verified"], reason = judge(report)
     (out / "export.json").write_text(json.dumps(report, indent=1))

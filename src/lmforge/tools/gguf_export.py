@@ -17,62 +17,103 @@ tokens, token types, merges, special ids, whether a BOS is added, the pre-tokeni
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 from ..errors import LmforgeError
 
-ARCHES = ("llama", "gpt2")
+ARCHES = ("llama", "gpt2", "qwen2", "qwen3")
+ROPE_ARCHES = ("llama", "qwen2", "qwen3")  # the hparams these share (qwen: no permutation, rotate-half rope)
 QUANTS = ("f32", "f16", "q8_0", "q4_0")
-# the pre-tokenizer name llama.cpp keys its split regex on, by the tokenizer.json pre_tokenizer it matches
+# GPT-2's split regex (the byte-level pre-tokenizer's built-in one), llama.cpp's "gpt-2" preset
 GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-                r"\s*[\r\n]+|\s+(?!\S)|\s+")
-
 
 def _gguf():
     import gguf
     return gguf
 
 
+def gguf_arch(model_type: str):
+    gguf = _gguf()
+    return {"llama": gguf.MODEL_ARCH.LLAMA, "gpt2": gguf.MODEL_ARCH.GPT2, "qwen2": gguf.MODEL_ARCH.QWEN2,
+            "qwen3": gguf.MODEL_ARCH.QWEN3}[model_type]
+
+
 def check_supported(model, quant: str) -> None:
-    arch = getattr(model.config, "model_type", "?")
+    """Refuse, in one line and before any file is written, what this writer does not map: a file that llama.cpp
+    would load wrong is never written."""
+    config = model.config
+    arch = getattr(config, "model_type", "?")
     if arch not in ARCHES:
-        raise LmforgeError(f"GGUF export covers causal LMs of the {' and '.join(ARCHES)} architectures; this model "
+        raise LmforgeError(f"GGUF export covers causal LMs of the {', '.join(ARCHES)} architectures; this model "
                            f"is {arch}", "use --format safetensors (any model) or --format onnx")
     if quant not in QUANTS:
         raise LmforgeError(f"--quantize {quant} is not one of {', '.join(QUANTS)}")
-    rope = getattr(model.config, "rope_parameters", None) or {}
-    if arch == "llama" and rope.get("rope_type", "default") != "default":
-        raise LmforgeError(f"GGUF export of a llama model with {rope.get('rope_type')} rope scaling is not written",
-                           "use --format safetensors and llama.cpp's convert_hf_to_gguf.py")
-    if arch == "llama" and (getattr(model.config, "attention_bias", False) or getattr(model.config, "mlp_bias", False)):
+    if arch in ROPE_ARCHES:
+        rope = getattr(config, "rope_parameters", None) or {}
+        if rope.get("rope_type", "default") != "default":
+            raise LmforgeError(f"GGUF export of a {arch} model with {rope.get('rope_type', 'scaled')} rope scaling "
+                               "is not written", "use --format safetensors and llama.cpp's convert_hf_to_gguf.py")
+        if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+            raise LmforgeError(f"GGUF export of a {arch} model with sliding-window attention is not written",
+                               "use --format safetensors and llama.cpp's convert_hf_to_gguf.py")
+        if getattr(config, "partial_rotary_factor", 1.0) not in (None, 1, 1.0):
+            raise LmforgeError(f"GGUF export of a {arch} model with partial rotary embeddings is not written",
+                               "use --format safetensors")
+    if arch == "llama" and (getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False)):
         raise LmforgeError("GGUF export of a llama model with bias terms is not written", "use --format safetensors")
+    if arch in ("qwen2", "qwen3") and getattr(config, "mlp_bias", False):
+        raise LmforgeError(f"GGUF export of a {arch} model with MLP biases is not written", "use --format safetensors")
 
 
-def _pre_tokenizer_name(tokenizer_json: dict) -> tuple[str, bool]:
-    """llama.cpp's name for this pre-tokenizer, and whether it was recognised."""
+PRE_TABLE = Path(__file__).with_name("gguf_pre_tokenizers.json")  # llama.cpp's table (benchmarks/gguf_pre_table.py)
+
+
+def _gpt2_split(tokenizer_json: dict) -> bool:
+    """The pre-tokenizer is GPT-2's own byte-level split (ByteLevel with its built-in regex, or that regex as an
+    explicit Split before a regex-free ByteLevel): what llama.cpp's "gpt-2" preset implements."""
     pre = tokenizer_json.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     types = [s.get("type") for s in steps]
-    if types == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt-2", True  # llama.cpp's name (the tokenizer *model* is "gpt2"; as a pre-tokenizer it is refused)
-    if types == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
-        return "smollm", True
-    if types and types[0] == "Split":
-        regex = (steps[0].get("pattern") or {}).get("Regex", "")
-        if regex == LLAMA3_REGEX:
-            return "llama-bpe", True
-        if regex == GPT2_REGEX:
-            return "gpt-2", True
-    return "gpt-2", False
+    if types == ["ByteLevel"]:
+        return steps[0].get("use_regex", True)
+    return types == ["Split", "ByteLevel"] and (steps[0].get("pattern") or {}).get("Regex") == GPT2_REGEX \
+        and not steps[1].get("use_regex", True)
 
 
-def _add_tokenizer(writer, tokenizer, tok_dir: Path, n_vocab: int) -> dict:
+@dataclass
+class PreTokenizer:
+    name: str  # tokenizer.ggml.pre
+    how: str  # how it was chosen: llama.cpp's hash table, GPT-2's split, or --gguf-pre
+    hash: str  # sha256 of the token ids of llama.cpp's probe text, as its converter computes it
+
+
+def pre_tokenizer(tokenizer, tokenizer_json: dict, override: Optional[str] = None) -> PreTokenizer:
+    """The pre-tokenizer name the way llama.cpp's converter picks it: the sha256 of the tokenizer's ids on
+    llama.cpp's probe text (digits, whitespace runs, code, emoji, non-Latin scripts), looked up in llama.cpp's
+    table. A hash it does not know is a byte-level BPE trained here with GPT-2's split (llama.cpp's "gpt-2"), or
+    a one-line refusal naming the hash; `override` (--gguf-pre) names it outright."""
+    table = json.loads(PRE_TABLE.read_text())
+    chk = hashlib.sha256(str(tokenizer.encode(table["probe"])).encode()).hexdigest()
+    if override:
+        return PreTokenizer(override, "--gguf-pre", chk)
+    if chk in table["hashes"]:
+        return PreTokenizer(table["hashes"][chk], "llama.cpp's hash table", chk)
+    if _gpt2_split(tokenizer_json):
+        return PreTokenizer("gpt-2", "GPT-2's byte-level split (a hash llama.cpp's table does not list)", chk)
+    raise LmforgeError(f"llama.cpp does not know this tokenizer's pre-tokenizer (probe hash {chk}), so it would split "
+                       "text differently from training", "pass --gguf-pre NAME (a llama.cpp pre-tokenizer name, e.g. "
+                       "llama-bpe, qwen2, smollm) if you know which split it uses, or export --format safetensors")
+
+
+def _add_tokenizer(writer, tokenizer, tok_dir: Path, n_vocab: int, pre: PreTokenizer) -> dict:
     """Vocabulary, merges, special ids and chat template as llama.cpp reads them; returns what was written."""
     gguf = _gguf()
     data = json.loads((tok_dir / "tokenizer.json").read_text()) if (tok_dir / "tokenizer.json").exists() else {}
@@ -93,47 +134,56 @@ def _add_tokenizer(writer, tokenizer, tok_dir: Path, n_vocab: int) -> dict:
     pad_rows = n_vocab - len(tokens)  # embedding rows past the tokenizer: placeholders, as llama.cpp writes
     tokens += [f"[PAD{i}]" for i in range(len(tokens), n_vocab)]
     types += [gguf.TokenType.UNUSED] * pad_rows
-    pre, known = _pre_tokenizer_name(data)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
+    writer.add_tokenizer_pre(pre.name)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     writer.add_token_merges(merges)
-    ids = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "unk": tokenizer.unk_token_id,
-           "pad": tokenizer.pad_token_id}
-    for kind, value in ids.items():
-        if value is not None:
-            getattr(writer, {"unk": "add_unk_token_id", "pad": "add_pad_token_id"}.get(kind, f"add_{kind}_token_id"))(
-                int(value))
-    probe = tokenizer("a")["input_ids"]
-    adds_bos = bool(probe) and tokenizer.bos_token_id is not None and probe[0] == tokenizer.bos_token_id
-    writer.add_add_bos_token(adds_bos)
-    if getattr(tokenizer, "chat_template", None):
+    # special ids, add_bos / add_eos and the chat template exactly as llama.cpp's converter writes them: with the
+    # gguf package's own SpecialVocab, which its converter uses too
+    special = gguf.SpecialVocab(str(tok_dir), load_merges=False, n_vocab=n_vocab)
+    special.add_to_gguf(writer, quiet=True)
+    if not special.chat_template and getattr(tokenizer, "chat_template", None):
         writer.add_chat_template(tokenizer.chat_template)
-    return {"model": "gpt2", "pre": pre, "pre_recognised": known, "tokens": len(tokenizer), "padding_rows": pad_rows,
+    ids = {kind: special.special_token_ids.get(kind) for kind in ("bos", "eos", "unk", "pad", "sep", "cls", "mask")}
+    probe = tokenizer("a")["input_ids"]  # what encoding adds, where tokenizer_config.json does not say
+    adds = {"bos": bool(probe) and ids["bos"] is not None and probe[0] == ids["bos"],
+            "eos": bool(probe) and ids["eos"] is not None and probe[-1] == ids["eos"]}
+    for kind, value in adds.items():
+        if kind not in special.add_special_token:
+            getattr(writer, f"add_add_{kind}_token")(value)
+    adds_bos = bool(special.add_special_token.get("bos", adds["bos"]))
+    return {"model": "gpt2", "pre": pre.name, "pre_chosen_by": pre.how, "pre_hash": pre.hash,
+            "tokens": len(tokenizer), "padding_rows": pad_rows,
             "merges": len(merges), "chat_template": bool(getattr(tokenizer, "chat_template", None)),
-            "add_bos": adds_bos, **{f"{k}_id": v for k, v in ids.items()}}
+            "add_bos": adds_bos, **{f"{k}_id": v for k, v in ids.items() if v is not None}}
 
 
 def _add_hparams(writer, config) -> None:
-    if config.model_type == "llama":
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    """The hyper-parameters llama.cpp reads, written as its converter writes them (convert_hf_to_gguf.py's
+    TextModel / LlamaModel / Qwen2Model set_gguf_parameters): the head size whenever the config names one."""
+    if config.model_type in ROPE_ARCHES:
         rope = getattr(config, "rope_parameters", None) or {}
+        head_dim = getattr(config, "head_dim", None)
+        writer.add_block_count(config.num_hidden_layers)
         writer.add_context_length(config.max_position_embeddings)
         writer.add_embedding_length(config.hidden_size)
-        writer.add_block_count(config.num_hidden_layers)
         writer.add_feed_forward_length(config.intermediate_size)
         writer.add_head_count(config.num_attention_heads)
         writer.add_head_count_kv(config.num_key_value_heads or config.num_attention_heads)
         writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
         writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-        writer.add_rope_dimension_count(head_dim)
-        writer.add_vocab_size(config.vocab_size)
+        if head_dim is not None:  # llama.cpp assumes hidden / heads otherwise (wrong for e.g. Qwen3-0.6B)
+            writer.add_key_length(head_dim)
+            writer.add_value_length(head_dim)
+        if config.model_type == "llama":
+            writer.add_vocab_size(config.vocab_size)
+            writer.add_rope_dimension_count(head_dim or config.hidden_size // config.num_attention_heads)
     else:  # gpt2
+        writer.add_block_count(config.n_layer)
         writer.add_context_length(config.n_positions)
         writer.add_embedding_length(config.n_embd)
-        writer.add_block_count(config.n_layer)
         writer.add_feed_forward_length(config.n_inner or 4 * config.n_embd)
         writer.add_head_count(config.n_head)
         writer.add_layer_norm_eps(config.layer_norm_epsilon)
@@ -148,8 +198,7 @@ def _gguf_tensors(model):
     """(gguf name, float32 numpy array) for each tensor the file holds."""
     gguf = _gguf()
     config = model.config
-    arch = gguf.MODEL_ARCH.LLAMA if config.model_type == "llama" else gguf.MODEL_ARCH.GPT2
-    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    names = gguf.get_tensor_name_map(gguf_arch(config.model_type), config.num_hidden_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     for name, tensor in model.state_dict().items():
         if name.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")):
@@ -187,20 +236,22 @@ def _encode(name: str, data: np.ndarray, quant: str):
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0"}
 
 
-def write_gguf(model, tokenizer, tok_dir: Path, path: Path, quant: str, name: str) -> dict:
+def write_gguf(model, tokenizer, tok_dir: Path, path: Path, quant: str, name: str,
+               pre: Optional[PreTokenizer] = None) -> dict:
     """Write `model` (+ tokenizer from `tok_dir`) to `path`; returns what went in (for export.json)."""
     gguf = _gguf()
     check_supported(model, quant)
     config = model.config
-    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA if config.model_type == "llama"
-                                                         else gguf.MODEL_ARCH.GPT2])
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf_arch(config.model_type)])
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     _add_hparams(writer, config)
     writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[quant]))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     n_vocab = model.get_input_embeddings().weight.shape[0]
-    tok_info = _add_tokenizer(writer, tokenizer, tok_dir, n_vocab)
+    if pre is None:
+        pre = pre_tokenizer(tokenizer, json.loads((tok_dir / "tokenizer.json").read_text()))
+    tok_info = _add_tokenizer(writer, tokenizer, tok_dir, n_vocab, pre)
     # a chat run stops at its end-of-turn token as well as at EOS (generation_config.eos_token_id is a list):
     # llama.cpp reads that token as tokenizer.ggml.eot_token_id
     gc_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
