@@ -231,14 +231,19 @@ def next_steps(result: TrainResult) -> list[str]:
 
 # ----------------------------------------------------------------------------------- configs
 def starter_config(task: str, model: Optional[str] = None, data: Optional[str] = None,
-                   output_dir: Optional[str] = None) -> str:
+                   output_dir: Optional[str] = None, config_path: Optional[str] = None) -> str:
     """A commented starter config (YAML text) for `task` that `train` accepts as written."""
-    return _starter.starter_config(task, model, data, output_dir)
+    return _starter.starter_config(task, model, data, output_dir, config_path)
 
 
 def config_keys(section: Optional[str] = None) -> list[dict]:
     """Every config key (of one section): [{key, type, default, doc}], from the schema."""
     return _starter.config_keys(section)
+
+
+def export_verdict(report: dict) -> str:
+    """The one-line verification summary of an export's export.json ("verified: top-1 100% ...")."""
+    return _export.verdict_line(report)
 
 
 def export(model: Union[str, Path], fmt: str = "safetensors", output: Optional[str] = None,

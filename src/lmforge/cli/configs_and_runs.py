@@ -25,7 +25,7 @@ def init(task: str = typer.Argument(..., help="classification, causal-lm, masked
          output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the config to this file (default: print it)."),
          force: bool = typer.Option(False, "--force", help="Replace the --output file if it exists.")):
     """Write a commented starter config for a task, which `lmforge train` accepts as written."""
-    text = _api().starter_config(task, model, data)
+    text = _api().starter_config(task, model, data, config_path=output)
     if output is None:
         print(text, end="")
         return
@@ -130,9 +130,8 @@ def export(model: str = typer.Argument(..., help="Run folder or model folder (a 
     report = json.loads((out / "export.json").read_text())
     p = report["parity"]
     greedy = p.get("greedy")
-    console.print(f"exported {report['format']} ({report['precision']}) to {out} in {report['export_s']:.1f} s: "
-                  f"max |logit difference| {p['max_abs_logit_diff']:.2e}, top-1 agreement {p['top1_agreement']:.1%} "
-                  f"of {p['positions']} positions on {p['texts']} held-out inputs"
+    console.print(f"exported {report['format']} ({report['precision']}) to {out} in {report['export_s']:.1f} s "
+                  f"(export.json)", markup=False)
+    console.print(_api().export_verdict(report) + f" on {p['positions']} positions of {p['texts']} held-out inputs"
                   + (f", greedy continuations identical {greedy['identical']}/{greedy['prompts']}" if greedy else "")
-                  + ("" if report["verified"] else " -- NOT VERIFIED (kept: --no-verify)") + " (export.json)",
-                  markup=False)
+                  + ("" if report["verified"] else " (kept: --no-verify)"), markup=False)

@@ -16,6 +16,7 @@ seed alone, and a resumed run reads exactly the rows of the uninterrupted one.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -28,6 +29,7 @@ from .kinds import kind_of_source
 from .split import hold_out
 
 MIX_STOP = ("first_exhausted", "all_exhausted")
+log = logging.getLogger("lmforge")
 
 
 @dataclass(frozen=True)
@@ -286,7 +288,10 @@ def eval_rows(rows, overrides, seed: int):
     """The rows `lmforge eval --data` scores: all of them. The run's data.max_eval_samples is not inherited;
     only a cap given with this evaluation's own overrides (--data.max_eval_samples N) applies."""
     limit = load_config(None, overrides).data.max_eval_samples if overrides else None
-    return cap(rows, limit, seed)
+    kept = cap(rows, limit, seed)
+    log.info("evaluating %s of %s rows%s", f"{len(kept):,}", f"{len(rows):,}",
+             f" (--data.max_eval_samples {limit}, a seeded shuffle)" if len(kept) < len(rows) else "")
+    return kept
 
 
 def eval_keep(n: int, cfg) -> list[int]:

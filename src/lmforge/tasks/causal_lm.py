@@ -50,7 +50,7 @@ from ..models.lora import load_model as load_model_folder
 from ..models.lora import model_config
 from ..models.scratch import build_model
 from ..tokenizer import load_tokenizer, tokenizer_for_config
-from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, eval_config
+from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, eval_config, eval_rows
 from .generation import checked_prompt, generate_texts
 from .lm_loss import IGNORE, CausalLMLoss, finalize, load_loss_function, probe_chunked_loss, probe_packed_attention
 
@@ -398,7 +398,7 @@ class CausalLM(Task):
         `stride`, score it in sliding windows instead (see sliding_windows)."""
         model, tokenizer = self.load_for_use(Path(model_dir))
         base = eval_config(model_dir, overrides, self)
-        docs = read_eval_rows(data, base, corpus.KIND)
+        docs = eval_rows(read_eval_rows(data, base, corpus.KIND), overrides, base)
         from_run = (Path(model_dir).parent / "config.yaml").exists()
         block = resolve_block_size(base.data.block_size if from_run or overrides else None, model.config)
         packing = base.data.packing if stride is None else "truncate"

@@ -24,7 +24,7 @@ from ..metrics import classification_metrics
 from ..models.load import ensure_pad, load_pretrained, model_config_of, model_source, resolve_block_size
 from ..models.lora import load_model
 from ..tokenizer import load_tokenizer
-from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, eval_config
+from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, eval_config, eval_rows
 
 log = logging.getLogger("lmforge")
 
@@ -231,7 +231,7 @@ class Classification(Task):
         """Load a trained classifier and encode a labelled dataset with its label mapping."""
         model, tokenizer = self.load_for_use(model_dir)
         cfg = eval_config(model_dir, overrides, self)
-        df = read_eval_rows(data, cfg, labelled.KIND)
+        df = eval_rows(read_eval_rows(data, cfg, labelled.KIND), overrides, cfg)
         label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
         unseen = sorted(set(df["label"]) - set(label2id))
         if unseen:

@@ -140,6 +140,16 @@ def judge(report: dict) -> tuple[bool, str]:
     return True, ""
 
 
+def verdict_line(report: dict) -> str:
+    """One line saying what the parity check found and against which tolerance."""
+    p, precision = report["parity"], report["precision"]
+    max_abs, max_rel, min_top1 = TOLERANCES[precision]
+    diff = (f"max |Δlogit| {p['max_abs_logit_diff']:.2g} ≤ tolerance {max_abs:g}" if max_abs is not None else
+            f"max |Δlogit| {p['relative_diff']:.1%} of the largest logit ≤ tolerance {max_rel:.0%}")
+    head = "verified" if report.get("verified") else "NOT verified"
+    return f"{head}: top-1 {p['top1_agreement']:.0%} (≥ {min_top1:.0%}), {diff}"
+
+
 def _check_options(fmt: str, dtype: Optional[str], quantize: Optional[str]) -> str:
     """The export's precision name, after refusing option pairs that do not fit the format."""
     if fmt not in FORMATS:

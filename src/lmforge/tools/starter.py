@@ -87,8 +87,9 @@ def _doc(text: Optional[str], width: int = 100) -> list[str]:
 
 
 def starter_config(task: str, model: Optional[str] = None, data: Optional[str] = None,
-                   output_dir: Optional[str] = None) -> str:
-    """A commented YAML config for `task` that `lmforge train` accepts as written."""
+                   output_dir: Optional[str] = None, config_path: Optional[str] = None) -> str:
+    """A commented YAML config for `task` that `lmforge train` accepts as written; `config_path`: the file it
+    is written to (named in its first lines' commands)."""
     if task not in TASKS:
         raise LmforgeError(f"unknown task '{task}'.{did_you_mean(task, TASKS)}", f"tasks: {', '.join(TASKS)}")
     st = TASKS[task].starter
@@ -98,9 +99,11 @@ def starter_config(task: str, model: Optional[str] = None, data: Optional[str] =
     values.setdefault("data", {})["train"] = data or st["data"]
     values.setdefault("output", {})["output_dir"] = output_dir or f"runs/{task}-{name.rstrip('/').split('/')[-1]}"
     what = st["about"]
-    lines = [f"# lmforge starter config: task {task} — {what}.",
-             "#   lmforge doctor {this file}     # check data, tokenizer, memory and time before training",
-             "#   lmforge train {this file}",
+    path = config_path or f"my-{task}.yaml"
+    lines = [f"# lmforge starter config: task {task} — {what}." +
+             ("" if config_path else f" Save it as {path} (lmforge init {task} -o {path}).") ,
+             f"#   lmforge doctor {path}     # check data, tokenizer, memory and time before training",
+             f"#   lmforge train {path}",
              "# Every key: `lmforge config keys [SECTION]`. Keys not written here keep their defaults.",
              f"task: {task}"]
     for sec in SECTION_ORDER:
