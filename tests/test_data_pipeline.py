@@ -11,8 +11,8 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from conftest import cls_config, corpus_text, toy_sentiment_rows, write_csv
+from test_dpo import tiny_llama, tok  # noqa: F401 - the fixtures
 from test_resume import assert_same_run, crashed_then_resumed
 
 from lmforge import api
@@ -21,8 +21,6 @@ from lmforge.data import pipeline, prompts, retrieval
 from lmforge.data.batching import epoch_batches, shard
 from lmforge.errors import LmforgeError
 from lmforge.tasks import causal_lm, classification, dpo, masked_lm, sft
-from lmforge.tasks.chat_template import CHATML
-from lmforge.tokenizer import train_tokenizer
 
 log = logging.getLogger("lmforge")
 WORDS = "thou art kind you are and he saith says unto to them old english rewrite the of a yes no".split()
@@ -45,21 +43,9 @@ def _pairs(n, seed=0):
 
 
 @pytest.fixture(scope="module")
-def chat_llama(tmp_path_factory):
-    """A 2-layer Llama folder with a byte-level BPE tokenizer and ChatML (sft and dpo runs start from it)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    texts = [" ".join(WORDS[(i * 5 + j) % len(WORDS)] for j in range(10)) for i in range(300)]
-    tok = train_tokenizer("byte-level-bpe", texts=texts, vocab_size=400, min_frequency=1,
-                          special_tokens=["<|im_start|>", "<|im_end|>", "</s>"]).tokenizer
-    tok.eos_token = tok.pad_token = "</s>"
-    tok.chat_template = CHATML
-    d = tmp_path_factory.mktemp("chat-llama")
-    tok.save_pretrained(d)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).save_pretrained(d)
-    return d
+def chat_llama(tiny_llama):
+    """test_dpo's 2-layer Llama with a byte-level BPE tokenizer and ChatML (sft and dpo runs start from it)."""
+    return tiny_llama
 
 
 def _lm_model(task):

@@ -158,27 +158,14 @@ def test_an_adapter_only_lora_chat_run_that_grew_the_vocabulary_loads_everywhere
 
 
 def test_a_half_written_last_log_line_does_not_stop_a_resume(tmp_path, tiny_bert, monkeypatch, one_thread):
-    from test_resume import assert_same_run
-
-    from lmforge import api
-    from lmforge.train import loop
+    from test_resume import assert_same_run, crashed_then_resumed
     train = write_csv(tmp_path / "t.csv", toy_sentiment_rows(64, 1))
 
     def cfg(out):
         return cls_config(train, train, out, tiny_bert, max_steps=8, per_device_train_batch_size=8,
                           save_strategy="steps", save_steps=3, eval_strategy="no")
-    ref = api.train(cfg(tmp_path / "ref"), progress=False).run_dir
-    real = loop.Trainer._collate
-
-    def crash(self, indices, epoch, batch_index):
-        if self.step == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return real(self, indices, epoch, batch_index)
-    monkeypatch.setattr(loop.Trainer, "_collate", crash)
-    with pytest.raises(KeyboardInterrupt):
-        api.train(cfg(tmp_path / "run"), progress=False)
-    monkeypatch.setattr(loop.Trainer, "_collate", real)
-    with open(tmp_path / "run" / "log.jsonl", "a") as f:
-        f.write('{"step": 6, "loss": 0.69')  # the process was killed in the middle of a line
-    api.train(cfg(tmp_path / "run"), resume=True, progress=False)
-    assert_same_run(ref, tmp_path / "run")
+    def torn(run):
+        with open(run / "log.jsonl", "a") as f:
+            f.write('{"step": 6, "loss": 0.69')  # the process was killed in the middle of a line
+    ref, run = crashed_then_resumed(cfg, tmp_path, monkeypatch, 5, before_resume=torn)
+    assert_same_run(ref, run)

@@ -67,9 +67,10 @@ def assert_same_run(ref: Path, other: Path) -> None:
 
 # ----------------------------------------------------------------------------------- real processes
 
-def crashed_then_resumed(cfg, tmp_path, monkeypatch, crash_step: int):
+def crashed_then_resumed(cfg, tmp_path, monkeypatch, crash_step: int, before_resume=None):
     """Train cfg(ref) uninterrupted, then cfg(run) with a crash (KeyboardInterrupt) at step `crash_step` and a
-    --resume; returns (ref run folder, resumed run folder) for assert_same_run."""
+    --resume (`before_resume(run folder)` runs in between); returns (ref run folder, resumed run folder) for
+    assert_same_run."""
     from lmforge.train import loop
     ref = api.train(cfg(tmp_path / "ref"), progress=False).run_dir
     real = loop.Trainer._collate
@@ -82,6 +83,8 @@ def crashed_then_resumed(cfg, tmp_path, monkeypatch, crash_step: int):
     with pytest.raises(KeyboardInterrupt):
         api.train(cfg(tmp_path / "run"), progress=False)
     monkeypatch.setattr(loop.Trainer, "_collate", real)
+    if before_resume is not None:
+        before_resume(tmp_path / "run")
     api.train(cfg(tmp_path / "run"), resume=True, progress=False)
     return ref, tmp_path / "run"
 
