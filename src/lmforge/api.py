@@ -13,20 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from .catalog import config_keys, datasets, models, runs, starter_config  # noqa: F401 (the light half, re-exported)
 from .config import Config, Permissions, SamplingParams, resolve_config  # noqa: F401 (SamplingParams: public)
-from .data.builtin import DATASETS
 from .errors import LmforgeError
 from .models.load import resolve_model_dir
 from .models.push import push_folder
-from .models.zoo import MODELS
-from .report import build_reports, format_duration, list_runs
+from .report import build_reports, format_duration
 from .runtime import quiet_libraries
 from .tasks import get_task
 from .tasks import task_of as _task_of
 from .tokenizer import train_from_source
 from .tools import doctor as _doctor
 from .tools import export as _export
-from .tools import starter as _starter
 from .tools import sweep as _sweep
 from .tools.launch import inside_launcher, launch
 from .train import run as _run
@@ -201,21 +199,6 @@ def report(runs: Sequence[str], output: Optional[str] = None) -> Path:
     return build_reports(runs, output)
 
 
-def runs(folder: Union[str, Path] = "runs") -> list[dict]:
-    """One row per run folder under `folder`: task, model, data, status, best metric, duration."""
-    return list_runs(folder)
-
-
-def models() -> list:
-    """The built-in model aliases."""
-    return list(MODELS.values())
-
-
-def datasets() -> dict:
-    """The built-in datasets: name -> (description, loader)."""
-    return dict(DATASETS)
-
-
 def next_steps(result: TrainResult) -> list[str]:
     """What to do with a finished run: look at its report, try it, evaluate it, serve it."""
     run = str(result.run_dir)
@@ -230,17 +213,6 @@ def next_steps(result: TrainResult) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------- configs
-def starter_config(task: str, model: Optional[str] = None, data: Optional[str] = None,
-                   output_dir: Optional[str] = None, config_path: Optional[str] = None) -> str:
-    """A commented starter config (YAML text) for `task` that `train` accepts as written."""
-    return _starter.starter_config(task, model, data, output_dir, config_path)
-
-
-def config_keys(section: Optional[str] = None) -> list[dict]:
-    """Every config key (of one section): [{key, type, default, doc}], from the schema."""
-    return _starter.config_keys(section)
-
-
 def export_verdict(report: dict) -> str:
     """The one-line verification summary of an export's export.json ("verified: top-1 100% ...")."""
     return _export.verdict_line(report)

@@ -17,15 +17,17 @@ VERSION = "0.1.0"
 
 
 def quiet_libraries() -> None:
-    """Library progress bars and info logs would drown lmforge's own output."""
+    """Library progress bars and info logs would drown lmforge's own output. Only libraries already imported are
+    touched (the public API functions call this after importing them): `lmforge --help`, `models` or `runs` must
+    not pay seconds for importing datasets and transformers just to silence them."""
     for noisy in ("transformers", "datasets", "accelerate", "torch"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    # lazy: datasets and transformers take seconds to import; `lmforge --help` must not pay for them
-    import datasets
-    from transformers.utils import logging as hf_logging
-    datasets.disable_progress_bars()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def inference_device():

@@ -17,3 +17,9 @@ def _api():
     # `lmforge --help` and a mistyped command must not wait for
     from .. import api
     return api
+
+
+def _catalog():
+    # lazy too, and light: what needs no model (models, datasets, runs, init, config keys), without torch
+    from .. import catalog
+    return catalog

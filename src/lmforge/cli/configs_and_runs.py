@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..errors import LmforgeError
 from ..fs import check_output_file, write_text
-from .app import _api, app
+from .app import _api, _catalog, app
 from .usage import console
 
 
@@ -25,7 +25,7 @@ def init(task: str = typer.Argument(..., help="classification, causal-lm, masked
          output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the config to this file (default: print it)."),
          force: bool = typer.Option(False, "--force", help="Replace the --output file if it exists.")):
     """Write a commented starter config for a task, which `lmforge train` accepts as written."""
-    text = _api().starter_config(task, model, data, config_path=output)
+    text = _catalog().starter_config(task, model, data, config_path=output)
     if output is None:
         print(text, end="")
         return
@@ -44,7 +44,7 @@ app.add_typer(config_app, name="config")
 def config_keys_cmd(section: Optional[str] = typer.Argument(None, help="One section (model, data, train, ...)."),
                     as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table.")):
     """Every config key with its type, default and doc (from the schema)."""
-    rows = _api().config_keys(section)
+    rows = _catalog().config_keys(section)
     if as_json:
         for r in rows:
             print(json.dumps(r, default=str))
@@ -58,14 +58,14 @@ def config_keys_cmd(section: Optional[str] = typer.Argument(None, help="One sect
 @app.command()
 def models():
     """List the built-in model aliases."""
-    for alias in _api().models():
+    for alias in _catalog().models():
         print(f"{alias.name:16s} {alias.description}  [{', '.join(alias.tasks)}] (pip: {alias.package})")
 
 
 @app.command()
 def datasets():
     """List the built-in datasets."""
-    for name, (desc, _) in _api().datasets().items():
+    for name, (desc, _) in _catalog().datasets().items():
         print(f"{name:12s} {desc}")
 
 
@@ -85,8 +85,8 @@ def report(runs: List[str] = typer.Argument(..., help="One run folder, or severa
 def runs_cmd(folder: str = typer.Argument("runs", help="Folder holding run folders."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table.")):
     """List runs: task, model, data, status (finished / running / crashed / failed), best metric, duration."""
-    api = _api()
-    rows = api.runs(folder)
+    catalog = _catalog()
+    rows = catalog.runs(folder)
     if as_json:
         for r in rows:
             print(json.dumps(r, default=str))
@@ -104,7 +104,7 @@ def runs_cmd(folder: str = typer.Argument("runs", help="Folder holding run folde
         c = colors.get(r["status"], "white")
         name = os.path.relpath(r["run"], folder) if not os.path.relpath(r["run"], folder).startswith("..") else r["run"]
         table.add_row(name, r["task"], r["model"], r["data"], f"[{c}]{r['status']}[/{c}]", best,
-                      api.format_duration(r["duration_s"]), (r["started"] or "")[5:16].replace("T", " "))
+                      catalog.format_duration(r["duration_s"]), (r["started"] or "")[5:16].replace("T", " "))
     Console(width=max(120, Console().width)).print(table)
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from ..errors import LmforgeError
 from ..fs import JsonLog, read_json, recorded_process_alive, write_json
-from ..tasks import get_task
+from ..starters import BEST_METRICS
 
 
 def _scalar(v) -> bool:
@@ -30,10 +30,7 @@ def run_status(run_dir: Path, manifest: Optional[dict] = None) -> str:
 def best_metric_name(cfg: dict) -> str:
     name = (cfg.get("train") or {}).get("metric_for_best_model")
     if not name:
-        try:
-            name = get_task(cfg.get("task") or "classification").best_metric
-        except LmforgeError:
-            name = "loss"
+        name = BEST_METRICS.get(cfg.get("task") or "classification", ("loss", False))[0]
     return name.removeprefix("eval_").removeprefix("eval.")
 
 

@@ -49,6 +49,7 @@ from ..models.load import (
 from ..models.lora import load_model as load_model_folder
 from ..models.lora import model_config
 from ..models.scratch import build_model
+from ..starters import BEST_METRICS, STARTERS
 from ..tokenizer import load_tokenizer, tokenizer_for_config
 from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, eval_config, eval_rows
 from .generation import checked_prompt, generate_texts
@@ -288,17 +289,14 @@ class CausalLM(Task):
     name = "causal-lm"
     auto_class = AutoModelForCausalLM
     architectures = ("CausalLM", "LMHeadModel")
-    best_metric = "loss"
-    greater_is_better = False
+    best_metric, greater_is_better = BEST_METRICS["causal-lm"]
     endpoint = "/v1/generate"
     samples_title = "Sample generations"
     pipeline_tag = "text-generation"
     usage_example = 'print(pipe("Once upon a time", max_new_tokens=40))'
     try_command = 'lmforge generate {run} "Once upon a time"'
     eval_options = ("stride",)
-    starter = {"model": "smollm2-135m", "data": "kjv", "about": "continue text: fine-tune (or pretrain) a decoder on documents",
-               "keys": {"data": ["block_size", "packing", "document_separator"]},
-               "values": {"data": {"block_size": 256}, "train": {"per_device_train_batch_size": 8}}}
+    starter = STARTERS["causal-lm"]
 
     def intended_use(self, summary: dict) -> str:
         return "Generate text in the style of the training corpus."

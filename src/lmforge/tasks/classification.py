@@ -23,6 +23,7 @@ from ..errors import LmforgeError
 from ..metrics import classification_metrics
 from ..models.load import ensure_pad, load_pretrained, model_config_of, model_source, resolve_block_size
 from ..models.lora import load_model
+from ..starters import BEST_METRICS, STARTERS
 from ..tokenizer import load_tokenizer
 from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, eval_config, eval_rows
 
@@ -158,8 +159,7 @@ class Classification(Task):
     name = "classification"
     auto_class = AutoModelForSequenceClassification
     architectures = ("SequenceClassification",)
-    best_metric = "accuracy"
-    greater_is_better = True
+    best_metric, greater_is_better = BEST_METRICS["classification"]
     endpoint = "/v1/classify"
     data_kind = "table"
     length_key = "data.max_length"
@@ -168,9 +168,7 @@ class Classification(Task):
     pipeline_tag = "text-classification"
     usage_example = 'print(pipe("a text to classify"))'
     try_command = 'lmforge predict {run} "a text to label"'
-    starter = {"model": "minilm-l6", "data": "finefood", "about": "label texts (or text pairs) with one of a fixed set of labels",
-               "keys": {"data": ["text_column", "text_pair_column", "label_column", "max_length"]},
-               "values": {"train": {"per_device_train_batch_size": 16}}}
+    starter = STARTERS["classification"]
 
     def intended_use(self, summary: dict) -> str:
         return ("Classify texts into the labels seen in training: "

@@ -36,6 +36,7 @@ from ..data.pipeline import Splits, describe, read_eval_rows, read_splits
 from ..errors import LmforgeError
 from ..models.load import resolve_block_size
 from ..runtime import available_bytes
+from ..starters import BEST_METRICS, STARTERS
 from .base import EncodedSplit, StepStats, Task, TaskParts, clip, eval_config, eval_rows
 from .causal_lm import TASK as CAUSAL_LM
 from .causal_lm import load_model
@@ -145,20 +146,14 @@ class DPO(Task):
     name = "dpo"
     auto_class = AutoModelForCausalLM
     architectures = ()
-    best_metric = "loss"
-    greater_is_better = False
+    best_metric, greater_is_better = BEST_METRICS["dpo"]
     endpoint = "/v1/generate"
     data_kind = "pairs"
     samples_title = "Sample generations"
     pipeline_tag = "text-generation"
     usage_example = 'print(pipe([{"role": "user", "content": "Hello!"}], max_new_tokens=40))'
     try_command = 'lmforge chat {run}'
-    starter = {"model": "smollm2-135m", "data": "kjv-to-web-pairs",
-               "about": "preference tuning (DPO, IPO, SimPO, ORPO) on chosen / rejected pairs",
-               "keys": {"data": ["block_size"], "dpo": ["loss_type", "beta", "label_smoothing", "reference",
-                                                      "max_prompt_length"]},
-               "values": {"data": {"block_size": 256},  # preference tuning moves a tuned model gently
-                          "train": {"per_device_train_batch_size": 8, "learning_rate": 5e-6}}}
+    starter = STARTERS["dpo"]
 
     def intended_use(self, summary: dict) -> str:
         return ("Answer in conversations like the training prompts, preferring replies like the chosen ones "

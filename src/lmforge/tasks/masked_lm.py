@@ -34,6 +34,7 @@ from ..metrics import perplexity
 from ..models.load import load_pretrained, model_config_of, model_source, resolve_block_size
 from ..models.lora import load_model, model_config
 from ..models.scratch import build_model
+from ..starters import BEST_METRICS, STARTERS
 from ..tokenizer import load_tokenizer, tokenizer_for_config
 from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, eval_rows
 from .fill_mask import fill_mask_with
@@ -366,16 +367,13 @@ class MaskedLM(Task):
     name = "masked-lm"
     auto_class = AutoModelForMaskedLM
     architectures = ("MaskedLM",)
-    best_metric = "loss"
-    greater_is_better = False
+    best_metric, greater_is_better = BEST_METRICS["masked-lm"]
     endpoint = "/v1/fill-mask"
     samples_title = "Fill-mask completions"
     pipeline_tag = "fill-mask"
     usage_example = 'print(pipe(f"Paris is the {pipe.tokenizer.mask_token} of France."))'
     try_command = 'lmforge fill-mask {run} "Paris is the [MASK] of France."'
-    starter = {"model": "minilm-l6", "data": "kjv", "about": "adapt an encoder to a domain by filling in masked words",
-               "keys": {"data": ["block_size", "masking", "mlm_probability"]},
-               "values": {"data": {"block_size": 256}, "train": {"per_device_train_batch_size": 8}}}
+    starter = STARTERS["masked-lm"]
 
     def intended_use(self, summary: dict) -> str:
         return "Fill masked words, or serve as an encoder adapted to the training domain."

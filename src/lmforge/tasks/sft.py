@@ -28,6 +28,7 @@ from ..data import chat
 from ..data.pipeline import Splits, describe, read_eval_rows, read_splits
 from ..errors import LmforgeError
 from ..models.load import ensure_pad, resolve_block_size
+from ..starters import BEST_METRICS, STARTERS
 from .base import EncodedSplit, Task, TaskParts, attach_metrics_function, clip, eval_config, eval_rows
 from .causal_lm import TASK as CAUSAL_LM
 from .causal_lm import load_model, make_collate
@@ -167,17 +168,14 @@ class SFT(Task):
     name = "sft"
     auto_class = AutoModelForCausalLM
     architectures = ()  # a bare folder is told by its architecture as a causal LM; sft runs say so in config.yaml
-    best_metric = "loss"
-    greater_is_better = False
+    best_metric, greater_is_better = BEST_METRICS["sft"]
     endpoint = "/v1/generate"
     data_kind = "conversations"
     samples_title = "Sample generations"
     pipeline_tag = "text-generation"
     usage_example = 'print(pipe([{"role": "user", "content": "Hello!"}], max_new_tokens=40))'
     try_command = 'lmforge chat {run}'
-    starter = {"model": "smollm2-135m", "data": "kjv-to-web", "about": "chat / instruction fine-tuning on conversations",
-               "keys": {"data": ["block_size", "packing", "chat_format", "train_on"]},
-               "values": {"data": {"block_size": 256}, "train": {"per_device_train_batch_size": 8}}}
+    starter = STARTERS["sft"]
 
     def intended_use(self, summary: dict) -> str:
         return "Answer in conversations like the training data (chat template included with the tokenizer)."

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from ..config import Config, build_config
 from ..errors import LmforgeError, did_you_mean
-from ..tasks import TASKS
+from ..starters import STARTERS
 
 # The keys a starter config writes out, per section (the rest keep their defaults: `lmforge config keys`).
 COMMON = {
@@ -90,9 +90,9 @@ def starter_config(task: str, model: Optional[str] = None, data: Optional[str] =
                    output_dir: Optional[str] = None, config_path: Optional[str] = None) -> str:
     """A commented YAML config for `task` that `lmforge train` accepts as written; `config_path`: the file it
     is written to (named in its first lines' commands)."""
-    if task not in TASKS:
-        raise LmforgeError(f"unknown task '{task}'.{did_you_mean(task, TASKS)}", f"tasks: {', '.join(TASKS)}")
-    st = TASKS[task].starter
+    if task not in STARTERS:
+        raise LmforgeError(f"unknown task '{task}'.{did_you_mean(task, STARTERS)}", f"tasks: {', '.join(STARTERS)}")
+    st = STARTERS[task]
     name = model or st["model"]
     values = {sec: dict(v) for sec, v in st.get("values", {}).items()}
     values.setdefault("model", {})["name"] = name
