@@ -8,30 +8,41 @@ copy).
 
 from __future__ import annotations
 
+# Laptop-sized: every starter trains in minutes on 2 CPU cores as written (caps on rows and steps, each with a
+# comment on how to scale up); "minutes" is what one run of it took here (None: not measured yet).
+SCALE_UP = {
+    "data.max_train_samples": "laptop-sized: remove this line to train on every row",
+    "data.max_eval_samples": "laptop-sized: remove to evaluate on every held-out row (slower evaluations)",
+    "train.max_steps": "laptop-sized: -1 trains for num_train_epochs over all the (capped) rows",
+}
+
 STARTERS: dict[str, dict] = {
     "classification": {
         "model": "minilm-l6", "data": "finefood", "about": "label texts (or text pairs) with one of a fixed set of labels",
         "keys": {"data": ["text_column", "text_pair_column", "label_column", "max_length"]},
-        "values": {"train": {"per_device_train_batch_size": 16}}},
+        "values": {"data": {"max_train_samples": 2000, "max_eval_samples": 400},
+                   "train": {"per_device_train_batch_size": 16, "max_steps": 60}}},
     "causal-lm": {
         "model": "smollm2-135m", "data": "kjv", "about": "continue text: fine-tune (or pretrain) a decoder on documents",
         "keys": {"data": ["block_size", "packing", "document_separator"]},
-        "values": {"data": {"block_size": 256}, "train": {"per_device_train_batch_size": 8}}},
+        "values": {"data": {"block_size": 256}, "train": {"per_device_train_batch_size": 8, "max_steps": 30}}},
     "masked-lm": {
         "model": "minilm-l6", "data": "kjv", "about": "adapt an encoder to a domain by filling in masked words",
         "keys": {"data": ["block_size", "masking", "mlm_probability"]},
-        "values": {"data": {"block_size": 256}, "train": {"per_device_train_batch_size": 8}}},
+        "values": {"data": {"block_size": 256}, "train": {"per_device_train_batch_size": 8, "max_steps": 60}}},
     "sft": {
         "model": "smollm2-135m", "data": "kjv-to-web", "about": "chat / instruction fine-tuning on conversations",
         "keys": {"data": ["block_size", "packing", "chat_format", "train_on"]},
-        "values": {"data": {"block_size": 256}, "train": {"per_device_train_batch_size": 8}}},
+        "values": {"data": {"block_size": 256, "max_train_samples": 2000, "max_eval_samples": 64},
+                   "train": {"per_device_train_batch_size": 8, "max_steps": 30}}},
     "dpo": {
         "model": "smollm2-135m", "data": "kjv-to-web-pairs",
         "about": "preference tuning (DPO, IPO, SimPO, ORPO) on chosen / rejected pairs",
         "keys": {"data": ["block_size"], "dpo": ["loss_type", "beta", "label_smoothing", "reference",
                                                  "max_prompt_length"]},
-        "values": {"data": {"block_size": 256},  # preference tuning moves a tuned model gently
-                   "train": {"per_device_train_batch_size": 8, "learning_rate": 5e-6}}},
+        "values": {"data": {"block_size": 256, "max_train_samples": 400, "max_eval_samples": 64},
+                   # preference tuning moves a tuned model gently
+                   "train": {"per_device_train_batch_size": 8, "learning_rate": 5e-6, "max_steps": 20}}},
 }
 
 # the default train.metric_for_best_model of each task, and whether greater is better

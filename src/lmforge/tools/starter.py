@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from ..config import Config, build_config
 from ..errors import LmforgeError, did_you_mean
-from ..starters import STARTERS
+from ..starters import SCALE_UP, STARTERS
 
 # The keys a starter config writes out, per section (the rest keep their defaults: `lmforge config keys`).
 COMMON = {
@@ -117,7 +117,8 @@ def starter_config(task: str, model: Optional[str] = None, data: Optional[str] =
             value = values.get(sec, {}).get(key, f.default)
             for doc in _doc(f.description):
                 lines.append(f"  # {doc}")
-            lines.append(f"  {key}: {_yaml_value(value)}")
+            note = SCALE_UP.get(f"{sec}.{key}") if key in values.get(sec, {}) else None
+            lines.append(f"  {key}: {_yaml_value(value)}" + (f"  # {note}" if note else ""))
     lines += ["", "# LoRA instead of training every weight: uncomment (see `lmforge config keys peft`).",
               "# peft: {r: 8, alpha: 16, dropout: 0.05}", ""]
     text = "\n".join(lines)
