@@ -21,7 +21,10 @@ STARTERS: dict[str, dict] = {
         "model": "minilm-l6", "data": "finefood", "about": "label texts (or text pairs) with one of a fixed set of labels",
         "keys": {"data": ["text_column", "text_pair_column", "label_column", "max_length"]},
         "values": {"data": {"max_train_samples": 2000, "max_eval_samples": 400},
-                   "train": {"per_device_train_batch_size": 16, "max_steps": 60}}},
+                   # 1e-4 with a short warmup: a small encoder leaves the majority-class plateau within the
+                   # starter's 60 steps (5e-5 was still at accuracy 0.65, MCC 0 there)
+                   "train": {"per_device_train_batch_size": 32, "max_steps": 60, "learning_rate": 1e-4,
+                             "warmup_ratio": 0.1}}},
     "causal-lm": {
         "model": "smollm2-135m", "data": "kjv", "about": "continue text: fine-tune (or pretrain) a decoder on documents",
         "keys": {"data": ["block_size", "packing", "document_separator"]},
