@@ -20,6 +20,7 @@ from .models.load import resolve_model_dir
 from .models.push import push_folder
 from .report import build_reports, format_duration
 from .runtime import quiet_libraries
+from .starters import STARTERS
 from .tasks import get_task
 from .tasks import task_of as _task_of
 from .tokenizer import train_from_source
@@ -114,7 +115,7 @@ def evaluate(model: Union[str, Path], data: Optional[str] = None, batch_size: in
     quiet_libraries()
     model_dir = resolve_model_dir(model)
     task = get_task(task) if task else _task_of(model_dir)
-    data = data or _run_eval_data(model_dir)
+    data = data or _run_eval_data(model_dir, task)
     options = {"stride": stride} if stride is not None else {}
     for name in options:
         if name not in task.eval_options:  # e.g. --stride (sliding windows) is causal-lm's alone
@@ -131,15 +132,17 @@ def evaluate(model: Union[str, Path], data: Optional[str] = None, batch_size: in
     return metrics
 
 
-def _run_eval_data(model_dir: Path) -> str:
-    """The test (else eval) set of the run a model folder belongs to."""
+def _run_eval_data(model_dir: Path, task) -> str:
+    """The test (else eval) set of the run a model folder belongs to; the hint names a built-in set of its task."""
     run_cfg = Path(model_dir).parent / "config.yaml"
     if run_cfg.exists():
         cfg = resolve_config(str(run_cfg))
         if cfg.data.test or cfg.data.eval:
             return cfg.data.test or cfg.data.eval
-    raise LmforgeError(f"no --data given, and {model_dir} is not from a run with a test or eval set",
-                       "pass --data FILE (or a built-in dataset such as finefood:test)")
+    builtin = STARTERS.get(task.name, {}).get("data")
+    raise LmforgeError(f"no --data given, and {model_dir} is not from a run with a test or eval set (a held-out "
+                       "split is not kept)", "pass --data FILE" + (f", or a built-in {task.name} set such as "
+                                                                 f"{builtin}:test" if builtin else ""))
 
 
 def predict(model: Union[str, Path], texts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,
