@@ -217,3 +217,24 @@ def test_model_card_of_the_default_recipe_names_the_hub_base_model():
     assert front["license"] == "apache-2.0"  # from the base model's own card
     assert front["datasets"] == ["finefood"] and front["metrics"] == ["accuracy"]
     assert "Examples per split: test 1000." in card
+
+
+def test_a_long_evaluation_says_how_far_it_is_without_a_terminal(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from lmforge.train import progress as progress_mod
+    clock = [0.0]
+    monkeypatch.setattr(progress_mod.time, "perf_counter", lambda: clock[0])
+    out = io.StringIO()
+    bar = progress_mod.TrainProgress(console=Console(file=out, width=120), plain=True)
+    with bar:
+        task = bar.add_eval("eval (before training)", total=40)
+        for _ in range(40):
+            clock[0] += 1.0  # a second a batch: a line every 10 s
+            bar.advance_eval(task)
+        bar.done_eval(task)
+    lines = [x for x in out.getvalue().splitlines() if x.startswith("eval (before training)")]
+    assert lines[0].startswith("eval (before training): 10/40 batches | elapsed 0m10s | eta 0m30s")
+    assert len(lines) == 3  # at 10, 20 and 30 of 40; the end is said by the metrics line

@@ -78,14 +78,33 @@ class TrainProgress:
             if hasattr(sys.stderr, "flush"):
                 sys.stderr.flush()
 
+    PLAIN_EVERY_S = 10.0  # without a terminal, an evaluation says how far it is at most this often
+
     def add_eval(self, desc: str, total: int):
-        return self.progress.add_task(desc, total=total, info="")
+        task_id = self.progress.add_task(desc, total=total, info="")
+        if self.plain:
+            self._evals = getattr(self, "_evals", {})
+            now = time.perf_counter()
+            self._evals[task_id] = {"desc": desc, "total": total, "done": 0, "t0": now, "said": now}
+        return task_id
 
     def advance_eval(self, task_id):
         self.progress.advance(task_id)
+        ev = getattr(self, "_evals", {}).get(task_id)
+        if ev is None:
+            return
+        ev["done"] += 1
+        now = time.perf_counter()
+        if now - ev["said"] >= self.PLAIN_EVERY_S and ev["done"] < ev["total"]:
+            ev["said"] = now
+            elapsed = now - ev["t0"]
+            eta = elapsed / ev["done"] * (ev["total"] - ev["done"])
+            self.console.print(f"{ev['desc']}: {ev['done']}/{ev['total']} batches | elapsed {fmt_seconds(elapsed)} "
+                               f"| eta {fmt_seconds(eta)}", markup=False, highlight=False, soft_wrap=True)
 
     def done_eval(self, task_id):
         self.progress.remove_task(task_id)
+        getattr(self, "_evals", {}).pop(task_id, None)
 
     def note_eval(self, metrics: dict, key: str):
         shown = {k: v for k, v in metrics.items()
