@@ -169,3 +169,21 @@ def test_a_half_written_last_log_line_does_not_stop_a_resume(tmp_path, tiny_bert
             f.write('{"step": 6, "loss": 0.69')  # the process was killed in the middle of a line
     ref, run = crashed_then_resumed(cfg, tmp_path, monkeypatch, 5, before_resume=torn)
     assert_same_run(ref, run)
+
+
+def test_a_schedule_that_keeps_the_rate_near_zero_and_a_very_long_run_are_warned(tmp_path, tiny_bert, caplog,
+                                                                                   one_thread):
+    import logging
+
+    from lmforge import api
+    from lmforge.train import loop
+    train = write_csv(tmp_path / "t.csv", toy_sentiment_rows(40, 1))
+    cfg = cls_config(train, train, tmp_path / "r", tiny_bert, max_steps=3, warmup_steps=1000, eval_strategy="no")
+    with caplog.at_level(logging.WARNING, logger="lmforge"):
+        api.train(cfg, progress=False)
+    assert "keeps the rate below 1% of train.learning_rate for" in caplog.text
+    caplog.clear()
+    from types import SimpleNamespace
+    with caplog.at_level(logging.WARNING, logger="lmforge"):  # what step 2 of a 3,000-step run at 3 s a step says
+        loop.Trainer._warn_if_long(SimpleNamespace(total_steps=3000, step=2), 3.0)
+    assert "the remaining 2,998 steps take about 2.5 h here" in caplog.text

@@ -31,7 +31,7 @@ from . import compiling, sharding
 from .evaluation import evaluate_split, make_accelerator
 from .perf import count_params, device_peak_flops, peak_memory_mb, release_memory, task_flop_params
 from .progress import TrainProgress
-from .schedule import is_plateau, make_optimizer, make_scheduler, metric_direction
+from .schedule import is_plateau, low_lr_share, make_optimizer, make_scheduler, metric_direction
 from .signals import StopRequest
 from .steps import plan_steps
 
@@ -116,6 +116,11 @@ class Trainer:
         self.best_metric_name, self.greater_is_better = metric_direction(self.tc, parts.best_metric,
                                                                          parts.greater_is_better)
         self.scheduler = make_scheduler(self.optimizer, self.tc, self.total_steps, self.greater_is_better)
+        low = low_lr_share(self.scheduler, self.total_steps)
+        if low is not None and low > 0.5:  # before step 1: a run that would learn almost nothing
+            log.warning("the learning-rate schedule keeps the rate below 1%% of train.learning_rate for %.0f%% of "
+                        "the %s steps (warmup %s): check train.warmup_steps / warmup_ratio and train.max_steps",
+                        100 * low, f"{self.total_steps:,}", self.tc.warmup_steps or self.tc.warmup_ratio)
         self.n_params = count_params(self.accelerator.unwrap_model(self.model))
         self.flop_params = task_flop_params(self.accelerator.unwrap_model(self.model), parts.output_layer_share)
         self.peak_flops = device_peak_flops(self.accelerator.device) * self.accelerator.num_processes
@@ -430,11 +435,20 @@ class Trainer:
         self.win_items += 1
         self.step_times.append(time.perf_counter() - t_step)
         del self.step_times[:-1000]
+        if len(self.step_times) == 2:  # the first step warms up; the second says what a step costs
+            self._warn_if_long(self.step_times[-1])
         if progress:
             progress.update_train(self.step, loss_val, lr)
         if self.step % self.tc.logging_steps == 0 or self.step == self.total_steps:
             self._log_window(epoch + pos / n_in_epoch, lr, grad_norm, progress)
         return loss_val
+
+    def _warn_if_long(self, per_step: float) -> None:
+        left = per_step * (self.total_steps - self.step)
+        if left > 3600:
+            log.warning("at %.2f s per step, the remaining %s steps take about %.1f h here: to try the recipe first, "
+                        "lower train.max_steps or data.max_train_samples (Ctrl-C stops cleanly; --resume goes on)",
+                        per_step, f"{self.total_steps - self.step:,}", left / 3600)
 
     def _clip_gradients(self) -> torch.Tensor:
         if self.tc.max_grad_norm:

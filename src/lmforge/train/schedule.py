@@ -88,6 +88,16 @@ def make_scheduler(optimizer, tc: TrainConfig, total_steps: int, greater_is_bett
                            "see transformers' get_scheduler for each schedule's arguments") from None
 
 
+def low_lr_share(scheduler, total_steps: int, floor: float = 0.01) -> Optional[float]:
+    """The share of the run's steps at which the schedule keeps the learning rate below `floor` x its peak (a
+    warmup longer than the run, a decay to 0 early, ...); None for schedules that step on the metric."""
+    fns = getattr(scheduler, "lr_lambdas", None)
+    if not fns or total_steps < 1:
+        return None
+    points = sorted({min(total_steps - 1, int(i * total_steps / 400)) for i in range(400)})
+    return sum(fns[0](k) < floor for k in points) / len(points)
+
+
 def is_plateau(scheduler) -> bool:
     """A schedule that steps on the evaluation metric, not on every optimizer step."""
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)

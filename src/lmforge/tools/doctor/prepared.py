@@ -168,6 +168,9 @@ def _memory_and_time(out: Out, cfg: Config, parts: TaskParts, probe: bool, repor
         _probe(out, trainer, total, report)
 
 
+LONG_RUN_S = 3600  # a run estimated longer than this is warned about
+
+
 def _probe(out: Out, trainer: Trainer, total: int, report: DoctorReport) -> None:
     """Three real training steps: the median time per step, and the machine's load that may inflate it."""
     device = trainer.accelerator.device
@@ -183,6 +186,10 @@ def _probe(out: Out, trainer: Trainer, total: int, report: DoctorReport) -> None
     report.facts["probe_peak_mem_mb"] = peak_memory_mb(device)
     out.info(f"probe: 3 steps, {per_step:.3f} s per step (median) -> about {_duration(per_step * total)} for "
              f"{total:,} steps, without evaluation; peak memory {peak_memory_mb(device):,.0f} MB")
+    if per_step * total > LONG_RUN_S:
+        out.warn(f"this run would take about {_duration(per_step * total)} here ({total:,} steps): lower "
+                 "train.max_steps or data.max_train_samples to try it first (a starter from `lmforge init` takes "
+                 "minutes)")
     load, cores = _load()
     if device.type == "cpu" and load is not None and load > cores:
         out.warn(f"the machine is busy (load average {load:.1f} on {cores} cores): the time per step "
