@@ -97,8 +97,8 @@ def _own_nodes(fn):
 # A data rule and how to recognise code that applies it by itself (a call of the helper that *is* the rule,
 # or the config key it reads): the rule's own module is where it may appear.
 RULES = {
-    "block size (default length)": (re.compile(r"\bdefault_length\("), ("lmforge.models.load",)),
-    "hold-out split": (re.compile(r"\bhold_out\(|\bsplit_items\("), ("lmforge.data.split", "lmforge.data.pipeline")),
+    "block size (default length)": (re.compile(r"default_length\("), ("lmforge.models.load",)),
+    "hold-out split": (re.compile(r"hold_out\(|split_items\("), ("lmforge.data.split", "lmforge.data.pipeline")),
     "row caps (max_train/eval_samples)": (re.compile(r"max_(train|eval)_samples"), ("lmforge.data.pipeline",
                                                                                    "lmforge.config")),
 }
@@ -119,9 +119,12 @@ def shape_figures(modules) -> tuple[list[str], dict[str, list[str]]]:
                 widths = []  # torch's API: an autograd Function's backward returns one gradient per input
             if widths and max(widths) > 3:
                 tuples.append(f"{mod}.{fn.name} ({max(widths)})")
-            body = "\n".join(lines[fn.lineno - 1:fn.end_lineno])
+            # code, not text: the names a function calls or reads (messages that name a key are not uses of it)
+            used = {n.func.id if isinstance(n.func, ast.Name) else getattr(n.func, "attr", "")
+                    for n in ast.walk(fn) if isinstance(n, ast.Call)}
+            used |= {n.attr for n in ast.walk(fn) if isinstance(n, ast.Attribute)}
             for name, (pattern, home) in RULES.items():
-                if mod not in home and pattern.search(body.split(":", 1)[1] if ":" in body else body):
+                if mod not in home and any(pattern.fullmatch(u + "(") or pattern.fullmatch(u) for u in used):
                     rules[name].append(f"{mod}.{fn.name}")
     # a function nested in another is reported once, by the outermost one
     for name, found in rules.items():

@@ -277,9 +277,7 @@ def test_dpo_with_lora_and_a_live_reference(tiny_llama, tmp_path, monkeypatch):
 
 
 def test_dpo_resumes_exactly(tiny_llama, tmp_path, monkeypatch):
-    from test_resume import assert_same_run
-
-    from lmforge.train import loop
+    from test_resume import assert_same_run, crashed_then_resumed
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
     data = _pairs_jsonl(tmp_path / "pairs.jsonl", 60)
 
@@ -288,19 +286,8 @@ def test_dpo_resumes_exactly(tiny_llama, tmp_path, monkeypatch):
                                                          "save_strategy": "steps", "save_steps": 5,
                                                          "per_device_train_batch_size": 4,
                                                          "gradient_accumulation_steps": 2})
-    ref = api.train(cfg(tmp_path / "ref"), progress=False).run_dir
-    real = loop.Trainer._collate
-
-    def crash(self, indices, epoch, batch_index):
-        if self.step == 7:
-            raise KeyboardInterrupt("simulated crash")
-        return real(self, indices, epoch, batch_index)
-    monkeypatch.setattr(loop.Trainer, "_collate", crash)
-    with pytest.raises(KeyboardInterrupt):
-        api.train(cfg(tmp_path / "run"), progress=False)
-    monkeypatch.setattr(loop.Trainer, "_collate", real)
-    api.train(cfg(tmp_path / "run"), resume=True, progress=False)
-    assert_same_run(ref, tmp_path / "run")
+    ref, run = crashed_then_resumed(cfg, tmp_path, monkeypatch, 7)
+    assert_same_run(ref, run)
 
 
 def test_doctor_shows_a_pair_with_its_scored_tokens(tiny_llama, tmp_path, capsys, monkeypatch):

@@ -349,7 +349,6 @@ def test_language_model_tasks_resume_exactly(task, tiny_bert, tmp_path, monkeypa
     from conftest import corpus_text
 
     from lmforge.tasks import TASKS
-    from lmforge.train import loop
     if task not in TASKS:
         pytest.skip(f"no {task} task in this checkout")
     model = _lm_model(task, tiny_bert, tmp_path)
@@ -362,20 +361,10 @@ def test_language_model_tasks_resume_exactly(task, tiny_bert, tmp_path, monkeypa
                           "gradient_accumulation_steps": 2, "logging_steps": 3, "eval_strategy": "steps",
                           "eval_steps": 4, "save_strategy": "steps", "save_steps": 5},
                 "output": {"output_dir": str(out)}}
-    ref = api.train(cfg(tmp_path / "ref"), progress=False).run_dir
-    real = loop.Trainer._collate
-
-    def crash(self, indices, epoch, batch_index):
-        if self.step == 7:
-            raise KeyboardInterrupt("simulated crash")
-        return real(self, indices, epoch, batch_index)
-    monkeypatch.setattr(loop.Trainer, "_collate", crash)
-    with pytest.raises(KeyboardInterrupt):
-        api.train(cfg(tmp_path / "run"), progress=False)
-    monkeypatch.setattr(loop.Trainer, "_collate", real)
-    assert _last_step(tmp_path / "run") == 6  # logged past the checkpoint at 5: that line is replayed
-    api.train(cfg(tmp_path / "run"), resume=True, progress=False)
-    assert_same_run(ref, tmp_path / "run")
+    def logged_past_the_checkpoint(run):
+        assert _last_step(run) == 6  # logged past the checkpoint at 5: that line is replayed
+    ref, run = crashed_then_resumed(cfg, tmp_path, monkeypatch, 7, before_resume=logged_past_the_checkpoint)
+    assert_same_run(ref, run)
 
 
 def test_resume_refuses_while_the_previous_process_still_runs(tmp_path):
