@@ -47,16 +47,20 @@ def test_a_tokenizer_key_beside_a_pretrained_model_is_refused(tmp_path, tiny_ber
     assert "tokenizer.name is set, but model.name" in capsys.readouterr().err
 
 
+def _tokenizer(texts: list[str], eos: str):
+    """A byte-level BPE trained on `texts`, with `eos` as its only special token and its eos, no chat template."""
+    from lmforge.tokenizer import train_tokenizer
+    tok = train_tokenizer("byte-level-bpe", texts=texts, vocab_size=300, min_frequency=1,
+                          special_tokens=[eos]).tokenizer
+    tok.eos_token = eos
+    return tok
+
+
 def _base_gpt2(tmp_path):
     """A GPT-2-like base model folder without a chat template (its eos is <|endoftext|>)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from lmforge.tokenizer import train_tokenizer
-    texts = [f"thou art kind {i} and he saith unto them" for i in range(200)]
-    tok = train_tokenizer("byte-level-bpe", texts=texts, vocab_size=300, min_frequency=1,
-                          special_tokens=["<|endoftext|>"]).tokenizer
-    tok.eos_token = "<|endoftext|>"
+    tok = _tokenizer([f"thou art kind {i} and he saith unto them" for i in range(200)], "<|endoftext|>")
     d = tmp_path / "base"
     tok.save_pretrained(d)
     torch.manual_seed(0)
@@ -129,11 +133,7 @@ def test_an_adapter_only_lora_chat_run_that_grew_the_vocabulary_loads_everywhere
 
     from lmforge import api
     from lmforge.config import SamplingParams
-    from lmforge.tokenizer import train_tokenizer
-    texts = [f"say {i} ok {i}" for i in range(200)]
-    tok = train_tokenizer("byte-level-bpe", texts=texts, vocab_size=300, min_frequency=1,
-                          special_tokens=["</s>"]).tokenizer
-    tok.eos_token = "</s>"
+    tok = _tokenizer([f"say {i} ok {i}" for i in range(200)], "</s>")
     base = tmp_path / "base"
     tok.save_pretrained(base)
     torch.manual_seed(0)

@@ -29,6 +29,7 @@ from ..tasks.base import EncodedSplit, TaskParts
 from . import checkpoint as ckpt
 from . import compiling, sharding
 from .evaluation import evaluate_split, make_accelerator
+from .loop_state import LoopState, state_property
 from .perf import count_params, device_peak_flops, peak_memory_mb, release_memory, task_flop_params
 from .progress import TrainProgress
 from .schedule import is_plateau, low_lr_share, make_optimizer, make_scheduler, metric_direction
@@ -36,31 +37,6 @@ from .signals import StopRequest
 from .steps import plan_steps
 
 log = logging.getLogger("lmforge")
-
-
-@dataclass
-class LoopState:
-    """The loop's resumable state, listed once: a checkpoint saves it, a resume restores it, and the Trainer
-    reads and writes each field as an attribute of its own (`trainer.step`)."""
-    step: int = 0
-    epoch: int = 0
-    batch_pos: int = 0  # next batch index within the epoch
-    best: Optional[float] = None
-    best_step: Optional[int] = None
-    bad_evals: int = 0
-    eval_history: list = field(default_factory=list)
-    last_loss: Optional[float] = None
-    # The logging window: each log.jsonl line averages the loss over the steps since the last line;
-    # saved in checkpoints so a resumed run writes the same lines.
-    win_loss: float = 0.0
-    win_items: int = 0
-    nan_streak: int = 0  # consecutive skipped non-finite steps (nan_policy: skip)
-    nan_skipped: int = 0  # all skipped batches
-
-
-def _state_property(name: str) -> property:
-    return property(lambda self: getattr(self.loop_state, name),
-                    lambda self, value: setattr(self.loop_state, name, value))
 
 
 @dataclass
@@ -521,4 +497,4 @@ class Trainer:
 
 
 for _field in fields(LoopState):  # trainer.step etc. are the LoopState's fields
-    setattr(Trainer, _field.name, _state_property(_field.name))
+    setattr(Trainer, _field.name, state_property(_field.name))
