@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from lmforge import api
 from lmforge.errors import LmforgeError
 
-TIMING = ("tokens_per_s", "mfu", "peak_mem_mb")
+TIMING = ("tokens_per_s", "mfu", "peak_mem_mb", "generation_s")
 
 
 # tiny models run fastest on one thread (conftest.one_thread says why)

@@ -69,3 +69,19 @@ def lm_metrics(total_nll: float, n_targets: int, n_words: Optional[int] = None, 
         out["bits_per_byte"] = total_nll / math.log(2) / n_bytes
         out["n_bytes"] = int(n_bytes)
     return out
+
+
+# The metrics shown of an evaluation: in the end-of-training table (TABLE) and the one-line log summary (LOG), with
+# every pass@k of an online-RL run after them.
+TABLE_METRICS = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro", "f1_weighted",
+                 "bits_per_byte", "exact_match", "chrf", "reward_accuracy", "reward_margin", "rewards_chosen",
+                 "rewards_rejected", "accuracy_strict", "accuracy_lenient", "reward", "completion_length")
+LOG_METRICS = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro", "reward_accuracy",
+               "reward_margin", "accuracy_strict", "accuracy_lenient", "reward")
+
+
+def shown(names, present) -> list[str]:
+    """The names of `names` found in `present` (a dict or several), then the pass@k keys present."""
+    dicts = present if isinstance(present, (list, tuple)) else [present]
+    found = [k for k in names if any(k in d for d in dicts)]
+    return found + sorted({k for d in dicts for k in d if k.startswith("pass@")})

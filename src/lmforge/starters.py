@@ -46,10 +46,20 @@ STARTERS: dict[str, dict] = {
         "values": {"data": {"block_size": 256, "max_train_samples": 400, "max_eval_samples": 64},
                    # preference tuning moves a tuned model gently
                    "train": {"per_device_train_batch_size": 8, "learning_rate": 5e-6, "max_steps": 20}}},
+    "grpo": {
+        "model": "smollm2-135m", "data": "arithmetic",
+        "about": "online RL with verifiable rewards (GRPO): sample answers to prompts, reward the right ones",
+        "keys": {"data": ["prompt_column"], "grpo": ["rewards", "reward_weights", "answer_column", "num_generations",
+                                                     "max_completion_length", "temperature", "loss_type", "beta"]},
+        "values": {"data": {"block_size": 128, "max_eval_samples": 50},
+                   "grpo": {"num_generations": 8, "max_completion_length": 16, "rewards": ["exact_match"]},
+                   "train": {"per_device_train_batch_size": 4, "learning_rate": 5e-6, "max_steps": 30,
+                             "eval_steps": 10}}},
 }
 
 # the default train.metric_for_best_model of each task, and whether greater is better
 BEST_METRICS: dict[str, tuple[str, bool]] = {
     "classification": ("accuracy", True), "causal-lm": ("loss", False), "masked-lm": ("loss", False),
     "sft": ("loss", False), "dpo": ("loss", False),
+    "grpo": ("reward", True),
 }

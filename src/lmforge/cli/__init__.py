@@ -117,14 +117,13 @@ def _print_interrupted(e: BaseException) -> None:
 
 
 def _print_metrics(metrics: dict) -> None:
-    keys = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro", "f1_weighted", "bits_per_byte",
-            "exact_match", "chrf", "reward_accuracy", "reward_margin", "rewards_chosen", "rewards_rejected")
+    from ..metrics import TABLE_METRICS, shown
     table = Table(title="metrics")
     table.add_column("metric")
     splits = [s for s in ("before", "eval", "test") if metrics.get(s)]
     for s in splits:
         table.add_column(s, justify="right")
-    for k in keys:
+    for k in shown(TABLE_METRICS, [metrics[s] for s in splits]):
         if any(k in metrics[s] for s in splits):
             table.add_row(k, *[f"{metrics[s][k]:.4f}" if isinstance(metrics[s].get(k), float) else "-" for s in splits])
     Console().print(table)

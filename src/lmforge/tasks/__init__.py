@@ -12,7 +12,7 @@ import yaml
 
 from ..errors import LmforgeError, did_you_mean
 from ..models.lora import model_config_dict
-from . import causal_lm, classification, dpo, masked_lm, sft
+from . import causal_lm, classification, dpo, grpo, masked_lm, sft
 from .base import EncodedSplit, Task, TaskParts
 
 TASKS: dict[str, Task] = {
@@ -21,6 +21,7 @@ TASKS: dict[str, Task] = {
     masked_lm.TASK.name: masked_lm.TASK,
     sft.TASK.name: sft.TASK,
     dpo.TASK.name: dpo.TASK,
+    grpo.TASK.name: grpo.TASK,
 }
 
 __all__ = ["TASKS", "EncodedSplit", "Task", "TaskParts", "get_task", "task_of"]

@@ -63,6 +63,15 @@ class StepStats:
         return {k: round(w[k] / n, 6) for k in self.names if k in w} if n else {}
 
 
+@dataclass(frozen=True)
+class RolloutInfo:
+    """Where a training batch sits in the run, for a task's rollout hook (seeds, reused rollouts)."""
+    epoch: int
+    batch_index: int  # the micro-batch's index within the epoch
+    repeat: int  # 0, or the how-many-th optimizer step on the same batches (step_repeats > 1)
+    step: int  # optimizer steps done before this one
+
+
 @dataclass
 class TaskParts:
     """What a task's `setup` (or `eval_setup`) assembles for the loop and the evaluation."""
@@ -103,6 +112,14 @@ class TaskParts:
     # eval.metrics_function, loaded: fn(predictions, labels, batch_info) -> dict, merged into the metrics
     metrics_function: Optional[Callable] = None
     metrics_function_name: Optional[str] = None
+    # optional, online tasks (grpo): (model, collated batch, RolloutInfo) -> the batch the loss reads, built with the
+    # current weights (sample, score, advantages); called before the step's items are counted
+    rollout: Optional[Callable[[torch.nn.Module, dict, RolloutInfo], dict]] = None
+    # optimizer steps taken on each step's batches (grpo.num_iterations: the rollouts reused)
+    step_repeats: int = 1
+    # optional: state a checkpoint must keep beyond the weights and the loop's (state_dict() -> JSON-able,
+    # load_state_dict(d)), e.g. rollouts reused by the next steps
+    task_state: Optional[Any] = None
 
     @property
     def best_metric(self) -> str:

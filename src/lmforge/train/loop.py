@@ -25,7 +25,7 @@ from ..data.batching import epoch_batches, shard
 from ..errors import LmforgeError, TrainingInterrupted
 from ..fs import JsonLog, atomic_dir
 from ..runtime import to_device
-from ..tasks.base import EncodedSplit, TaskParts
+from ..tasks.base import EncodedSplit, RolloutInfo, TaskParts
 from . import checkpoint as ckpt
 from . import compiling, sharding
 from .evaluation import evaluate_split, make_accelerator
@@ -85,7 +85,7 @@ class Trainer:
         if n_batches == 0:
             raise LmforgeError(f"not enough training data for one batch of {bs} per process",
                                "lower per_device_train_batch_size or add data")
-        self.plan = plan_steps(self.tc, n_batches, self.accelerator.num_processes)
+        self.plan = plan_steps(self.tc, n_batches, self.accelerator.num_processes, parts.step_repeats)
         self.batches_per_epoch = n_batches
         self.steps_per_epoch = self.plan.steps_per_epoch
         self.total_steps = self.plan.total_steps
@@ -153,14 +153,17 @@ class Trainer:
         return shard(b, self.accelerator.process_index, world)
 
     def _steps(self):
-        """Yield (epoch, index of the first batch, batches in the epoch, list of batch index lists) per step."""
-        accum = self.tc.gradient_accumulation_steps
-        epoch, start = self.epoch, self.batch_pos
+        """Yield (epoch, index of the first batch, batches in the epoch, list of batch index lists, repeat) per
+        step; a task with step_repeats > 1 takes that many steps on each group of batches (repeat 0, 1, ...)."""
+        accum, repeats = self.tc.gradient_accumulation_steps, self.parts.step_repeats
+        epoch, start, first_repeat = self.epoch, self.batch_pos, self.repeat
         while True:
             batches = self._batches(epoch)
             for s in range(start, len(batches), accum):
                 group = batches[s:s + accum]
-                yield epoch, s, len(batches), group
+                for r in range(first_repeat, repeats):
+                    yield epoch, s, len(batches), group, r
+                first_repeat = 0
             epoch, start = epoch + 1, 0
 
     def _collate(self, indices: list[int], epoch: int, batch_index: int) -> dict:
@@ -176,7 +179,8 @@ class Trainer:
     def state(self) -> dict:
         return {**asdict(self.loop_state), "total_steps": self.total_steps, "seed": self.tc.seed,
                 "world_size": self.accelerator.num_processes, "batches_per_epoch": self.batches_per_epoch,
-                "step_stats": dict(self.parts.step_stats.window) if self.parts.step_stats else None}
+                "step_stats": dict(self.parts.step_stats.window) if self.parts.step_stats else None,
+                "task_state": self.parts.task_state.state_dict() if self.parts.task_state is not None else None}
 
     def save(self) -> Optional[Path]:
         self.accelerator.wait_for_everyone()
@@ -218,6 +222,8 @@ class Trainer:
         self.loop_state = LoopState(**{f.name: state.get(f.name, getattr(fresh, f.name)) for f in fields(LoopState)})
         if self.parts.step_stats is not None:
             self.parts.step_stats.window = dict(state.get("step_stats") or {})
+        if self.parts.task_state is not None:
+            self.parts.task_state.load_state_dict(state.get("task_state"))
         self.last_saved = Path(folder)
         self.logw.truncate_after(self.step)
         if self.is_main:
@@ -345,12 +351,12 @@ class Trainer:
             progress.start_train(self.total_steps, self.step)
         steps = self._steps()
         while self.step < self.total_steps:
-            epoch, first, n_in_epoch, group = next(steps)
+            epoch, first, n_in_epoch, group, repeat = next(steps)
             pos = first + len(group)
-            done = self._train_step(epoch, first, group, pos, n_in_epoch, progress)
+            done = self._train_step(epoch, first, group, pos, n_in_epoch, progress, repeat)
             if done is None:  # an empty or skipped step
                 continue
-            stopped = self._evaluate_and_save(pos >= n_in_epoch, progress)
+            stopped = self._evaluate_and_save(pos >= n_in_epoch and self.repeat == 0, progress)
             if stopped:
                 log.info("early stopping at step %d: no improvement in %d evaluations", self.step, self.bad_evals)
                 break
@@ -369,11 +375,15 @@ class Trainer:
         return 6 * self.flop_params * tokens_per_s / self.peak_flops if self.peak_flops else None
 
     def _train_step(self, epoch: int, first: int, group: list, pos: int, n_in_epoch: int,
-                    progress: Optional[TrainProgress]) -> Optional[float]:
+                    progress: Optional[TrainProgress], repeat: int = 0) -> Optional[float]:
         """One optimizer step over the micro-batches in `group`; its loss, or None when skipped."""
         accelerator = self.accelerator
         t_step = time.perf_counter()
         micro = [self._collate(idx, epoch, first + j) for j, idx in enumerate(group)]
+        if self.parts.rollout is not None:  # online tasks: the batches come from the current model (rollouts)
+            policy = accelerator.unwrap_model(self.model)
+            micro = [self.parts.rollout(policy, mb, RolloutInfo(epoch, first + j, repeat, self.step))
+                     for j, mb in enumerate(micro)]
         local_items = sum(int(b["n_items"]) for b in micro)
         items = accelerator.reduce(torch.tensor(float(local_items), device=accelerator.device), "sum").item() \
             if accelerator.num_processes > 1 else float(local_items)
@@ -385,11 +395,14 @@ class Trainer:
         grad_norm = float(self._clip_gradients())
         loss_val = (accelerator.reduce(step_loss, "sum").item() if accelerator.num_processes > 1
                     else step_loss.item()) / items
-        next_position = (epoch, pos) if pos < n_in_epoch else (epoch + 1, 0)
+        if repeat + 1 < self.parts.step_repeats:
+            next_position = (epoch, first, repeat + 1)  # the same batches again
+        else:
+            next_position = (epoch, pos, 0) if pos < n_in_epoch else (epoch + 1, 0, 0)
         if not math.isfinite(loss_val) or not math.isfinite(grad_norm):
             if self._nonfinite(loss_val, grad_norm):
                 self.optimizer.zero_grad(set_to_none=True)
-                self.epoch, self.batch_pos = next_position
+                self.epoch, self.batch_pos, self.repeat = next_position
                 if self._stop_requested():
                     self._interrupt()
                 return None
@@ -405,7 +418,7 @@ class Trainer:
             release_memory()  # only when batch shapes vary (fixed shapes reuse the same memory)
         self._last_shape = shape
         self.step += 1
-        self.epoch, self.batch_pos = next_position
+        self.epoch, self.batch_pos, self.repeat = next_position
         self.last_loss = loss_val
         self.win_loss += loss_val
         self.win_items += 1

@@ -14,6 +14,7 @@ class LoopState:
     step: int = 0
     epoch: int = 0
     batch_pos: int = 0  # next batch index within the epoch
+    repeat: int = 0  # next optimizer step on the batches at batch_pos (tasks with step_repeats > 1)
     best: Optional[float] = None
     best_step: Optional[int] = None
     bad_evals: int = 0

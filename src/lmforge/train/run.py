@@ -29,6 +29,7 @@ from ..config import Config, Permissions
 from ..data.pipeline import sources_of
 from ..errors import LmforgeError
 from ..fs import atomic_dir, read_json, write_json, write_text
+from ..metrics import LOG_METRICS, shown
 from ..models import lora
 from ..models.push import check_can_push, push_folder
 from ..report import model_card, plot_losses, write_html_report, write_metrics
@@ -46,8 +47,6 @@ from .trackers import check_installed, open_trackers
 
 log = logging.getLogger("lmforge")
 
-SHOWN_METRICS = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro", "reward_accuracy",
-                 "reward_margin")
 
 
 @dataclass
@@ -228,7 +227,7 @@ def save_outputs(cfg: Config, run: "OpenRun", trainer: Trainer, parts: TaskParts
 
 
 def short_metrics(m: dict) -> str:
-    return ", ".join(f"{k} {m[k]:.4f}" for k in SHOWN_METRICS if isinstance(m.get(k), float))
+    return ", ".join(f"{k} {m[k]:.4f}" for k in shown(LOG_METRICS, m) if isinstance(m.get(k), float))
 
 
 # ----------------------------------------------------------------------------------- the run folder

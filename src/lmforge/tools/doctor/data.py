@@ -13,6 +13,7 @@ from ...data.chat import read_conversations
 from ...data.corpus import read_corpus
 from ...data.pipeline import mix, sources_of
 from ...data.preference import read_pairs
+from ...data.prompts import read_prompts
 from ...errors import LmforgeError
 from ...tasks import get_task
 from .output import Out, err
@@ -124,6 +125,25 @@ def _check_pairs(out: Out, source: str, cfg, split: str) -> Optional[dict]:
     return {"rows": len(pairs), "source": source, "texts": texts}
 
 
+def _check_prompts(out: Out, source: str, cfg, split: str) -> Optional[dict]:
+    """Prompts for online RL: their number, the columns the reward functions get, and whether the answer column
+    the built-in rewards compare with is there."""
+    rows = read_prompts(source, cfg, split)
+    cols = list(dict.fromkeys(k for r in rows for k in r.columns))
+    out.ok(f"{split}: {source}: {len(rows):,} prompts; columns for the reward functions: {', '.join(cols) or 'none'}")
+    answer = cfg.grpo.answer_column
+    needs = [r for r in cfg.grpo.rewards if r in ("exact_match", "contains", "number_match")]
+    if needs and answer not in cols:
+        out.problem(f"{split} ({source}): the rewards {', '.join(needs)} compare with the column '{answer}', which the "
+                    "data lacks — set grpo.answer_column or add the column")
+    elif answer in cols:
+        missing = sum(r.columns.get(answer) is None for r in rows)
+        if missing:
+            out.warn(f"{split} ({source}): {missing} prompts have no '{answer}' (their built-in rewards are None)")
+    texts = {json.dumps(r.prompt, sort_keys=True) for r in rows}
+    return {"rows": len(rows), "source": source, "texts": texts}
+
+
 def _merged(infos: list[dict], split: str) -> dict:
     """One split's findings over the sources of a mix."""
     out = {"rows": sum(i["rows"] for i in infos), "source": " + ".join(i["source"] for i in infos), "split": split,
@@ -152,7 +172,7 @@ def _mix_preview(out: Out, cfg, split: str, spec, sizes: list[int]) -> None:
 
 
 CHECKS = {"table": _check_table, "corpus": _check_corpus, "conversations": _check_conversations,
-          "pairs": _check_pairs}
+          "pairs": _check_pairs, "prompts": _check_prompts}
 
 
 def check_data(out: Out, cfg) -> bool:

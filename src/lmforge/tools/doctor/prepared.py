@@ -42,6 +42,8 @@ def check_prepared(out: Out, cfg: Config, probe: bool, report: DoctorReport, per
         out.problem("no training examples after preparation")
         return
     _lengths_section(out, parts, lengths, report)
+    if parts.summary.get("preflight"):
+        _preflight_section(out, cfg, parts, report)
     out.section("first training example")
     try:
         show_example(out, parts, cfg)
@@ -78,6 +80,31 @@ def _setup_collecting_logs(out: Out, cfg: Config, permissions: Permissions) -> O
     for rec in collect.records:
         (out.warn if rec.levelno >= logging.WARNING else out.info)(rec.getMessage())
     return parts
+
+
+def _preflight_section(out: Out, cfg: Config, parts: TaskParts, report: DoctorReport) -> None:
+    """Online RL: the groups the starting model samples (the same preflight training runs before step 1)."""
+    p = parts.summary["preflight"]
+    report.facts["preflight"] = p
+    out.section(f"preflight: {p['prompts']} train prompts x {p['group_size']} completions, the starting model")
+    for name, r in p["rewards"].items():
+        line = f"reward {name}: mean {r['mean']}, std {r['std']}, min {r['min']}, max {r['max']}"
+        (out.warn if r["none"] else out.info)(line + (f"; None for {r['none']} completions (the function does not "
+                                                      "apply to them)" if r["none"] else ""))
+    flat = f"{p['flat_groups']} of {p['prompts']} groups have equal rewards (no learning signal)"
+    (out.warn if p["flat_share"] >= 0.5 else out.info)(
+        flat + (" — raise grpo.temperature or grpo.num_generations, or give partial credit" if p["flat_share"] >= 0.5
+                else ""))
+    (out.warn if p["truncated_share"] >= 0.5 else out.info)(
+        f"{100 * p['truncated_share']:.0f}% of the completions reach grpo.max_completion_length without ending")
+    tc = cfg.train
+    per_step = tc.per_device_train_batch_size * tc.gradient_accumulation_steps
+    n_batches = -(-len(parts.train) // max(1, tc.per_device_train_batch_size))
+    steps = plan_steps(tc, n_batches, 1, parts.step_repeats).total_steps
+    gen_steps = -(-steps // max(1, parts.step_repeats))
+    out.info(f"{p['seconds_per_group']:.2f} s per group -> generation alone about "
+             f"{_duration(p['seconds_per_group'] * per_step * gen_steps)} for {steps:,} steps "
+             f"({per_step} prompts per step); the probe below measures whole steps")
 
 
 def _lengths_section(out: Out, parts: TaskParts, lengths: list[int], report: DoctorReport) -> None:
@@ -154,7 +181,7 @@ def _memory_and_time(out: Out, cfg: Config, parts: TaskParts, probe: bool, repor
     except LmforgeError as e:
         out.problem(err(e))
         return
-    plan = plan_steps(tc, trainer.batches_per_epoch, accelerator.num_processes)
+    plan = plan_steps(tc, trainer.batches_per_epoch, accelerator.num_processes, parts.step_repeats)
     steps_per_epoch, total = plan.steps_per_epoch, plan.total_steps
     est = estimate_for(trainer)
     report.facts["memory"] = est.as_dict()
