@@ -23,6 +23,7 @@ from .plots import (
     _hist_figure,
     _loss_figure,
     _perf_figure,
+    _reward_figure,
     _png,
 )
 from .runs import _load_run, _scalar, best_metric_name, format_duration, run_status
@@ -202,11 +203,14 @@ def _sec_curves(run: dict) -> str:
     rows = run["log"]
     body = _img(_loss_figure(rows, run["name"]), "loss curves")
     names = [best_metric_name(run["cfg"])]
-    for extra in ("accuracy", "f1_macro", "mcc", "perplexity", "reward_accuracy", "reward_margin"):
+    for extra in ("accuracy", "f1_macro", "mcc", "perplexity", "reward_accuracy", "reward_margin", "accuracy_strict",
+                  "accuracy_lenient"):
         if extra not in names and any(f"eval_{extra}" in r for r in rows):
             names.append(extra)
     if names != ["loss"]:
         body += _img(_eval_metrics_figure(rows, [n for n in names if n != "loss"]), "eval metrics")
+    if any("generation_s" in r for r in rows):
+        body += _img(_reward_figure(rows), "training rewards")
     return _section("curves", "Loss, evaluation and learning rate",
                     body or "<p class='muted'>nothing logged yet (log.jsonl is empty)</p>")
 
@@ -244,6 +248,8 @@ def _cell(v) -> str:
         return v
     if isinstance(v, list) and all(isinstance(x, (list, tuple)) and len(x) == 2 and _scalar(x[1]) for x in v):
         return ", ".join(f"{x[0]} {100 * x[1]:.1f}%" for x in v)
+    if isinstance(v, list) and v and all(isinstance(x, dict) and "completion" in x for x in v):  # a sampled group
+        return "\n".join(f"[reward {x.get('reward')}] {x['completion']}" for x in v)
     return json.dumps(v, ensure_ascii=False)
 
 

@@ -84,6 +84,29 @@ def _eval_metrics_figure(rows: list[dict], names: Sequence[str]):
     return fig
 
 
+def _reward_figure(rows: list[dict]):
+    """Online RL: the training reward per logging window, each function's, and the share of flat groups."""
+    steps = [r for r in rows if isinstance(r.get("reward"), (int, float)) and "loss" in r]
+    if not steps:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.4), dpi=110)
+    names = ["reward"] + sorted({k for r in steps for k in r if k.startswith("reward_")
+                                 and not k.endswith(("_std", "_none"))})
+    for n in names + ["frac_reward_zero_std"]:
+        pts = [(r["step"], r[n]) for r in steps if isinstance(r.get(n), (int, float))]
+        if pts:
+            ax.plot(*zip(*pts), marker="o" if len(pts) == 1 else None, lw=2 if n == "reward" else 1,
+                    ls=":" if n == "frac_reward_zero_std" else "-",
+                    label="groups with equal rewards (share)" if n == "frac_reward_zero_std" else n)
+    ax.set_xlabel("optimizer step")
+    ax.set_title("training rewards (sampled completions; the reward is the weighted sum)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def _perf_figure(rows: list[dict]):
     steps = [r for r in rows if r.get("tokens_per_s") is not None]
     if not steps:

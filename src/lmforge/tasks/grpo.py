@@ -119,7 +119,15 @@ class GrpoStats:
             self.window["max:" + k] = max(self.window.get("max:" + k, -math.inf), float(v))
 
     def drain(self) -> dict:
+        """Means over the window; with several processes over every process's window (called on all of them)."""
         w, self.window = self.window, {}
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            every: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(every, w)
+            w = {}
+            for part in every:
+                for k, v in part.items():
+                    w[k] = max(w.get(k, -math.inf), v) if k.startswith("max:") else w.get(k, 0.0) + v
         out = {}
         for k, v in w.items():
             if k.startswith("max:"):
