@@ -355,3 +355,30 @@ def test_eval_reports_strict_lenient_pass_at_1_and_pass_at_k(toy, tiny_llama, tm
         assert k in m, (k, sorted(m))
     assert m["pass@4_lenient"] >= m["accuracy_lenient"] - 1e-9 or m["pass@4_lenient"] >= 0
     assert m["prompts"] == 40
+
+
+def test_two_processes_draw_and_learn_what_one_does(toy, tiny_llama, tmp_path):
+    """--num-processes 2 (gloo): each process samples whole groups for its half of the global batch, with the
+    seeds one process uses, so the completions and rewards are the same and the weights follow within float
+    rounding (the all-reduced gradient sums in another order)."""
+    common = {"train": {"max_steps": 4, "logging_steps": 1, "eval_strategy": "no", "save_strategy": "no",
+                        "group_by_length": False, "report_to": "none", "load_best_model_at_end": False}}
+    two = _config(toy, tiny_llama, tmp_path / "unused", **common)
+    two["train"]["per_device_train_batch_size"] = 2
+    del two["output"]  # the default run name: every process must agree on it
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(two))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(tmp_path))
+    p = subprocess.run([sys.executable, "-m", "lmforge.cli", "--quiet", "train", "two.yaml", "--num-processes", "2",
+                        "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run2 = next((tmp_path / "runs").iterdir())
+    one = api.train(_config(toy, tiny_llama, tmp_path / "one", **common), progress=False).run_dir
+    a = [json.loads(x) for x in (one / "log.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (run2 / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    for k in ("reward", "completion_length", "frac_reward_zero_std", "truncated"):
+        assert [r[k] for r in b] == pytest.approx([r[k] for r in a], abs=1e-6), k
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-4, abs=1e-6)
+    from safetensors.torch import load_file
+    wa, wb = load_file(str(one / "model" / "model.safetensors")), load_file(str(run2 / "model" / "model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)

@@ -191,7 +191,7 @@ class Rollouts:
         s = self.score(model, batch["rows"], g.num_generations, self.params(), self.seeds(batch["rows"],
                        g.num_generations, info.epoch))
         out = self.loss_batch(model, s)
-        self.log(s, out)
+        self.log(s)
         if g.num_iterations > 1:
             self.buffer = {info.batch_index: out}  # only the current step's batches are ever reused
         return out
@@ -233,8 +233,7 @@ class Rollouts:
                 return self.logps(model, batch)
         return self.logps(self.reference, batch)
 
-    def log(self, s: Scored, batch: dict) -> None:
-        n = self.g.num_generations
+    def log(self, s: Scored) -> None:
         lengths = [len(c) for c in s.completions.ids]
         sums = {"reward": (float(torch.nansum(s.total)), int((~torch.isnan(s.total)).sum())),
                 "reward_std": (float(torch.nan_to_num(s.adv.group_std, nan=0.0).mean()), 1),
@@ -250,7 +249,6 @@ class Rollouts:
             if not bool(ok.all()):
                 sums[f"reward_{r.name}_none"] = (int((~ok).sum()), len(col))
         self.stats.add(sums, {"completion_length": max(lengths)})
-        del n, batch
 
 
 def global_std(total: torch.Tensor) -> Optional[torch.Tensor]:
