@@ -206,3 +206,116 @@ def test_playground_streams_generation_and_fills_masks(browser, tiny_bert, tmp_p
         browser.save_screenshot(str(ARTIFACTS / "serve-fill-mask.png"))
     finally:
         live.stop()
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    """test_sft's tiny GPT-2 with a trained tokenizer and ChatML (module-scoped here)."""
+    import test_sft
+    from transformers import GPT2Config, GPT2LMHeadModel
+    import torch
+    tok = test_sft.train_tokenizer("byte-level-bpe", texts=test_sft.texts(), vocab_size=400, min_frequency=1,
+                                   special_tokens=test_sft.SPECIALS).tokenizer
+    tok.eos_token = "</s>"
+    d = tmp_path_factory.mktemp("browser-chat")
+    tok.chat_template = test_sft.CHATML
+    tok.pad_token = tok.eos_token
+    tok.save_pretrained(d)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=256,
+                               bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(d)
+    return d
+
+
+def _set(browser, element_id, value):
+    el = browser.find_element("id", element_id)
+    el.clear()
+    if value != "":
+        el.send_keys(str(value))
+
+
+@pytest.mark.parametrize("task", ["sft", "dpo", "grpo"])
+def test_chat_playground_answers_through_the_chat_template(browser, chat_model, tmp_path, task):
+    """sft, dpo and grpo runs get a chat view: the system prompt and the earlier turns go through the run's chat
+    template (the page's answers equal lmforge's greedy generation of the same conversation), replies stream, and
+    compare mode turns two sampled replies into a preference pair that the dpo task reads back."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from test_serve import Live
+
+    from lmforge.config import SamplingParams, build_config
+    from lmforge.data.preference import read_pairs
+    from lmforge.tasks import get_task
+    from lmforge.tasks.generation import generate_texts
+
+    run = tmp_path / f"{task}-run"
+    shutil.copytree(chat_model, run / "model")
+    (run / "config.yaml").write_text(f"task: {task}\n")
+    model, tok = get_task(task).load_for_use(run / "model")
+
+    def greedy(messages, n=12):
+        return generate_texts(model, tok, [messages], SamplingParams(max_new_tokens=n))[0][0]
+
+    live = Live(run / "model")
+    try:
+        browser.get(f"http://127.0.0.1:{live.port}/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: d.find_element(By.ID, "run").is_enabled())
+        assert browser.find_element(By.ID, "run").text == "Send"
+        assert browser.find_element(By.ID, "input").get_attribute("placeholder") == "Your message"
+        assert task in browser.find_element(By.ID, "model").text
+        _set(browser, "p_system", "You rewrite old English.")
+        _set(browser, "p_temperature", 0)
+        _set(browser, "p_max_tokens", 12)
+        browser.execute_script("""
+            window.__updates = 0;
+            new MutationObserver(() => window.__updates++)
+              .observe(document.getElementById('result'), {subtree: true, childList: true, characterData: true});""")
+        system = {"role": "system", "content": "You rewrite old English."}
+        turns = [system]
+        for i, text in enumerate(["Thou art kind.", "And he saith unto them"]):
+            browser.find_element(By.ID, "input").send_keys(text)
+            browser.find_element(By.ID, "run").click()
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#result .meta")) == i + 1 and
+                       "generating" not in d.find_elements(By.CSS_SELECTOR, "#result .meta")[-1].text)
+            turns.append({"role": "user", "content": text})
+            want = greedy(turns)
+            shown = browser.find_elements(By.CSS_SELECTOR, "#result .msg.assistant .content")[-1]
+            assert want.strip() and shown.get_attribute("textContent") == want  # a non-empty answer, lmforge's own
+            turns.append({"role": "assistant", "content": want})
+        assert [m.text for m in browser.find_elements(By.CSS_SELECTOR, "#result .msg.user .content")] == \
+            ["Thou art kind.", "And he saith unto them"]
+        assert browser.execute_script("return window.__updates") >= 6  # pieces arrived one by one
+        assert not browser.find_elements(By.CSS_SELECTOR, "#result .error")
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / f"serve-chat-{task}.png"))
+
+        # compare mode: greedy is refused in one line on the page; sampled replies become a preference pair
+        browser.find_element(By.ID, "p_compare").click()
+        browser.find_element(By.ID, "input").send_keys("Thou art kind.")
+        browser.find_element(By.ID, "run").click()
+        assert "temperature above 0" in wait.until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#result .error"))[0].text
+        _set(browser, "p_temperature", 1.0)
+        _set(browser, "p_seed", 7)
+        browser.find_element(By.ID, "input").send_keys("Thou art kind.")
+        browser.find_element(By.ID, "run").click()
+        picks = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#result .pair button.pick"))
+        replies = [e.get_attribute("textContent") for e in browser.find_elements(By.CSS_SELECTOR, "#result .pair .content")]
+        picks[1].click()  # B is better
+        link = wait.until(lambda d: d.find_element(By.ID, "download"))
+        assert "1 preference pair" in link.text
+        jsonl = browser.execute_async_script(
+            "const done = arguments[0]; fetch(document.getElementById('download').href)"
+            ".then(r => r.text()).then(done)")
+        row = json.loads(jsonl)
+        assert row["chosen"] == replies[1] and row["rejected"] == replies[0] and replies[0] != replies[1]
+        assert row["prompt"][0] == system and row["prompt"][-1] == {"role": "user", "content": "Thou art kind."}
+        (tmp_path / "pairs.jsonl").write_text(jsonl)
+        pair = read_pairs(str(tmp_path / "pairs.jsonl"), build_config({"task": "dpo"}))[0]
+        assert pair.chosen == [{"role": "assistant", "content": row["chosen"]}] and len(pair.prompt) == 6
+        # "New chat" empties the conversation
+        browser.find_element(By.ID, "reset").click()
+        assert not browser.find_elements(By.CSS_SELECTOR, "#result .msg")
+    finally:
+        live.stop()

@@ -291,6 +291,7 @@ class CausalLM(Task):
     architectures = ("CausalLM", "LMHeadModel")
     best_metric, greater_is_better = BEST_METRICS["causal-lm"]
     endpoint = "/v1/generate"
+    playground = "generate"
     samples_title = "Sample generations"
     pipeline_tag = "text-generation"
     usage_example = 'print(pipe("Once upon a time", max_new_tokens=40))'
@@ -417,9 +418,6 @@ class CausalLM(Task):
         """Each target token's loss (nats) and id, over the whole evaluation."""
         return outputs["token_nll"].numpy(), outputs["token_target"].numpy(), {"targets_per_block":
                                                                                 outputs["targets"].numpy()}
-
-    def serve_info(self, model, tokenizer) -> dict:
-        return {"chat_template": bool(getattr(tokenizer, "chat_template", None))}
 
     def tokenizer_findings(self, specials: dict) -> list[tuple[str, str]]:
         out = super().tokenizer_findings(specials)

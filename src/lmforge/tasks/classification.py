@@ -161,6 +161,7 @@ class Classification(Task):
     architectures = ("SequenceClassification",)
     best_metric, greater_is_better = BEST_METRICS["classification"]
     endpoint = "/v1/classify"
+    playground = "classify"
     data_kind = "table"
     length_key = "data.max_length"
     report_sections = ("confusion", "misclassified")

@@ -148,6 +148,7 @@ class DPO(Task):
     architectures = ()
     best_metric, greater_is_better = BEST_METRICS["dpo"]
     endpoint = "/v1/generate"
+    playground = "chat"
     data_kind = "pairs"
     samples_title = "Sample generations"
     pipeline_tag = "text-generation"
@@ -278,9 +279,6 @@ class DPO(Task):
         margin = (outputs["reward_chosen"] - outputs["reward_rejected"]).cpu().numpy()
         return margin, None, {"logp_chosen": outputs["logp_chosen"].cpu().numpy(),
                               "logp_rejected": outputs["logp_rejected"].cpu().numpy()}
-
-    def serve_info(self, model, tokenizer) -> dict:
-        return {"chat_template": bool(getattr(tokenizer, "chat_template", None))}
 
     def tokenizer_findings(self, specials: dict) -> list[tuple[str, str]]:
         return CAUSAL_LM.tokenizer_findings(specials)

@@ -444,6 +444,7 @@ class GRPO(Task):
     architectures = ()
     best_metric, greater_is_better = BEST_METRICS["grpo"]
     endpoint = "/v1/generate"
+    playground = "chat"
     data_kind = "prompts"
     length_key = "grpo.max_completion_length"
     samples_title = "Sampled groups"
@@ -554,9 +555,6 @@ class GRPO(Task):
 
     def metric_inputs(self, outputs: dict) -> tuple:
         return outputs["reward"].cpu().numpy(), None, {k: v.cpu().numpy() for k, v in outputs.items()}
-
-    def serve_info(self, model, tokenizer) -> dict:
-        return {"chat_template": bool(getattr(tokenizer, "chat_template", None))}
 
     def tokenizer_findings(self, specials: dict) -> list[tuple[str, str]]:
         return CAUSAL_LM.tokenizer_findings(specials)

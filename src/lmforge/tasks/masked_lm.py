@@ -369,6 +369,7 @@ class MaskedLM(Task):
     architectures = ("MaskedLM",)
     best_metric, greater_is_better = BEST_METRICS["masked-lm"]
     endpoint = "/v1/fill-mask"
+    playground = "fill-mask"
     samples_title = "Fill-mask completions"
     pipeline_tag = "fill-mask"
     usage_example = 'print(pipe(f"Paris is the {pipe.tokenizer.mask_token} of France."))'

@@ -170,6 +170,7 @@ class SFT(Task):
     architectures = ()  # a bare folder is told by its architecture as a causal LM; sft runs say so in config.yaml
     best_metric, greater_is_better = BEST_METRICS["sft"]
     endpoint = "/v1/generate"
+    playground = "chat"
     data_kind = "conversations"
     samples_title = "Sample generations"
     pipeline_tag = "text-generation"
@@ -270,9 +271,6 @@ class SFT(Task):
 
     def metric_inputs(self, outputs: dict) -> tuple:
         return CAUSAL_LM.metric_inputs(outputs)
-
-    def serve_info(self, model, tokenizer) -> dict:
-        return {"chat_template": bool(getattr(tokenizer, "chat_template", None))}
 
     def tokenizer_findings(self, specials: dict) -> list[tuple[str, str]]:
         return CAUSAL_LM.tokenizer_findings(specials)

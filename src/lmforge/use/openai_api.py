@@ -1,5 +1,5 @@
 """OpenAI-compatible endpoints of `lmforge serve` for a causal-lm or sft model, so existing clients work
-unchanged: POST /v1/chat/completions (messages, max_tokens, temperature, top_p, seed, stop; stream as
+unchanged: POST /v1/chat/completions (messages, max_tokens, temperature, top_p, top_k, seed, stop; stream as
 server-sent events ending with `data: [DONE]`) and GET /v1/models.
 
     from openai import OpenAI
@@ -44,6 +44,7 @@ class ChatCompletionIn(BaseModel):
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
+    top_k: Optional[int] = Field(None, ge=0, description="Not in OpenAI's API (vLLM's extension): 0 = off.")
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
     n: int = Field(1, ge=1, le=1, description="One choice per request.")
     stream: bool = False
@@ -87,7 +88,7 @@ def add_openai_endpoints(app: FastAPI, backend, slot: ModelSlot, limits: Limits,
                 raise ApiError(413, f"messages[{i}] has {len(m['content'])} characters; this server accepts at most "
                                f"{limits.max_chars}", "too_large")
         params = {"prompt": messages, "max_new_tokens": max_tokens, "temperature": req.temperature,
-                  "top_p": req.top_p, "seed": req.seed, "stop": req.stop or []}
+                  "top_p": req.top_p, "top_k": req.top_k, "seed": req.seed, "stop": req.stop or []}
         reply = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": req.model or model_id}
         slot.enter()
         try:

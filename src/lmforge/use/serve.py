@@ -86,7 +86,9 @@ class Backend:
 
     def info(self) -> dict:
         cfg = getattr(self.model, "config", None)
-        out: dict = {"task": self.task.name, "model_dir": str(self.model_dir), "endpoint": self.task.endpoint}
+        out: dict = {"task": self.task.name, "model_dir": str(self.model_dir), "endpoint": self.task.endpoint,
+                     "view": self.task.playground,
+                     "chat_template": bool(getattr(self.tokenizer, "chat_template", None))}
         if cfg is not None:
             out.update(model_type=cfg.model_type, architectures=list(cfg.architectures or []),
                        parameters=sum(p.numel() for p in self.model.parameters()))
