@@ -238,3 +238,61 @@ def test_a_long_evaluation_says_how_far_it_is_without_a_terminal(monkeypatch):
     lines = [x for x in out.getvalue().splitlines() if x.startswith("eval (before training)")]
     assert lines[0].startswith("eval (before training): 10/40 batches | elapsed 0m10s | eta 0m30s")
     assert len(lines) == 3  # at 10, 20 and 30 of 40; the end is said by the metrics line
+
+
+def test_metrics_come_first_and_the_config_is_collapsed(page):
+    order = [page.index(f"<section id='{sid}'>") for sid in ("overview", "metrics", "curves", "data", "config",
+                                                             "environment")]
+    assert order == sorted(order)
+    assert re.search(r"<details><summary[^>]*>config.yaml", section(page, "config"))
+
+
+def test_metric_colours_follow_each_metrics_direction_and_reward_metrics_are_explained():
+    """DPO's implicit rewards are negative by design: a falling rewards_rejected is better (green), rewards_chosen
+    has no better direction of its own (no colour), and both are explained under the table."""
+    from lmforge.report.html import _sec_metrics
+    met = {"before": {"loss": 0.69, "reward_accuracy": 0.5, "rewards_chosen": 0.0, "rewards_rejected": 0.0},
+           "eval": {"loss": 0.52, "reward_accuracy": 0.8, "rewards_chosen": -0.4, "rewards_rejected": -1.1}}
+    html = _sec_metrics({"metrics": met})
+    cell = {k: re.search(rf"<td>{k}</td>.*?<span class='([a-z]*)'>", html, re.S).group(1)
+            for k in ("loss", "reward_accuracy", "rewards_chosen", "rewards_rejected")}
+    assert cell == {"loss": "good", "reward_accuracy": "good", "rewards_chosen": "", "rewards_rejected": "good"}
+    assert "<b>rewards_chosen</b>: implicit reward" in html and "0.5 is chance" in html
+    met["eval"]["reward_accuracy"] = 0.3
+    assert "<td>reward_accuracy</td>" in (h := _sec_metrics({"metrics": met})) and \
+        re.search(r"<td>reward_accuracy</td>.*?<span class='bad'>", h, re.S)
+
+
+def test_a_capped_before_evaluation_is_compared_on_its_own_sample(tiny_bert, tmp_path, capsys):
+    """train.before_eval_max_samples: the before-training evaluation scores a seeded sample, the final model is
+    scored on that sample too, and the change in the report is measured there."""
+    from conftest import cls_config, toy_sentiment_rows, write_csv
+    from lmforge import api
+    from lmforge.report.html import _sec_metrics
+    train = write_csv(tmp_path / "train.csv", toy_sentiment_rows(64, seed=0))
+    ev = write_csv(tmp_path / "eval.csv", toy_sentiment_rows(30, seed=5))
+    cfg = cls_config(train, ev, tmp_path / "run", tiny_bert, before_eval_max_samples=8, max_steps=3)
+    res = api.train(cfg, progress=False)
+    met = json.loads((res.run_dir / "metrics.json").read_text())
+    assert met["before_sample"] == {"items": 8, "of": 30}
+    assert met["before"]["n_examples"] == 8 and met["after_on_sample"]["n_examples"] == 8
+    assert met["eval"]["n_examples"] == 30
+    html = _sec_metrics({"metrics": met})
+    assert "sample: 8 of 30" in html and "on the same sample" in html
+    d = met["after_on_sample"]["loss"] - met["before"]["loss"]
+    assert f"{d:+.4f}" in html
+    card = (res.run_dir / "model" / "README.md").read_text()
+    assert "a seeded sample of 8 of the 30 eval items" in card
+    # the same sample again in another run with the same seed (and a different one with another seed)
+    res2 = api.train({**cfg, "output": {"output_dir": str(tmp_path / "run2")}}, progress=False)
+    assert json.loads((res2.run_dir / "metrics.json").read_text())["before"] == met["before"]
+
+
+def test_a_lone_evaluation_is_drawn_on_the_whole_runs_axis():
+    from lmforge.report.plots import _eval_metrics_figure, _loss_figure
+    rows = [{"step": s, "loss": 1.0 / s} for s in range(1, 114)] + [{"step": 113, "eval_accuracy": 0.84,
+                                                                      "eval_loss": 0.38}]
+    for fig in (_eval_metrics_figure(rows, ["accuracy"]), _loss_figure(rows, "run")):
+        lo, hi = fig.axes[0].get_xlim()
+        assert lo <= 0 and 113 <= hi <= 120  # not 108-118 around the point
+        assert any(t.get_text() in ("0.84", "0.38") for t in fig.axes[0].texts)  # the lone point's value

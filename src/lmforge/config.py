@@ -142,7 +142,7 @@ class DataConfig(Section):
 class TrainConfig(Section):
     RANGES = {"num_train_epochs": POSITIVE, "max_steps": Range(-1), "learning_rate": Range(0, 10, lo_open=True),
               "head_learning_rate": Range(0, 10, lo_open=True), "per_device_train_batch_size": AT_LEAST_1,
-              "per_device_eval_batch_size": AT_LEAST_1, "gradient_accumulation_steps": AT_LEAST_1,
+              "per_device_eval_batch_size": AT_LEAST_1, "before_eval_max_samples": AT_LEAST_1, "gradient_accumulation_steps": AT_LEAST_1,
               "weight_decay": NON_NEGATIVE, "adam_beta1": SHARE, "adam_beta2": SHARE, "adam_epsilon": POSITIVE,
               "momentum": SHARE, "warmup_ratio": SHARE, "warmup_steps": NON_NEGATIVE, "max_grad_norm": POSITIVE,
               "eval_steps": AT_LEAST_1, "save_steps": AT_LEAST_1, "save_total_limit": AT_LEAST_1,
@@ -188,6 +188,8 @@ class TrainConfig(Section):
     """When to evaluate during training."""
     eval_steps: Optional[int] = None
     """Evaluate every N optimizer steps (eval_strategy: steps)."""
+    before_eval_max_samples: Optional[int] = 512
+    """The evaluation before training scores a seeded sample of at most this many eval items (examples, blocks, pairs or prompts; 512 keeps an accuracy's standard error under 2.3 points), and the final model is scored on the same sample too, so the change is measured on the same items. null: the whole eval split."""
     save_strategy: Literal["steps", "epoch", "no"] = "epoch"
     """When to write a checkpoint."""
     save_steps: Optional[int] = None

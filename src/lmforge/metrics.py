@@ -80,6 +80,53 @@ LOG_METRICS = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "
                "reward_margin", "accuracy_strict", "accuracy_lenient", "reward")
 
 
+# What a metric means and which way is better: True (higher), False (lower) or None (neither by itself). One table
+# for the terminal's metrics table, report.html's colours, the model card, the sweep's default direction and the
+# best-checkpoint rule. A metric not listed is higher-better unless its name says loss / perplexity / bits.
+METRIC_NOTES: dict[str, tuple[Optional[bool], str]] = {
+    "loss": (False, "mean loss over the evaluated tokens or examples"),
+    "perplexity": (False, "exp(loss): how many tokens the model hesitates between, on average"),
+    "perplexity_per_word": (False, "perplexity per word instead of per token (comparable across tokenizers)"),
+    "bits_per_byte": (False, "loss in bits per byte of text (comparable across tokenizers)"),
+    "reward_accuracy": (True, "share of pairs whose chosen reply gets a higher implicit reward than the rejected "
+                              "one; 0.5 is chance"),
+    "reward_margin": (True, "mean implicit reward of the chosen reply minus the rejected one's; above 0 means the "
+                            "model prefers the chosen replies"),
+    "rewards_chosen": (None, "implicit reward of the chosen replies: beta x (log-prob under the model - log-prob "
+                             "under the reference); often negative, since preference tuning lowers both replies' "
+                             "probabilities: read it against rewards_rejected"),
+    "rewards_rejected": (False, "implicit reward of the rejected replies; it should fall below rewards_chosen"),
+    "logps_chosen": (None, "mean log-probability of the chosen replies under the model"),
+    "logps_rejected": (None, "mean log-probability of the rejected replies under the model"),
+    "accuracy_strict": (True, "share of prompts whose greedy answer is exactly right (normalised exact match)"),
+    "accuracy_lenient": (True, "share of prompts whose greedy answer contains the right answer; format rewards "
+                               "can inflate it, so read it beside the strict one"),
+    "reward": (True, "mean reward of the sampled completions (the weighted sum of the reward functions)"),
+    "completion_length": (None, "mean completion length in tokens"),
+    "exact_match": (True, "share of generated replies equal to the reference (normalised)"),
+    "chrf": (True, "character n-gram F-score of the generated replies against the references (sacrebleu)"),
+}
+LOWER_IS_BETTER_WORDS = ("loss", "perplexity", "bits_per_byte")
+WELL_KNOWN = ("loss", "perplexity")  # shown without a note
+
+
+def notes_for(names) -> list[tuple[str, str]]:
+    """(metric, note) for the shown metrics that need explaining, in the order given."""
+    return [(n, metric_note(n)) for n in names if metric_note(n) and n not in WELL_KNOWN]
+
+
+def higher_is_better(name: str) -> Optional[bool]:
+    """Which way a metric is better (METRIC_NOTES; otherwise by its name): True, False, or None for neither."""
+    if name in METRIC_NOTES:
+        return METRIC_NOTES[name][0]
+    return not any(word in name for word in LOWER_IS_BETTER_WORDS)
+
+
+def metric_note(name: str) -> str:
+    """One line on what a metric means, or '' when it needs none."""
+    return METRIC_NOTES.get(name, (None, ""))[1]
+
+
 def shown(names, present) -> list[str]:
     """The names of `names` found in `present` (a dict or several), then the pass@k keys present."""
     dicts = present if isinstance(present, (list, tuple)) else [present]

@@ -117,16 +117,22 @@ def _print_interrupted(e: BaseException) -> None:
 
 
 def _print_metrics(metrics: dict) -> None:
-    from ..metrics import TABLE_METRICS, shown
+    from ..metrics import TABLE_METRICS, notes_for, shown
     table = Table(title="metrics")
     table.add_column("metric")
     splits = [s for s in ("before", "eval", "test") if metrics.get(s)]
     for s in splits:
         table.add_column(s, justify="right")
-    for k in shown(TABLE_METRICS, [metrics[s] for s in splits]):
-        if any(k in metrics[s] for s in splits):
-            table.add_row(k, *[f"{metrics[s][k]:.4f}" if isinstance(metrics[s].get(k), float) else "-" for s in splits])
+    names = [k for k in shown(TABLE_METRICS, [metrics[s] for s in splits]) if any(k in metrics[s] for s in splits)]
+    for k in names:
+        table.add_row(k, *[f"{metrics[s][k]:.4f}" if isinstance(metrics[s].get(k), float) else "-" for s in splits])
     Console().print(table)
+    bs = metrics.get("before_sample")
+    if bs and metrics.get("before"):
+        console.print(f"  before: a seeded sample of {bs['items']:,} of the {bs['of']:,} eval items "
+                      "(train.before_eval_max_samples)", markup=False, highlight=False, soft_wrap=True)
+    for k, note in notes_for(names):  # what the less common metrics mean, under the table
+        console.print(f"  {k}: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

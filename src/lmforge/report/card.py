@@ -8,6 +8,7 @@ from typing import Optional
 import yaml
 
 from ..data.pipeline import sources_of
+from ..metrics import notes_for
 from ..models.zoo import MODELS
 from ..runtime import looks_like_path
 from ..tasks import get_task
@@ -140,9 +141,15 @@ def _results_lines(metrics: dict) -> list[str]:
         keys += [k for k, v in metrics[s].items() if _scalar(v) and k != "n_examples" and k not in keys]
     lines += ["| metric | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
     lines += [f"| {k} | " + " | ".join(_fmt(metrics[s].get(k, "-")) for s in splits) + " |" for k in keys]
+    notes = notes_for(keys)
+    if notes:
+        lines += [""] + [f"- `{k}`: {n}" for k, n in notes]
     sizes = ", ".join(f"{s} {metrics[s]['n_examples']}" for s in splits if "n_examples" in metrics[s])
-    return lines + ["", "`before` is the model before fine-tuning, measured on the eval data."
-                    + (f" Examples per split: {sizes}." if sizes else "")]
+    bs = metrics.get("before_sample") or {}
+    before = (f"`before` is the model before fine-tuning, measured on a seeded sample of {bs.get('items')} of "
+              f"the {bs.get('of')} eval items (train.before_eval_max_samples)." if bs else
+              "`before` is the model before fine-tuning, measured on the eval data.")
+    return lines + ["", before + (f" Examples per split: {sizes}." if sizes else "")]
 
 
 def _limitation_lines(summary: dict) -> list[str]:

@@ -14,6 +14,7 @@ import yaml
 
 from ..config import build_config
 from ..fs import write_text
+from ..metrics import higher_is_better, notes_for
 from ..tasks import TASKS, get_task
 from ..use.classify import classify
 from .plots import (
@@ -39,7 +40,7 @@ main{max-width:1100px;margin:0 auto;padding:24px}
 h1{margin:0 0 4px 0;font-size:26px} h2{font-size:19px;margin:0 0 12px 0;border-bottom:1px solid #e2e5ea;padding-bottom:6px}
 .sub{color:#5a6572;margin-bottom:18px}
 section{background:#fff;border:1px solid #e2e5ea;border-radius:8px;padding:16px 20px;margin:16px 0}
-table{border-collapse:collapse;font-size:14px;margin:6px 0;max-width:100%;table-layout:auto} th,td{border-bottom:1px solid #eceef1;padding:4px 10px;text-align:left;overflow-wrap:anywhere;word-break:break-word}
+table{border-collapse:collapse;font-size:14px;margin:6px 0;max-width:100%;table-layout:auto} th,td{border-bottom:1px solid #eceef1;padding:4px 10px;text-align:left;overflow-wrap:break-word}
 th{background:#f2f4f7} td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f2f4f7;padding:10px;border-radius:6px;overflow:auto;font-size:13px;max-height:420px}
 img{max-width:100%;height:auto} .row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
@@ -120,8 +121,10 @@ def _sec_overview(run: dict) -> str:
 
 
 def _sec_config(run: dict) -> str:
-    return _section("config", "Config", f"<p class='muted'>config.yaml, every default filled in:</p>"
-                                        f"<pre>{_e(run['cfg_text'] or '(no config.yaml)')}</pre>")
+    """Collapsed: the resolved config is for looking something up, not for the first screen."""
+    return _section("config", "Config", "<details><summary class='muted'>config.yaml, every default filled in "
+                                        "(click to show)</summary>"
+                                        f"<pre>{_e(run['cfg_text'] or '(no config.yaml)')}</pre></details>")
 
 
 def _sec_data(run: dict) -> str:
@@ -178,21 +181,34 @@ def _sec_metrics(run: dict) -> str:
     keys = []
     for s in splits:
         keys += [k for k, v in met[s].items() if _scalar(v) and k not in keys]
-    header = ["metric"] + [{"before": "before training", "eval": "eval (after)", "test": "test"}[s] for s in splits]
+    bs = met.get("before_sample") or {}
+    of = bs.get("of")
+    header = ["metric"] + [{"before": f"before training (sample: {bs.get('items', 0):,} of {of:,})" if of
+                            else "before training",
+                            "eval": "eval (after)", "test": "test"}[s] for s in splits]
     has_delta = "before" in splits and "eval" in splits
+    # a capped before-training evaluation is compared with the final model on the same sample
+    after = met["after_on_sample"] if of and met.get("after_on_sample") else met.get("eval", {})
     if has_delta:
-        header.append("change (eval - before)")
+        header.append("change (after - before, on the same sample)" if after is not met.get("eval") else
+                      "change (eval - before)")
     rows = []
     for k in keys:
         row = [k] + [met[s].get(k, "-") for s in splits]
-        if has_delta and _scalar(met["before"].get(k)) and _scalar(met["eval"].get(k)) and not k.startswith("n_"):
-            d = met["eval"][k] - met["before"][k]
-            better = (d < 0) if k in ("loss", "perplexity", "perplexity_per_word", "bits_per_byte") else (d > 0)
-            row.append(_Raw(f"<span class='{'good' if better else 'bad' if d else ''}'>{d:+.4f}</span>"))
+        if has_delta and _scalar(met["before"].get(k)) and _scalar(after.get(k)) and not k.startswith("n_"):
+            d = after[k] - met["before"][k]
+            up = higher_is_better(k)  # green = better, red = worse; no colour where neither way is better
+            cls = "" if up is None or not d else "good" if (d > 0) == up else "bad"
+            row.append(_Raw(f"<span class='{cls}'>{d:+.4f}</span>"))
         elif has_delta:
             row.append("")
         rows.append(row)
     body = _table(header, rows)
+    notes = notes_for(keys)
+    if notes:
+        body += "<ul class='muted notes'>" + "".join(f"<li><b>{_e(k)}</b>: {_e(n)}</li>" for k, n in notes) + "</ul>"
+    if has_delta:
+        body += "<p class='muted'>change: green is better, red is worse (by each metric's own direction).</p>"
     tr = met.get("train") or {}
     if tr:
         body += "<h3>training</h3>" + _table(["", ""], [(k, v) for k, v in tr.items() if v is not None])
@@ -337,11 +353,12 @@ def write_html_report(run_dir: Path, out: Optional[Path] = None) -> Path:
     """Write runs/<name>/report.html: one page with everything about the run, no external files."""
     run = _load_run(Path(run_dir))
     sections = []
-    builders = [_sec_overview, _sec_config, _sec_data, _sec_metrics, _sec_curves, _sec_perf]
+    # what a reader comes for first (how it went) before what it was run on (data, config, environment)
+    builders = [_sec_overview, _sec_metrics, _sec_curves]
     task = _run_task(run)
     if task is not None and "confusion" in task.report_sections:
         builders.append(_sec_confusion)
-    builders += [_sec_samples, _sec_environment]
+    builders += [_sec_samples, _sec_data, _sec_perf, _sec_config, _sec_environment]
     for build in builders:
         try:
             sections.append(build(run))

@@ -41,6 +41,8 @@ def _loss_figure(rows: list[dict], title: str):
         ax.plot(*zip(*train), "o-" if len(train) < 3 else "-", label="train loss", color="tab:blue")
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss", color="tab:orange")
+        _label_lone_points(ax, evals)
+    _span_run(ax, rows)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -56,6 +58,21 @@ def _loss_figure(rows: list[dict], title: str):
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def _span_run(ax, rows: list[dict]) -> None:
+    """The x axis covers the whole run (step 0 to the last step logged), so a series of one or two points sits
+    where it happened instead of filling an axis of its own (one evaluation at step 113 drawn on 108-118)."""
+    last = max((r["step"] for r in rows if isinstance(r.get("step"), (int, float))), default=0)
+    if last > 0:
+        ax.set_xlim(-0.02 * last, 1.02 * last)
+
+
+def _label_lone_points(ax, pts: list, fmt: str = "{:.4g}") -> None:
+    """A series with a single point gets its value written beside it (a dot alone says little)."""
+    if len(pts) == 1:
+        x, y = pts[0]
+        ax.annotate(fmt.format(y), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
 
 
 def _png(fig) -> str:
@@ -76,6 +93,8 @@ def _eval_metrics_figure(rows: list[dict], names: Sequence[str]):
         pts = [(r["step"], r[f"eval_{n}"]) for r in evals if isinstance(r.get(f"eval_{n}"), (int, float))]
         if pts:
             ax.plot(*zip(*pts), "o-", label=n)
+            _label_lone_points(ax, pts)
+    _span_run(ax, rows)
     ax.set_xlabel("optimizer step")
     ax.set_title("evaluation metrics during training")
     ax.grid(alpha=0.3)
@@ -99,6 +118,7 @@ def _reward_figure(rows: list[dict]):
             ax.plot(*zip(*pts), marker="o" if len(pts) == 1 else None, lw=2 if n == "reward" else 1,
                     ls=":" if n == "frac_reward_zero_std" else "-",
                     label="groups with equal rewards (share)" if n == "frac_reward_zero_std" else n)
+    _span_run(ax, rows)
     ax.set_xlabel("optimizer step")
     ax.set_title("training rewards (sampled completions; the reward is the weighted sum)")
     ax.grid(alpha=0.3)

@@ -37,6 +37,18 @@ class EncodedSplit:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def subset(self, indices: list[int]) -> "EncodedSplit":
+        """The items at `indices`, as a split of its own."""
+        rows = [self.rows[i] for i in indices] if isinstance(self.rows, list) else self.rows.select(indices)
+        return EncodedSplit(rows, [self.lengths[i] for i in indices])
+
+    def sample(self, n: Optional[int], seed: int) -> "EncodedSplit":
+        """A seeded sample of at most n items (in their original order), or the split itself when it is no larger."""
+        if n is None or len(self) <= n:
+            return self
+        import numpy as np
+        return self.subset(sorted(np.random.RandomState(seed).permutation(len(self))[:n].tolist()))
+
     def take(self, indices: list[int]) -> list[dict]:
         if isinstance(self.rows, list):
             return [self.rows[i] for i in indices]
@@ -145,6 +157,9 @@ class Task:
     greater_is_better: bool = False
     endpoint: str = ""
     """The `lmforge serve` endpoint that uses a model of this task."""
+    playground: str = ""
+    """The view of the serve playground page for this task: classify, fill-mask, generate (a prompt continued) or
+    chat (a multi-turn conversation through the model's chat template, over /v1/chat/completions)."""
     data_kind: str = "corpus"
     # options of `lmforge eval` that only some tasks have, passed to their eval_setup as keywords (causal-lm:
     # "stride"); any other task refuses them in one line, in one place (api.evaluate)

@@ -322,7 +322,7 @@ def _reference_pass(model, rows: list[dict], collate, batch_size: int, t: float)
             batch = collate([rows[i] for i in idx])
             batch = to_device(batch, dev)
             values[idx] = sequence_logps(model, batch)[0].double().cpu()
-            if time.perf_counter() - last > 30 and s + batch_size < len(order):
+            if time.perf_counter() - last > 10 and s + batch_size < len(order):  # a line every 10 s
                 last = time.perf_counter()
                 done = s + len(idx)
                 log.info("reference log-probs: %d/%d pairs (%.0f s, about %.0f s left)", done, len(rows),

@@ -31,6 +31,7 @@ import yaml
 from ..config import Permissions, build_config, parse_value, resolve_config
 from ..errors import LmforgeError, did_you_mean
 from ..fs import check_output_dir, read_json, write_json, write_text
+from ..metrics import higher_is_better
 from ..runtime import quiet_libraries
 from ..train.run import train
 from ..train.runfolder import default_run_name
@@ -38,7 +39,6 @@ from ..train.runfolder import default_run_name
 log = logging.getLogger("lmforge")
 
 KINDS = ("loguniform", "uniform", "int", "choice")
-LOWER_IS_BETTER = ("loss", "perplexity", "perplexity_per_word", "bits_per_byte")
 
 
 @dataclass
@@ -123,7 +123,7 @@ def parse_metric(metric: str, direction: Optional[str]) -> tuple[str, str, str]:
     if split not in ("eval", "test"):
         raise LmforgeError(f"--metric {metric}: the split must be eval or test", "e.g. --metric eval.accuracy")
     if direction is None:
-        direction = "minimize" if name in LOWER_IS_BETTER else "maximize"
+        direction = "minimize" if higher_is_better(name) is False else "maximize"
     if direction not in ("minimize", "maximize"):
         raise LmforgeError(f"--direction must be minimize or maximize, got '{direction}'")
     return split, name, direction

@@ -163,9 +163,19 @@ def train_and_evaluate(trainer: Trainer, parts: TaskParts, metrics: dict, tracke
                        on_first_step=None) -> FitResult:
     """Evaluate before training (unless a resumed run did), fit, then evaluate the final model on eval and test."""
     has_eval = parts.eval is not None and len(parts.eval) > 0
+    # the before-training evaluation is capped (a seeded sample; the same one after a resume), and the final model
+    # is scored on that sample too, so "before" and "after" are measured on the same items
+    sample = parts.eval.sample(trainer.tc.before_eval_max_samples, trainer.tc.seed) if has_eval else None
+    sampled = has_eval and len(sample) < len(parts.eval)
     with TrainProgress(enabled=progress) as bar:
         if has_eval and "before" not in metrics:
-            metrics["before"] = trainer.evaluate(bar, desc="eval (before training)")
+            if sampled:
+                log.info("before training: evaluating a sample of %s of the %s eval items "
+                         "(train.before_eval_max_samples; null evaluates them all)", f"{len(sample):,}",
+                         f"{len(parts.eval):,}")
+            metrics["before"] = trainer.evaluate(bar, sample, desc="eval (before training)")
+            if sampled:
+                metrics["before_sample"] = {"items": len(sample), "of": len(parts.eval)}
             log.info("before training: %s", short_metrics(metrics["before"]))
             if trainer.best_metric_name not in metrics["before"]:  # said before step 1, not at the first evaluation
                 names = ", ".join(k for k, v in metrics["before"].items() if isinstance(v, (int, float)))
@@ -180,6 +190,8 @@ def train_and_evaluate(trainer: Trainer, parts: TaskParts, metrics: dict, tracke
         result = trainer.fit(bar)
         if has_eval:
             metrics["eval"] = trainer.evaluate(bar, desc="eval (final model)")
+            if sampled and "before_sample" in metrics:
+                metrics["after_on_sample"] = trainer.evaluate(bar, sample, desc="eval (final model, before's sample)")
         if parts.test is not None and len(parts.test):
             metrics["test"] = trainer.evaluate(bar, parts.test, desc="test")
     for split in ("eval", "test"):

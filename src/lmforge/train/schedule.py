@@ -10,6 +10,7 @@ from transformers.optimization import Adafactor, get_scheduler
 
 from ..config import TrainConfig
 from ..errors import LmforgeError
+from ..metrics import higher_is_better
 
 
 def param_groups(model: torch.nn.Module, tc: TrainConfig, new_params: set[str],
@@ -103,9 +104,6 @@ def is_plateau(scheduler) -> bool:
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
-LOWER_IS_BETTER = ("loss", "perplexity", "bits_per_byte")
-
-
 def metric_direction(tc: TrainConfig, task_metric: str, task_greater_is_better: bool) -> tuple[str, bool]:
     """(metric that picks the best checkpoint, whether higher is better): train.metric_for_best_model and
     train.greater_is_better, else the task's metric and direction; a metric named like a loss is lower-better."""
@@ -114,4 +112,4 @@ def metric_direction(tc: TrainConfig, task_metric: str, task_greater_is_better: 
         return name, tc.greater_is_better
     if name == task_metric:
         return name, task_greater_is_better
-    return name, not any(word in name for word in LOWER_IS_BETTER)
+    return name, higher_is_better(name) is not False
