@@ -49,12 +49,17 @@ STARTERS: dict[str, dict] = {
     "grpo": {
         "model": "smollm2-135m", "data": "arithmetic",
         "about": "online RL with verifiable rewards (GRPO): sample answers to prompts, reward the right ones",
-        "keys": {"data": ["prompt_column"], "grpo": ["rewards", "reward_weights", "answer_column", "num_generations",
-                                                     "max_completion_length", "temperature", "loss_type", "beta"]},
+        "keys": {"data": ["prompt_column", "block_size"], "grpo": ["rewards", "reward_weights", "format_pattern", "answer_column",
+                                                     "num_generations", "max_completion_length", "temperature",
+                                                     "loss_type", "beta"]},
+        # exact_match alone gives smollm2-135m no signal on arithmetic (every group scores 0 and the preflight
+        # stops the run); the lenient and format rewards give partial credit, as examples/grpo-smollm2-arithmetic.yaml
         "values": {"data": {"block_size": 128, "max_eval_samples": 50},
-                   "grpo": {"num_generations": 8, "max_completion_length": 16, "rewards": ["exact_match"]},
-                   "train": {"per_device_train_batch_size": 4, "learning_rate": 5e-6, "max_steps": 30,
-                             "eval_steps": 10}}},
+                   "grpo": {"num_generations": 8, "max_completion_length": 16, "temperature": 0.8,
+                            "rewards": ["exact_match", "contains", "format"], "reward_weights": [1.0, 0.5, 0.5],
+                            "format_pattern": r"^\s*-?\d+\s*\.?\s*$"},
+                   "train": {"per_device_train_batch_size": 4, "learning_rate": 1e-5, "max_steps": 30,
+                             "eval_strategy": "steps", "eval_steps": 15, "logging_steps": 5}}},
 }
 
 # the default train.metric_for_best_model of each task, and whether greater is better

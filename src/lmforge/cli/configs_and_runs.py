@@ -33,7 +33,9 @@ def init(task: str = typer.Argument(..., help="classification, causal-lm, masked
         raise LmforgeError(f"{output} exists", "choose another --output, or add --force to replace it")
     check_output_file(output, "--output")
     write_text(output, text)
-    print(f"wrote {output}: task {task}; next: lmforge doctor {output}, then lmforge train {output}")
+    took = next((x for x in text.splitlines()[:3] if x.startswith("# As written it trained in")), None)
+    print(f"wrote {output}: task {task}; next: lmforge doctor {output}, then lmforge train {output}" +
+          (f"\n{took[2:]}" if took else ""))
 
 
 config_app = typer.Typer(no_args_is_help=False, help="Config keys: `lmforge config keys [SECTION]`.")

@@ -25,7 +25,7 @@ COMMON = {
               "eval_steps", "save_strategy", "logging_steps", "seed"],
     "output": ["output_dir", "overwrite"],
 }
-SECTION_ORDER = ("model", "data", "dpo", "train", "output")
+SECTION_ORDER = ("model", "data", "dpo", "grpo", "train", "output")
 
 
 def _section_class(name: str) -> type[BaseModel]:
@@ -101,11 +101,15 @@ def starter_config(task: str, model: Optional[str] = None, data: Optional[str] =
     what = st["about"]
     path = config_path or f"my-{task}.yaml"
     lines = [f"# lmforge starter config: task {task} — {what}." +
-             ("" if config_path else f" Save it as {path} (lmforge init {task} -o {path}).") ,
-             f"#   lmforge doctor {path}     # check data, tokenizer, memory and time before training",
-             f"#   lmforge train {path}",
-             "# Every key: `lmforge config keys [SECTION]`. Keys not written here keep their defaults.",
-             f"task: {task}"]
+             ("" if config_path else f" Save it as {path} (lmforge init {task} -o {path}).")]
+    took = st.get("minutes")
+    if took and not model and not data:  # measured with the built-in model and data only
+        lines.append(f"# As written it trained in {took} min on 2 CPU cores (measured: docs/results.md); "
+                     "`lmforge doctor` times a step on this machine.")
+    lines += [f"#   lmforge doctor {path}     # check data, tokenizer, memory and time before training",
+              f"#   lmforge train {path}",
+              "# Every key: `lmforge config keys [SECTION]`. Keys not written here keep their defaults.",
+              f"task: {task}"]
     for sec in SECTION_ORDER:
         keys = COMMON.get(sec, []) + st.get("keys", {}).get(sec, [])
         if not keys:
