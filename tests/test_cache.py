@@ -73,3 +73,26 @@ def test_processes_of_one_run_train_its_tokenizer_once(tmp_path):
     results = [line.split() for line in _run_together(tmp_path, TOKENIZER_SCRIPT, 2)]
     assert len({vocab for vocab, _ in results}) == 1
     assert sorted(int(misses) for _, misses in results) == [0, 1]  # one trained, the other loaded it
+
+
+def test_a_cache_build_says_so_and_how_long_it_took(tmp_path, monkeypatch, caplog):
+    """A build is a phase the user waits through: one line when it starts, one with its time when it took a
+    while; a reuse says nothing."""
+    import logging
+    import time as _time
+
+    from lmforge import fs
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path))
+    monkeypatch.setattr(fs, "CACHE_NOTE_S", 0.05)
+    with caplog.at_level(logging.INFO, logger="lmforge"):
+        with fs.cache_slot("data", "entry", lambda p: p.exists()) as slot:
+            assert not slot.hit
+            _time.sleep(0.1)
+            slot.partial.write_text("x")
+            slot.publish()
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines[0].startswith("data cache: building an entry") and lines[1].startswith("data cache: built in")
+        caplog.clear()
+        with fs.cache_slot("data", "entry", lambda p: p.exists()) as slot:
+            assert slot.hit
+        assert not caplog.records

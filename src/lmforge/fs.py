@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import platform
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
@@ -265,6 +267,9 @@ def cache_stats(cache: str) -> dict:
     return CACHE_STATS.setdefault(cache, {"hits": 0, "misses": 0})
 
 
+CACHE_NOTE_S = 5.0  # cache builds that take at least this long are logged with their time
+
+
 @dataclass
 class CacheSlot:
     """One entry of an on-disk cache, held under its lock: `hit` says whether `path` may be loaded as it is;
@@ -315,7 +320,16 @@ def cache_slot(cache: str, name: str, ready: Callable[[Path], bool]) -> Iterator
     with locked(root / f".lock-{name}"):
         hit = reuse_cache() and ready(path)
         cache_stats(cache)["hits" if hit else "misses"] += 1
-        yield CacheSlot(cache, path, hit)
+        slot = CacheSlot(cache, path, hit)
+        t0 = time.perf_counter()
+        if not hit:
+            logging.getLogger("lmforge").info("%s cache: building an entry (first run with this data and these "
+                                              "settings; later runs reuse it)", cache)
+        yield slot
+        took = time.perf_counter() - t0
+        # a build is a phase a user waits through: say what it was and how long it took (once it takes a while)
+        if not slot.hit and took >= CACHE_NOTE_S:
+            logging.getLogger("lmforge").info("%s cache: built in %.0f s", cache, took)
 
 
 @contextlib.contextmanager

@@ -286,12 +286,16 @@ def export(model: str, fmt: str = "safetensors", output: Optional[str] = None, d
     started = time.perf_counter()
     report = {"format": fmt, "precision": precision, "source": str(model_dir), "task": task.name,
               "run_status": run_status}
+    log.info("export: writing %s (%s)%s", fmt, precision,
+             " — the ONNX exporter traces the whole model, a few minutes for a 100M+ model" if fmt == "onnx" else "")
     try:
         atomic_dir(out, lambda tmp: report.update(_write(fmt, precision, trained, tokenizer, model_dir, tmp, pre)))
     except OSError as e:  # a read-only or full disk: one line, nothing half-written left (atomic_dir)
         raise LmforgeError(f"cannot write the export to {out}: {e.strerror or e}",
                            "choose a writable -o with room for the model") from None
     report["export_s"] = round(time.perf_counter() - started, 2)
+    log.info("export: written in %.1f s; reading it back with an independent reader to compare with the trained "
+             "model", report["export_s"])
     reloaded, own_tokenizer = _reload(fmt, out, report, task, trained)
     texts = probe_texts(model_dir)
     causal = type(trained).__name__.endswith(onnx_export.CAUSAL_HEADS)
