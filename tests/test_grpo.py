@@ -382,3 +382,40 @@ def test_two_processes_draw_and_learn_what_one_does(toy, tiny_llama, tmp_path):
     from safetensors.torch import load_file
     wa, wb = load_file(str(one / "model" / "model.safetensors")), load_file(str(run2 / "model" / "model.safetensors"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+TRL_STYLE = """
+SEEN = []
+
+def with_state(prompts, completions, completion_ids, trainer_state, log_metric, log_extra, answer, **kw):
+    # TRL 1.16's full call: the step, a scalar of its own, an extra column
+    SEEN.append(trainer_state.global_step)
+    log_metric("yes_share", sum("y" in c for c in completions) / len(completions))
+    log_extra("note", ["x"] * len(completions))
+    return [float(trainer_state.max_steps == 4)] * len(completions)
+
+def plain(prompts, completions, completion_ids, answer):
+    # no **kwargs: TRL's extra keywords are not forced on it
+    return [float(len(c) % 2) for c in completions]
+"""
+
+
+def test_trl_reward_keywords_state_metric_and_extra(toy, tiny_llama, tmp_path):
+    _reward_module(tmp_path, "trl_style", TRL_STYLE)
+    cfg = _config(toy, tiny_llama, tmp_path / "run", grpo={"rewards": ["trl_style:with_state", "trl_style:plain",
+                                                                       "toy_rewards:say_yes"], "preflight_prompts": 0},
+                  train={"max_steps": 4, "logging_steps": 2, "eval_strategy": "no"})
+    res = api.train(cfg, progress=False)
+    import trl_style
+    # trainer_state.global_step: the optimizer steps done before the rollout (evaluations before and after too)
+    assert trl_style.SEEN == sorted(trl_style.SEEN) and set(trl_style.SEEN) == {0, 1, 2, 3}
+    log = [json.loads(x) for x in (res.run_dir / "log.jsonl").read_text().splitlines()]
+    train = [r for r in log if "loss" in r]
+    assert len(train) == 2 and all(0.0 <= r["yes_share"] <= 1.0 for r in train)
+    assert all(r["reward_trl_style:with_state"] == 1.0 for r in train)  # it saw max_steps 4
+    _reward_module(tmp_path, "clash", "def f(completions, log_metric, **kw):\n    log_metric('loss', 1.0)\n"
+                                      "    return [0.0] * len(completions)\n")
+    with pytest.raises(LmforgeError, match="log_metric\\('loss'"):
+        api.train(_config(toy, tiny_llama, tmp_path / "run2", grpo={"rewards": ["clash:f", "toy_rewards:say_yes"],
+                                                                    "preflight_prompts": 0},
+                          train={"max_steps": 1, "eval_strategy": "no"}), progress=False)

@@ -27,6 +27,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
@@ -104,6 +105,11 @@ def as_completion(text: str, prompt):
 
 
 # ----------------------------------------------------------------------------------- statistics
+# keys of log.jsonl that a reward function's log_metric may not take (besides reward*)
+RESERVED_LOG_KEYS = ("loss", "lr", "grad_norm", "step", "epoch", "frac_reward_zero_std", "completion_length",
+                     "truncated", "generation_s", "training_s", "clip_ratio", "kl", "entropy", "tokens_per_s", "mfu")
+
+
 class GrpoStats:
     """The logging window: sums with their own counts ("x", "x/n") and maxima ("max:x"); drained to means.
     Its dict is saved with checkpoints (a resumed run logs the same numbers)."""
@@ -160,6 +166,9 @@ class Rollouts:
     reference: object = None  # None (beta 0), "adapter" (LoRA switched off) or a frozen copy
     share_training: bool = True  # the training forward runs each prompt once per group (not with gradient checkpointing)
     buffer: dict = field(default_factory=dict)  # batch index -> batch, reused by num_iterations > 1
+    step: int = 0  # optimizer steps done (the reward functions' trainer_state.global_step)
+    epoch: int = 0
+    training: bool = False  # inside a training rollout: log_metric values go to the logging window
 
     @property
     def g(self):
@@ -173,12 +182,28 @@ class Rollouts:
     def seeds(self, rows: list[dict], n: int, *salt: int) -> list[int]:
         return [mix_seed(self.cfg.train.seed, *salt, r["index"], j) for r in rows for j in range(n)]
 
+    def extras(self) -> dict:
+        """TRL's extra keywords for reward functions: trainer_state, log_metric, log_extra."""
+        max_steps = self.cfg.train.max_steps if self.cfg.train.max_steps and self.cfg.train.max_steps > 0 else None
+        state = SimpleNamespace(global_step=self.step, epoch=float(self.epoch), max_steps=max_steps)
+
+        def log_metric(name: str, value: float) -> None:
+            if not isinstance(name, str) or not name or name in RESERVED_LOG_KEYS or name.startswith("reward"):
+                raise LmforgeError(f"a reward function called log_metric({name!r}, ...): that name is not a string "
+                                   "lmforge leaves free (it logs loss, lr, reward* and the rollout statistics itself)",
+                                   "choose another name")
+            if self.training:  # an evaluation's calls are not training statistics
+                self.stats.add({name: (float(value), 1)})
+
+        return {"trainer_state": state, "log_metric": log_metric, "log_extra": lambda column, values: None}
+
     def score(self, model, rows: list[dict], n: int, params: RolloutParams, seeds: list[int]) -> Scored:
         comp = self.sampler.sample(model, [r["prompt_ids"] for r in rows], n, params, seeds)
         texts = self.tokenizer.batch_decode(comp.ids, skip_special_tokens=True)
         prompts = [r["prompt"] for r in rows for _ in range(n)]
         per_func = reward_fns.score(self.rewards, prompts, [as_completion(t, p) for t, p in zip(texts, prompts)],
-                                    comp.ids, columns_of(rows, n), [r["index"] + 1 for r in rows for _ in range(n)])
+                                    comp.ids, columns_of(rows, n), [r["index"] + 1 for r in rows for _ in range(n)],
+                                    self.extras())
         total = reward_fns.combine(per_func, self.rewards)
         batch_std = global_std(total) if self.g.scale_rewards == "batch" else None
         adv = grpo_loss.advantages(total, n, self.g.scale_rewards, self.g.advantage, batch_std)
@@ -187,9 +212,14 @@ class Rollouts:
     def __call__(self, model, batch: dict, info: RolloutInfo) -> dict:
         if info.repeat > 0 and info.batch_index in self.buffer:
             return self.buffer[info.batch_index]
+        self.step, self.epoch = info.step, info.epoch
         g = self.g
-        s = self.score(model, batch["rows"], g.num_generations, self.params(), self.seeds(batch["rows"],
-                       g.num_generations, info.epoch))
+        self.training = True
+        try:
+            s = self.score(model, batch["rows"], g.num_generations, self.params(), self.seeds(batch["rows"],
+                           g.num_generations, info.epoch))
+        finally:
+            self.training = False
         out = self.loss_batch(model, s)
         self.log(s)
         if g.num_iterations > 1:

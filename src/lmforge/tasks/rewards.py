@@ -10,7 +10,10 @@ A function is called the way TRL's GRPOTrainer calls one, so TRL reward function
         -> list of floats, one per completion, or None where the function does not apply
 
 `prompts` and `completions` are texts when the data's prompts are texts, and message lists
-(`[{"role": "assistant", "content": ...}]`) when they are conversations, as in TRL.
+(`[{"role": "assistant", "content": ...}]`) when they are conversations, as in TRL. TRL's three extra keywords
+come too, to a function that takes them (by name or through **kwargs): `trainer_state` (`.global_step`, `.epoch`,
+`.max_steps`), `log_metric(name, value)` (averaged over each logging window into log.jsonl under `name`) and
+`log_extra(column, values)` (accepted; lmforge keeps no completions table, so the values are not shown).
 
 A function that raises, returns a list of the wrong length, a value that is not a number, or NaN / inf
 stops the run with one line naming the function and the row: a broken reward is never read as 0. A
@@ -28,6 +31,7 @@ Built-ins (the reference answer is the column `grpo.answer_column`, `answer` by 
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from dataclasses import dataclass
@@ -162,6 +166,21 @@ class Reward:
     name: str
     fn: Callable
     weight: float
+    takes: Optional[frozenset] = None  # the keyword names it declares; None: it takes **kwargs (any keyword)
+
+    def keywords(self, extras: dict) -> dict:
+        """The extra keywords (trainer_state, log_metric, log_extra) this function can take."""
+        return {k: v for k, v in extras.items() if self.takes is None or k in self.takes}
+
+
+def _declared(fn: Callable) -> Optional[frozenset]:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C function: pass it only what TRL's older versions passed
+        return frozenset()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params)
 
 
 def load_rewards(names: Sequence[str], weights: Optional[Sequence[float]], opts: RewardOptions) -> list[Reward]:
@@ -182,21 +201,23 @@ def load_rewards(names: Sequence[str], weights: Optional[Sequence[float]], opts:
             from ..errors import did_you_mean
             raise LmforgeError(f"grpo.rewards: unknown reward '{name}'.{did_you_mean(name, BUILTINS)}",
                                f"built-ins: {', '.join(BUILTINS)}; or your own as module:function")
-        out.append(Reward(name, fn, 1.0 if weights is None else float(weights[i])))
+        out.append(Reward(name, fn, 1.0 if weights is None else float(weights[i]), _declared(fn)))
     if len({r.name for r in out}) != len(out):
         raise LmforgeError("grpo.rewards names a function twice", "list each once (weights go in grpo.reward_weights)")
     return out
 
 
 def score(rewards: list[Reward], prompts: list, completions: list, completion_ids: list[list[int]],
-          columns: dict[str, list], rows: Optional[list[int]] = None) -> torch.Tensor:
+          columns: dict[str, list], rows: Optional[list[int]] = None, extras: Optional[dict] = None) -> torch.Tensor:
     """[completions, functions] float64 rewards, NaN where a function returned None. `rows` names each
-    completion's data row (1-based) for the error messages."""
+    completion's data row (1-based) for the error messages; `extras`: TRL's trainer_state / log_metric /
+    log_extra, passed to the functions that take them."""
     n = len(completions)
     out = torch.full((n, len(rewards)), float("nan"), dtype=torch.float64)
     for j, r in enumerate(rewards):
         try:
-            values = r.fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
+            values = r.fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns,
+                          **r.keywords(extras or {}))
         except LmforgeError:
             raise
         except Exception as e:  # noqa: BLE001 - the user's reward raised: named, one line, never read as 0
