@@ -45,6 +45,15 @@ def reward_functions(length: int):
     return [r.fn for r in rewards.load_rewards(["exact_match", "contains", "format"], WEIGHTS, opts)]
 
 
+def lmforge_order(rows: list[dict], prompts_per_step: int, seed: int) -> list[dict]:
+    """The rows in the order lmforge's run visits them (train.group_by_length false: a seeded permutation, epoch 0),
+    so TRL (shuffle_dataset false) sees the same prompts at every step and the reward curves compare like with
+    like."""
+    from lmforge.data.batching import epoch_batches
+    batches = epoch_batches([1] * len(rows), prompts_per_step, seed, 0, group_by_length=False)
+    return [rows[i] for b in batches for i in b]
+
+
 def gain(values: list[float]) -> float:
     q = max(1, len(values) // 4)
     return sum(values[-q:]) / q - sum(values[:q]) / q
@@ -59,11 +68,11 @@ def run_trl(args, out: dict) -> None:
     path = str(resolve_model_dir("smollm2-135m"))
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
-    train = Dataset.from_list(prompts(args.steps * args.prompts))
+    train = Dataset.from_list(lmforge_order(prompts(args.steps * args.prompts), args.prompts, args.seed))
     cfg = GRPOConfig(output_dir=args.tmp, max_steps=args.steps, per_device_train_batch_size=args.prompts * args.group,
                      num_generations=args.group, max_completion_length=args.length, temperature=args.temperature,
                      learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, loss_type="dapo", beta=0.0,
-                     reward_weights=WEIGHTS, logging_steps=1, save_strategy="no", report_to=[], seed=1, use_cpu=True,
+                     reward_weights=WEIGHTS, logging_steps=1, save_strategy="no", report_to=[], seed=args.seed, use_cpu=True,
                      bf16=False, gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=True,
                      shuffle_dataset=False)
     t0 = time.perf_counter()
@@ -100,7 +109,8 @@ def run_lmforge(args, out: dict, share: bool) -> None:
                     "preflight_prompts": 0},
            "train": {"max_steps": args.steps, "per_device_train_batch_size": args.prompts, "learning_rate": args.lr,
                      "lr_scheduler_type": "constant", "warmup_steps": 0, "logging_steps": 1, "eval_strategy": "no",
-                     "save_strategy": "no", "seed": 1, "report_to": "none"},
+                     "save_strategy": "no", "seed": args.seed, "report_to": "none", "weight_decay": 0.0,
+                     "group_by_length": False},
            "output": {"output_dir": str(d / "run")}}
     t0 = time.perf_counter()
     res = api.train(cfg, progress=False)
@@ -113,8 +123,9 @@ def run_lmforge(args, out: dict, share: bool) -> None:
 
     from lmforge.models.load import resolve_model_dir
     tok = AutoTokenizer.from_pretrained(str(resolve_model_dir("smollm2-135m")))
-    p_len = sum(len(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True))
-                for r in prompts(args.steps * args.prompts)) / (args.steps * args.prompts)
+    p_len = sum(len(tok(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False),
+                        add_special_tokens=False)["input_ids"]) for r in prompts(args.steps * args.prompts)) \
+        / (args.steps * args.prompts)
     completions = args.steps * args.prompts * args.group
     out.update(total_s=setup_s + tr["runtime_s"], train_s=tr["runtime_s"] - tr["eval_s"],
                tokens=completions * (p_len + length), rewards=[r["reward"] for r in steps], completion_length=length,
@@ -146,6 +157,7 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=16, help="max completion tokens")
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--seed", type=int, default=1, help="both trainers' seed (and lmforge's prompt order)")
     ap.add_argument("--variant", default=None)
     ap.add_argument("--variants", default="trl,lmforge,lmforge-noshare")
     args = ap.parse_args()
@@ -154,7 +166,8 @@ def main() -> None:
     results = []
     for v in args.variants.split(","):
         cmd = [sys.executable, __file__, "--variant", v] + [f"--{k}={getattr(args, k)}" for k in
-                                                             ("steps", "prompts", "group", "length", "lr", "temperature")]
+                                                             ("steps", "prompts", "group", "length", "lr", "temperature",
+                                                              "seed")]
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
         if p.returncode or not line:
