@@ -177,3 +177,20 @@ def test_attention_dropout_override_keeps_labels(tiny_bert, toy_csvs, tmp_path):
     c = AutoConfig.from_pretrained(res.run_dir / "model")
     assert c.attention_probs_dropout_prob == 0.0 and c.hidden_dropout_prob == 0.1
     assert c.id2label == {0: "neg", 1: "pos"}
+
+
+def test_eval_without_data_scores_the_rows_the_run_held_out(tiny_bert, tmp_path):
+    """A run with no eval file held 10% of data.train out; `lmforge eval RUN` recomputes those rows (the hold-out is
+    a function of data and seed) and gets the run's own final eval metrics."""
+    from conftest import toy_sentiment_rows, write_csv
+    from lmforge import api
+    train = write_csv(tmp_path / "train.csv", toy_sentiment_rows(120, seed=2))
+    cfg = {"task": "classification", "model": {"name": str(tiny_bert)},
+           "data": {"train": str(train), "validation_split": 0.25},
+           "train": {"max_steps": 4, "per_device_train_batch_size": 16, "learning_rate": 3e-3, "seed": 4,
+                     "save_strategy": "no", "eval_strategy": "no"}, "output": {"output_dir": str(tmp_path / "run")}}
+    res = api.train(cfg, progress=False)
+    got = api.evaluate(res.run_dir, progress=False)
+    final = res.metrics["eval"]
+    assert got["data"] == "held-out" and got["n_examples"] == final["n_examples"] == 30
+    assert got["accuracy"] == final["accuracy"] and got["loss"] == pytest.approx(final["loss"], abs=1e-6)

@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from .catalog import config_keys, datasets, models, runs, starter_config  # noqa: F401 (the light half, re-exported)
 from .config import Config, Permissions, SamplingParams, resolve_config  # noqa: F401 (SamplingParams: public)
+from .data.pipeline import HELD_OUT
 from .errors import LmforgeError
 from .models.load import resolve_model_dir
 from .models.push import push_folder
@@ -39,6 +41,8 @@ from .use import fill_mask as _fill_mask
 from .use import generate as _generate
 from .use import serve as _serve
 from .use.generate_eval import generation_scores
+
+log = logging.getLogger("lmforge")
 
 ConfigLike = Union[str, Path, Config, dict, None]
 
@@ -111,11 +115,14 @@ def evaluate(model: Union[str, Path], data: Optional[str] = None, batch_size: in
     scores a causal LM in sliding windows (every token with up to block - stride tokens of context);
     `generate` adds exact match and chrF of greedy answers to conversations (causal-lm, sft); `task`
     evaluates the model as that task (e.g. a base causal LM as sft, on conversations). Without `data`, a run
-    is evaluated on its own test set (else its eval set)."""
+    is evaluated on its own test set (else its eval set, else the eval rows it held out of its training data:
+    `data="held-out"`, recomputed from the data and the seed)."""
     quiet_libraries()
     model_dir = resolve_model_dir(model)
     task = get_task(task) if task else _task_of(model_dir)
     data = data or _run_eval_data(model_dir, task)
+    if data == HELD_OUT:
+        overrides = _held_out_overrides(model_dir, overrides)
     options = {"stride": stride} if stride is not None else {}
     for name in options:
         if name not in task.eval_options:  # e.g. --stride (sliding windows) is causal-lm's alone
@@ -133,16 +140,31 @@ def evaluate(model: Union[str, Path], data: Optional[str] = None, batch_size: in
 
 
 def _run_eval_data(model_dir: Path, task) -> str:
-    """The test (else eval) set of the run a model folder belongs to; the hint names a built-in set of its task."""
+    """The test (else eval) set of the run a model folder belongs to, else the rows it held out of its training
+    data; the hint names a built-in set of its task."""
     run_cfg = Path(model_dir).parent / "config.yaml"
     if run_cfg.exists():
         cfg = resolve_config(str(run_cfg))
         if cfg.data.test or cfg.data.eval:
             return cfg.data.test or cfg.data.eval
+        if cfg.data.validation_split and cfg.data.train:
+            log.info("no --data: evaluating the rows the run held out of its training data (data.validation_split "
+                     "%g, seed %d; recomputed, the same rows)", cfg.data.validation_split, cfg.train.seed)
+            return HELD_OUT
     builtin = STARTERS.get(task.name, {}).get("data")
-    raise LmforgeError(f"no --data given, and {model_dir} is not from a run with a test or eval set (a held-out "
-                       "split is not kept)", "pass --data FILE" + (f", or a built-in {task.name} set such as "
-                                                                 f"{builtin}:test" if builtin else ""))
+    raise LmforgeError(f"no --data given, and {model_dir} is not from a run with a test or eval set",
+                       "pass --data FILE" + (f", or a built-in {task.name} set such as "
+                                             f"{builtin}:test" if builtin else ""))
+
+
+def _held_out_overrides(model_dir: Path, overrides: Optional[Sequence[str]]) -> list[str]:
+    """The run's own data format is kept to re-read its training data (an evaluation drops it otherwise)."""
+    run_cfg = Path(model_dir).parent / "config.yaml"
+    if not run_cfg.exists():
+        raise LmforgeError("--data held-out needs a run folder (its config.yaml names the data it held rows out of)",
+                           "pass --data FILE")
+    fmt = resolve_config(str(run_cfg)).data.format
+    return list(overrides or []) + (["--data.format", fmt] if fmt else [])
 
 
 def predict(model: Union[str, Path], texts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,

@@ -306,7 +306,18 @@ def refuse_train_cap(cfg, why: str) -> None:
                            "use train.max_steps to train on part of the data, or unset data.max_train_samples")
 
 
+HELD_OUT = "held-out"
+"""`lmforge eval RUN --data held-out`: the eval rows the run held out of data.train (data.validation_split),
+recomputed: the hold-out is a function of the data and the seed, so they are the rows the run evaluated."""
+
+
 def read_eval_rows(source, cfg, kind: DataKind, limit: Optional[int] = None):
-    """The rows of a data key read for `lmforge eval` (one source or a mix), capped only when asked."""
+    """The rows of a data key read for `lmforge eval` (one source or a mix, or HELD_OUT), capped only when asked."""
+    if source == HELD_OUT:
+        rows = read_splits(cfg, kind).eval
+        if rows is None or not len(rows):
+            raise LmforgeError("--data held-out: this run held no eval rows out of data.train",
+                               "pass --data FILE or a built-in dataset")
+        return cap(rows, limit, cfg.train.seed) if limit else rows
     rows = read_sources(source, cfg, kind, "eval", "--data").rows
     return cap(rows, limit, cfg.train.seed) if limit else rows

@@ -205,12 +205,16 @@ def make_samples(tokenizer, prompts: list[str], max_new_tokens: int = 24):
 
 
 # ----------------------------------------------------------------------------------- setup
+# documents, held out as rows only from 10 documents on (fewer: the last blocks are held out instead)
+DOCUMENTS = replace(corpus.KIND, min_rows_to_hold_out=10)
+
+
 def read_documents(cfg: Config, streaming: bool) -> Splits:
     """Train / eval / test documents by the data pipeline's rules (data/pipeline.py). With fewer than 10
     documents (or streaming), eval is None: the last blocks are held out instead (hold_out_last_blocks)."""
     d = cfg.data
     if not streaming:
-        return read_splits(cfg, replace(corpus.KIND, min_rows_to_hold_out=10))
+        return read_splits(cfg, DOCUMENTS)
     if not isinstance(d.train, str):
         raise LmforgeError("data.streaming reads one corpus from its token cache, not a mix of sources",
                            "set data.streaming: false to mix sources in memory, or give one data.train")
@@ -332,6 +336,11 @@ class CausalLM(Task):
             eval_enc = encode_split(eval_docs, tokenizer, block, d.packing, keep_remainder=True)
             eval_split, fp_eval = eval_enc.data, eval_enc.key
         test_split = encode_split(test_docs, tokenizer, block, d.packing, keep_remainder=True).data if test_docs else None
+        if d.max_eval_blocks and len(eval_split) > d.max_eval_blocks:
+            notes.append(f"data.max_eval_blocks: evaluating {d.max_eval_blocks} of the {len(eval_split)} eval blocks "
+                         "(a seeded sample, the same at every evaluation)")
+            eval_split = eval_split.sample(d.max_eval_blocks, cfg.train.seed)
+            fp_eval = f"{fp_eval}:blocks{d.max_eval_blocks}"
         if len(eval_split) == 0:
             raise LmforgeError("the evaluation corpus has no tokens", "give a non-empty data.eval")
         log_encoding(log, cfg, train_split, info, block, hit, len(train_docs))
@@ -397,7 +406,7 @@ class CausalLM(Task):
         `stride`, score it in sliding windows instead (see sliding_windows)."""
         model, tokenizer = self.load_for_use(Path(model_dir))
         base = eval_config(model_dir, overrides, self)
-        docs = eval_rows(read_eval_rows(data, base, corpus.KIND), overrides, base)
+        docs = eval_rows(read_eval_rows(data, base, DOCUMENTS), overrides, base)
         from_run = (Path(model_dir).parent / "config.yaml").exists()
         block = resolve_block_size(base.data.block_size if from_run or overrides else None, model.config)
         packing = base.data.packing if stride is None else "truncate"

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..config import load_config
+from ..data import chat, preference
 from ..data.chat import read_conversations
+from ..data.pipeline import HELD_OUT, read_eval_rows
 from ..data.preference import read_pairs
 from ..errors import LmforgeError
 from ..runtime import inference_device
@@ -19,8 +21,12 @@ from ..tasks.generation import generate_greedy_batched
 from ..tasks.sft import sample_prompts
 
 
-def _conversations(data: str, cfg) -> list[list[dict]]:
+def _conversations(data: str, cfg, task) -> list[list[dict]]:
     """The conversations of `data`; preference pairs count as their prompt and chosen reply."""
+    if data == HELD_OUT:  # the run's own held-out rows: conversations, or pairs for a preference run
+        if task.data_kind == "pairs":
+            return [p.prompt + p.chosen for p in read_eval_rows(data, cfg, preference.KIND)]
+        return read_eval_rows(data, cfg, chat.KIND)
     try:
         return read_conversations(data, cfg, "eval")
     except LmforgeError as e:
@@ -42,7 +48,7 @@ def generation_scores(model_dir: Path, task, data: str, overrides: Optional[Sequ
     cfg = load_config(run_cfg if run_cfg.exists() else None, overrides)
     if not overrides:
         cfg.data.format = None
-    pairs = sample_prompts(eval_rows(_conversations(data, cfg), overrides, cfg), n=10**9)
+    pairs = sample_prompts(eval_rows(_conversations(data, cfg, task), overrides, cfg), n=10**9)
     if not pairs:
         raise LmforgeError(f"{data}: no conversation ends with an assistant answer to compare with",
                            "give conversations whose last turn is the reference answer")
