@@ -531,3 +531,15 @@ def test_compiled_layers_train_like_eager(tiny_llama, tmp_path):
     np.testing.assert_allclose(comp, eager, rtol=2e-4, atol=2e-4)
     assert runs[True].metrics["eval"]["loss"] == pytest.approx(runs[False].metrics["eval"]["loss"], rel=1e-3)
     assert runs[True].metrics["eval"]["loss"] < runs[True].metrics["before"]["loss"]
+
+
+def test_max_eval_blocks_caps_the_evaluation_in_blocks(tiny_gpt2, trained, tmp_path):
+    """data.max_eval_blocks: a seeded sample of blocks, the same at every evaluation (max_eval_samples counts whole
+    documents)."""
+    _, d = trained
+    cfg = lm_config(d / "train.txt", d / "valid.txt", tmp_path / "run", tiny_gpt2, max_steps=2, eval_steps=1)
+    cfg["data"]["max_eval_blocks"] = 3
+    res = api.train(cfg, progress=False)
+    manifest = json.loads((res.run_dir / "manifest.json").read_text())
+    assert manifest["data_summary"]["eval_rows"] == 3
+    assert res.metrics["eval"]["n_tokens"] == res.metrics["before"]["n_tokens"] <= 3 * 31

@@ -82,7 +82,7 @@ DataSource = Optional[Union[str, list[MixSource]]]
 
 class DataConfig(Section):
     RANGES = {"validation_split": Range(0, 1, lo_open=True, hi_open=True), "max_length": AT_LEAST_1,
-              "max_train_samples": AT_LEAST_1, "max_eval_samples": AT_LEAST_1, "num_proc": AT_LEAST_1,
+              "max_train_samples": AT_LEAST_1, "max_eval_samples": AT_LEAST_1, "max_eval_blocks": AT_LEAST_1, "num_proc": AT_LEAST_1,
               "block_size": Range(2), "mlm_probability": Range(0, 1, lo_open=True, hi_open=True),
               "eval_mask_seed": SEED, "streaming_threshold_mb": POSITIVE}
     train: DataSource = None
@@ -109,6 +109,8 @@ class DataConfig(Section):
     """Train on N rows (examples, documents, conversations or pairs) of a seeded shuffle, taken after the hold-out and before encoding."""
     max_eval_samples: Optional[int] = None
     """Evaluate on N rows of a seeded shuffle of the eval rows, before encoding (the same rows in every run with that seed)."""
+    max_eval_blocks: Optional[int] = None
+    """Language models (causal-lm, masked-lm): evaluate on a seeded sample of at most N blocks of the encoded eval split, the same blocks at every evaluation (a row of a corpus is a whole document, often too coarse to cap)."""
     num_proc: Optional[int] = None
     """Processes for tokenization (default: all cores for large data, 1 for small)."""
     block_size: Optional[int] = None

@@ -333,6 +333,9 @@ def encode_splits(cfg: Config, docs, tokenizer, model, block_size: int) -> Maske
     spec = masking.MaskSpec.of(tokenizer, d.mlm_probability, d.masking == "whole-word",
                                vocab_size=model.get_input_embeddings().num_embeddings)
     eval_split = fixed_masked_split(eval_ds, spec, d.eval_mask_seed, tokenizer.pad_token_id)
+    if d.max_eval_blocks:  # the masks are fixed per block, so a sample keeps each block's own masks
+        eval_split = eval_split.sample(d.max_eval_blocks, cfg.train.seed)
+        fp_eval = f"{fp_eval}:blocks{d.max_eval_blocks}"
     test_split = None
     if test_docs is not None:
         test_ds = encode_cached(test_docs, tokenizer, block_size, d.remainder).data
