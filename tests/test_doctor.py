@@ -113,6 +113,15 @@ def test_good_config_reports_lengths_example_memory_and_time(tmp_path, tiny_bert
     assert report.facts["total_steps"] == 20  # 80 rows / 8 = 10 steps x 2 epochs
     assert 0 < report.facts["seconds_per_step"] < 30
     assert "s per step (median)" in out
+    # evaluation is timed too: 20 eval rows before training, after each of 2 epochs and at the end = 80 items
+    from lmforge.tools.doctor.prepared import eval_items_planned
+    from lmforge.config import build_config
+    tc = build_config({"train": {"eval_strategy": "epoch"}}).train
+    assert eval_items_planned(tc, 20, 10, 20, 0) == 80
+    assert "for the 80 items the run evaluates" in out and "whole run: about" in out
+    assert report.facts["run_seconds_estimate"] > report.facts["seconds_per_step"] * 20
+    tc = build_config({"train": {"eval_strategy": "steps", "eval_steps": 5, "before_eval_max_samples": 8}}).train
+    assert eval_items_planned(tc, 20, 10, 20, 30) == 8 + 4 * 20 + 20 + 8 + 30  # capped before, its sample after
 
 
 def test_previous_crash_and_cut_off_checkpoint_are_reported(tmp_path, tiny_bert):

@@ -192,14 +192,30 @@ def _memory_and_time(out: Out, cfg: Config, parts: TaskParts, probe: bool, repor
     out.info(f"{total:,} optimizer steps ({steps_per_epoch:,} per epoch, effective batch {plan.effective_batch})")
     report.facts["total_steps"] = total
     if probe and est.fits is not False:
-        _probe(out, trainer, total, report)
+        _probe(out, trainer, total, report, plan.steps_per_epoch, tc)
 
 
 LONG_RUN_S = 3600  # a run estimated longer than this is warned about
 
 
-def _probe(out: Out, trainer: Trainer, total: int, report: DoctorReport) -> None:
-    """Three real training steps: the median time per step, and the machine's load that may inflate it."""
+def eval_items_planned(tc, total: int, steps_per_epoch: int, n_eval: int, n_test: int) -> int:
+    """How many eval items a run scores in all: before training (capped), each evaluation during it, the final
+    model (and again on the before-training sample when that was capped), and the test split."""
+    if not n_eval:
+        return n_test
+    if tc.eval_strategy == "steps" and tc.eval_steps:
+        during = total // tc.eval_steps
+    elif tc.eval_strategy == "epoch":
+        during = max(1, -(-total // max(1, steps_per_epoch)))
+    else:
+        during = 0
+    before = min(n_eval, tc.before_eval_max_samples or n_eval)
+    return before + during * n_eval + n_eval + (before if before < n_eval else 0) + n_test
+
+
+def _probe(out: Out, trainer: Trainer, total: int, report: DoctorReport, steps_per_epoch: int, tc) -> None:
+    """Three real training steps and a timed evaluation batch: the time of the whole run, and the machine's load
+    that may inflate it."""
     device = trainer.accelerator.device
     start = time.perf_counter()
     try:
@@ -212,7 +228,26 @@ def _probe(out: Out, trainer: Trainer, total: int, report: DoctorReport) -> None
     report.facts["seconds_per_step"] = per_step
     report.facts["probe_peak_mem_mb"] = peak_memory_mb(device)
     out.info(f"probe: 3 steps, {per_step:.3f} s per step (median) -> about {_duration(per_step * total)} for "
-             f"{total:,} steps, without evaluation; peak memory {peak_memory_mb(device):,.0f} MB")
+             f"{total:,} steps; peak memory {peak_memory_mb(device):,.0f} MB")
+    parts = trainer.parts  # tc: the run's own train section (the probe's turns evaluation off)
+    n_eval = len(parts.eval) if parts.eval is not None else 0
+    n_test = len(parts.test) if parts.test is not None else 0
+    items = eval_items_planned(tc, total, steps_per_epoch, n_eval, n_test)
+    if items:
+        sample = (parts.eval if n_eval else parts.test).sample(2 * tc.per_device_eval_batch_size, tc.seed)
+        t0 = time.perf_counter()
+        try:
+            trainer.evaluate(split=sample, desc="probe")
+        except LmforgeError as e:
+            out.problem(f"the evaluation probe failed: {err(e)}")
+            return
+        per_item = (time.perf_counter() - t0) / max(1, len(sample))
+        eval_s = per_item * items
+        report.facts["eval_seconds_estimate"] = eval_s
+        out.info(f"probe: evaluation {per_item * 1000:,.0f} ms per item -> about {_duration(eval_s)} for the "
+                 f"{items:,} items the run evaluates (before, during and after training, and the test split)")
+        out.info(f"whole run: about {_duration(per_step * total + eval_s)} (plus loading the model and the data)")
+    report.facts["run_seconds_estimate"] = per_step * total + (report.facts.get("eval_seconds_estimate") or 0.0)
     if per_step * total > LONG_RUN_S:
         out.warn(f"this run would take about {_duration(per_step * total)} here ({total:,} steps): lower "
                  "train.max_steps or data.max_train_samples to try it first (a starter from `lmforge init` takes "
