@@ -120,11 +120,14 @@ def task_inputs(tiny_bert, tmp_path_factory):
                                           for i in range(40)))
     (d / "pairs.jsonl").write_text("".join(json.dumps({"prompt": f"he saith {i}", "chosen": "you are kind",
                                                        "rejected": "thou art old"}) + "\n" for i in range(40)))
+    (d / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"what is {i} + 1?", "answer": str(i + 1)}) + "\n"
+                                             for i in range(40)))
     return {"classification": (tiny_bert, d / "cls.csv"), "masked-lm": (tiny_bert, d / "corpus.txt"),
-            "causal-lm": (llama, d / "corpus.txt"), "sft": (llama, d / "chat.jsonl"), "dpo": (llama, d / "pairs.jsonl")}
+            "causal-lm": (llama, d / "corpus.txt"), "sft": (llama, d / "chat.jsonl"), "dpo": (llama, d / "pairs.jsonl"),
+            "grpo": (llama, d / "prompts.jsonl")}
 
 
-@pytest.mark.parametrize("task", ["classification", "causal-lm", "masked-lm", "sft", "dpo"])
+@pytest.mark.parametrize("task", ["classification", "causal-lm", "masked-lm", "sft", "dpo", "grpo"])
 def test_init_writes_a_config_that_trains_as_written(task, task_inputs, tmp_path, capsys):
     model, data = task_inputs[task]
     cfg = tmp_path / "config.yaml"
@@ -136,7 +139,9 @@ def test_init_writes_a_config_that_trains_as_written(task, task_inputs, tmp_path
     # as written, but short: two steps into a folder of this test
     argv = ["train", str(cfg), "--no-progress", "--train.max_steps", "2", "--train.eval_strategy", "no",
             "--train.save_strategy", "no", "--output.output_dir", str(tmp_path / "run")]
-    code = main(argv + (["--data.block_size", "64"] if task != "classification" else []))
+    # (grpo: a random tiny model has no reward signal for the preflight to find; the preflight has its own tests)
+    code = main(argv + (["--data.block_size", "64"] if task != "classification" else []) +
+                (["--grpo.preflight_prompts", "0", "--grpo.num_generations", "2"] if task == "grpo" else []))
     out = capsys.readouterr()
     assert code == 0, out.err[-2000:]
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "finished"
@@ -249,3 +254,58 @@ def test_the_python_api_prints_no_library_progress_bars(tiny_cls_run, capfd):
     api.predict(tiny_cls_run, ["great tasty"], progress=False)
     err = capfd.readouterr().err
     assert "Loading weights" not in err and "it/s]" not in err, err
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped (hyphens and underscores kept), spaces to -."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_in_page_links_of_the_readme_and_docs_have_their_heading():
+    broken = []
+    for md in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = md.read_text()
+        anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", text):
+            if "://" in target:
+                continue
+            doc = md if not target else md.parent / target
+            names = anchors if doc == md else {_slug(h) for h in re.findall(r"^#+ (.+)$", doc.read_text(), flags=re.M)}
+            if anchor not in names:
+                broken.append(f"{md.relative_to(ROOT)} -> {target}#{anchor}")
+    assert not broken, broken
+
+
+def _measured_numbers(paragraph: str) -> list[str]:
+    """The decimal numbers and ratios of a paragraph (1.4, 0.8410, 2.90x, 97%): the figures a measurement quotes."""
+    return re.findall(r"(?<![\w.\-])(\d+\.\d+|\d+(?=x\b)|\d+(?=%))", paragraph)
+
+
+def test_numbers_the_readme_quotes_come_from_the_results_file():
+    """Every paragraph of the README that cites docs/results.md, and the first screen's `make demo` output, quotes
+    only numbers that docs/results.md has (the record of every measurement): the two cannot drift apart."""
+    readme, results = (ROOT / "README.md").read_text(), (ROOT / "docs" / "results.md").read_text()
+    paragraphs = [p for p in re.split(r"\n\s*\n|\n(?=- )", readme) if "docs/results.md" in p]
+    demo = readme[readme.index("The last lines of `make demo`"):readme.index("done: run folder runs/sentiment-minilm")]
+    metrics_lines = "\n".join(x for x in demo.splitlines() if x.startswith(("INFO", "│")))
+    missing = {}
+    for p in paragraphs + [metrics_lines]:
+        absent = [n for n in _measured_numbers(p) if n not in results]
+        if absent:
+            missing[p[:80]] = absent
+    assert len(paragraphs) >= 8 and not missing, missing
+
+
+def test_init_says_how_long_a_starter_took_as_written(capsys, tmp_path):
+    from lmforge.starters import STARTERS
+    for task, st in STARTERS.items():
+        assert st.get("minutes"), f"the {task} starter has no measured time"
+        assert main(["init", task]) == 0
+        head = capsys.readouterr().out.splitlines()[1]
+        assert head == (f"# As written it trained in {st['minutes']} min on 2 CPU cores (measured: docs/results.md); "
+                        "`lmforge doctor` times a step on this machine.")
+    assert main(["init", "sft", "--model", "my-model"]) == 0  # another model: the measurement does not apply
+    assert "As written it trained" not in capsys.readouterr().out
+    assert main(["init", "grpo", "-o", str(tmp_path / "g.yaml")]) == 0
+    assert "As written it trained in" in capsys.readouterr().out  # said after "wrote ..."

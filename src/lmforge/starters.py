@@ -9,7 +9,8 @@ copy).
 from __future__ import annotations
 
 # Laptop-sized: every starter trains in minutes on 2 CPU cores as written (caps on rows and steps, each with a
-# comment on how to scale up); "minutes" is what one run of it took here (None: not measured yet).
+# comment on how to scale up); "minutes" is what one run of it took here, the whole `lmforge train` command on 2 CPU
+# cores, 2026-12-07 (docs/results.md; dpo: 4.2 min plus its 2.8 min reference pass, which a run computes once).
 SCALE_UP = {
     "data.max_train_samples": "laptop-sized: remove this line to train on every row",
     "data.max_eval_samples": "laptop-sized: remove to evaluate on every held-out row (slower evaluations)",
@@ -19,6 +20,7 @@ SCALE_UP = {
 
 STARTERS: dict[str, dict] = {
     "classification": {
+        "minutes": 3.6,
         "model": "minilm-l6", "data": "finefood", "about": "label texts (or text pairs) with one of a fixed set of labels",
         "keys": {"data": ["text_column", "text_pair_column", "label_column", "max_length"]},
         "values": {"data": {"max_train_samples": 2000, "max_eval_samples": 400},
@@ -28,22 +30,26 @@ STARTERS: dict[str, dict] = {
                    "train": {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 2, "max_steps": 60,
                              "learning_rate": 1e-4, "warmup_ratio": 0.1}}},
     "causal-lm": {
+        "minutes": 8.2,
         "model": "smollm2-135m", "data": "kjv", "about": "continue text: fine-tune (or pretrain) a decoder on documents",
         "keys": {"data": ["block_size", "packing", "document_separator", "max_eval_blocks"]},
         # a row of a corpus is a whole document (a book of kjv): the evaluation is capped in blocks
         "values": {"data": {"block_size": 256, "max_eval_blocks": 32},
                    "train": {"per_device_train_batch_size": 8, "max_steps": 30}}},
     "masked-lm": {
+        "minutes": 2.1,
         "model": "minilm-l6", "data": "kjv", "about": "adapt an encoder to a domain by filling in masked words",
         "keys": {"data": ["block_size", "masking", "mlm_probability", "max_eval_blocks"]},
         "values": {"data": {"block_size": 256, "max_eval_blocks": 64},
                    "train": {"per_device_train_batch_size": 8, "max_steps": 60}}},
     "sft": {
+        "minutes": 6.2,
         "model": "smollm2-135m", "data": "kjv-to-web", "about": "chat / instruction fine-tuning on conversations",
         "keys": {"data": ["block_size", "packing", "chat_format", "train_on"]},
         "values": {"data": {"block_size": 256, "max_train_samples": 2000, "max_eval_samples": 64},
                    "train": {"per_device_train_batch_size": 8, "max_steps": 30}}},
     "dpo": {
+        "minutes": 7.0,
         "model": "smollm2-135m", "data": "kjv-to-web-pairs",
         "about": "preference tuning (DPO, IPO, SimPO, ORPO) on chosen / rejected pairs",
         "keys": {"data": ["block_size"], "dpo": ["loss_type", "beta", "label_smoothing", "reference",
@@ -52,6 +58,7 @@ STARTERS: dict[str, dict] = {
                    # preference tuning moves a tuned model gently
                    "train": {"per_device_train_batch_size": 8, "learning_rate": 5e-6, "max_steps": 20}}},
     "grpo": {
+        "minutes": 4.6,
         "model": "smollm2-135m", "data": "arithmetic",
         "about": "online RL with verifiable rewards (GRPO): sample answers to prompts, reward the right ones",
         "keys": {"data": ["prompt_column", "block_size"], "grpo": ["rewards", "reward_weights", "format_pattern", "answer_column",
