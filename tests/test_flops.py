@@ -68,3 +68,25 @@ def test_an_sft_run_reports_mfu_within_one_and_counts_its_trained_tokens(tmp_pat
     lines = [json.loads(x) for x in (res.run_dir / "log.jsonl").read_text().splitlines()]
     mfus = [r["mfu"] for r in lines if r.get("mfu") is not None] + [res.metrics["train"]["mfu"]]
     assert mfus and all(0 < m <= 1 for m in mfus)
+
+
+def test_a_cpu_peak_probed_on_busy_cores_is_probed_again_when_a_run_beats_it(tmp_path, monkeypatch, caplog):
+    """MFU above 1 means the cached peak is too low (probed while other work shared the cores): the run probes
+    once more, keeps the higher value in the cache, and the probe never touches the global random stream."""
+    import json
+    import logging
+
+    import torch
+
+    from lmforge import fs
+    from lmforge.train import perf
+    monkeypatch.setattr(fs, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(perf, "cache_dir", lambda: tmp_path)
+    (tmp_path / "peak_flops.json").write_text(json.dumps({perf._cpu_key(): 1e6}))  # absurdly low: a busy probe
+    torch.manual_seed(5)
+    before = torch.rand(3)
+    torch.manual_seed(5)
+    new = perf.reprobe_cpu_peak()
+    assert torch.equal(torch.rand(3), before)  # the global stream untouched
+    assert new > 1e8 and json.loads((tmp_path / "peak_flops.json").read_text())[perf._cpu_key()] == new
+    assert perf.reprobe_cpu_peak() >= new  # never lowered

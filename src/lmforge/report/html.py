@@ -195,7 +195,9 @@ def _sec_metrics(run: dict) -> str:
     rows = []
     for k in keys:
         row = [k] + [met[s].get(k, "-") for s in splits]
-        if has_delta and _scalar(met["before"].get(k)) and _scalar(after.get(k)) and not k.startswith("n_"):
+        counts = isinstance(met["before"].get(k), int) and isinstance(after.get(k), int)  # pairs, n_examples, ...
+        if has_delta and _scalar(met["before"].get(k)) and _scalar(after.get(k)) and not k.startswith("n_") \
+                and not counts:
             d = after[k] - met["before"][k]
             up = higher_is_better(k)  # green = better, red = worse; no colour where neither way is better
             cls = "" if up is None or not d else "good" if (d > 0) == up else "bad"

@@ -33,8 +33,9 @@ def measure_cpu_peak(n: int = 2048, seconds: float = 1.0, windows: int = 5) -> f
 
     Taking the best window rather than the mean keeps a probe taken while other work shares the
     cores from recording a low peak (which would inflate every later MFU on this machine)."""
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
+    g = torch.Generator().manual_seed(0)  # never the global stream: a probe must not change a run's randomness
+    a = torch.randn(n, n, generator=g)
+    b = torch.randn(n, n, generator=g)
     torch.mm(a, b)
     best = 0.0
     for _ in range(windows):
@@ -46,6 +47,25 @@ def measure_cpu_peak(n: int = 2048, seconds: float = 1.0, windows: int = 5) -> f
     return best
 
 
+def _cpu_key() -> str:
+    return f"{_cpu_name()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+
+
+def reprobe_cpu_peak() -> float:
+    """Probe the CPU peak again and keep the higher of the cached and the new value. Called when a training
+    window ran faster than the cached peak (MFU above 1): that peak was probed while other work shared the
+    cores (1 s windows can all be busy), and every later MFU on this machine would read too high."""
+    path = cache_dir() / "peak_flops.json"
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    key = _cpu_key()
+    table[key] = max(float(table.get(key, 0.0)), measure_cpu_peak())
+    write_json(path, table)
+    return table[key]
+
+
 def device_peak_flops(device: torch.device) -> float:
     """Peak FLOP/s for MFU: a table for GPUs, a cached matmul probe for CPUs."""
     if device.type == "cuda":
@@ -54,7 +74,7 @@ def device_peak_flops(device: torch.device) -> float:
             if key in name:
                 return val
         return 100e12
-    key = f"{_cpu_name()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    key = _cpu_key()
     path = cache_dir() / "peak_flops.json"
     try:
         table = json.loads(path.read_text())
