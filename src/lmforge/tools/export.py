@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -209,16 +208,16 @@ def _reload(fmt: str, out: Path, report: dict, task, trained) -> tuple:
     extra = {"n_positions": trained.config.n_positions} if trained.config.model_type == "gpt2" else {}
     if getattr(trained.config, "head_dim", None) is not None and trained.config.model_type != "gpt2":
         extra["head_dim"] = trained.config.head_dim
-    before = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own per-tensor bar (a plain tqdm)
+    # the GGUF reader's own per-tensor bar is a plain tqdm that no setting reaches (TQDM_DISABLE is read when tqdm
+    # is imported): its module's tqdm is swapped for a pass-through while it reads
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
     try:
         model = AutoModelForCausalLM.from_pretrained(str(out), gguf_file=gguf_file, dtype=torch.float32, **extra)
         return model.eval(), AutoTokenizer.from_pretrained(str(out), gguf_file=gguf_file)
     finally:
-        if before is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = before
+        gguf_utils.tqdm = bar
 
 
 def _card_line(report: dict) -> str:
