@@ -419,3 +419,21 @@ def test_trl_reward_keywords_state_metric_and_extra(toy, tiny_llama, tmp_path):
         api.train(_config(toy, tiny_llama, tmp_path / "run2", grpo={"rewards": ["clash:f", "toy_rewards:say_yes"],
                                                                     "preflight_prompts": 0},
                           train={"max_steps": 1, "eval_strategy": "no"}), progress=False)
+
+
+def test_reward_functions_by_file_path_and_dotted_name(tmp_path, monkeypatch):
+    """Besides module:function: path/to/file.py:function, and package.module.function as other trainers' configs
+    name them; a missing file is one line."""
+    from lmforge.tasks import rewards
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "my_rw.py").write_text("def short(completions, **kw):\n    return [-len(c) for c in completions]\n")
+    (tmp_path / "pkg_rw").mkdir()
+    (tmp_path / "pkg_rw" / "__init__.py").write_text("")
+    (tmp_path / "pkg_rw" / "fns.py").write_text("def one(completions, **kw):\n    return [1.0] * len(completions)\n")
+    opts = rewards.RewardOptions()
+    loaded = rewards.load_rewards(["sub/my_rw.py:short", "pkg_rw.fns.one"], None, opts)
+    out = rewards.score(loaded, ["p", "p"], ["ab", "abcd"], [[1], [1, 2]], {})
+    assert out.tolist() == [[-2.0, 1.0], [-4.0, 1.0]]
+    with pytest.raises(LmforgeError, match="no file sub/none.py"):
+        rewards.load_rewards(["sub/none.py:short"], None, opts)

@@ -70,17 +70,26 @@ def check_hub_available(ident: str, kind: str, alternatives: str) -> None:
 
 
 def load_function(spec: str, key: str, example: str) -> Callable:
-    """A user's function named 'module:function' (module importable, or a .py file in the current
-    folder); `key` is the config key that names it, for the error messages."""
-    if ":" not in spec:
+    """A user's function named 'module:function' (module importable, or a .py file in the current folder),
+    'path/to/file.py:function', or 'package.module.function' (the dotted form other trainers' configs use);
+    `key` is the config key that names it, for the error messages."""
+    if ":" in spec:
+        mod_name, _, fn_name = spec.rpartition(":")
+    elif "." in spec.strip(".") and " " not in spec:
+        mod_name, _, fn_name = spec.rpartition(".")
+    else:
         raise LmforgeError(f"{key} '{spec}' is not of the form module:function",
                            f"e.g. {example} (the module's .py file in the current folder)")
-    mod_name, _, fn_name = spec.partition(":")
     cwd = str(Path.cwd())
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:
-        module = importlib.import_module(mod_name)
+        if mod_name.endswith(".py") or "/" in mod_name or "\\" in mod_name:
+            module = _module_from_file(Path(mod_name).expanduser(), key)
+        else:
+            module = importlib.import_module(mod_name)
+    except LmforgeError:
+        raise
     except ImportError as e:
         raise LmforgeError(f"{key}: cannot import module '{mod_name}' ({e})",
                            "put the module in the current folder or install it") from None
@@ -94,6 +103,19 @@ def load_function(spec: str, key: str, example: str) -> Callable:
     if not callable(fn):
         raise LmforgeError(f"{key}: '{mod_name}' has no function '{fn_name}'")
     return fn
+
+
+def _module_from_file(path: Path, key: str):
+    """A module loaded from a .py file named by its path (relative to the current folder)."""
+    import importlib.util
+    if not path.is_file():
+        raise LmforgeError(f"{key}: no file {path}", "give the .py file's path, relative to the current folder")
+    name = "lmforge_user_" + path.stem
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def to_device(batch: dict, device) -> dict:

@@ -195,7 +195,7 @@ def load_rewards(names: Sequence[str], weights: Optional[Sequence[float]], opts:
     for i, name in enumerate(names):
         if name in BUILTINS:
             fn = BUILTINS[name](opts)
-        elif ":" in name:
+        elif ":" in name or "." in name:  # module:function, path/file.py:function, pkg.mod.function
             fn = load_function(name, "grpo.rewards", "rewards: [my_rewards:correct]")
         else:
             from ..errors import did_you_mean
