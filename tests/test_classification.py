@@ -194,3 +194,10 @@ def test_eval_without_data_scores_the_rows_the_run_held_out(tiny_bert, tmp_path)
     final = res.metrics["eval"]
     assert got["data"] == "held-out" and got["n_examples"] == final["n_examples"] == 30
     assert got["accuracy"] == final["accuracy"] and got["loss"] == pytest.approx(final["loss"], abs=1e-6)
+    # with the run's data.max_eval_samples: the same capped rows
+    cfg["data"]["max_eval_samples"] = 12
+    cfg["output"]["output_dir"] = str(tmp_path / "run-capped")
+    res = api.train(cfg, progress=False)
+    got = api.evaluate(res.run_dir, progress=False)
+    assert got["n_examples"] == res.metrics["eval"]["n_examples"] == 12
+    assert got["loss"] == pytest.approx(res.metrics["eval"]["loss"], abs=1e-6)

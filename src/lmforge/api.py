@@ -149,7 +149,8 @@ def _run_eval_data(model_dir: Path, task) -> str:
             return cfg.data.test or cfg.data.eval
         if cfg.data.validation_split and cfg.data.train:
             log.info("no --data: evaluating the rows the run held out of its training data (data.validation_split "
-                     "%g, seed %d; recomputed, the same rows)", cfg.data.validation_split, cfg.train.seed)
+                     "%g, seed %d, capped as the run capped them; recomputed, the same rows)",
+                     cfg.data.validation_split, cfg.train.seed)
             return HELD_OUT
     builtin = STARTERS.get(task.name, {}).get("data")
     raise LmforgeError(f"no --data given, and {model_dir} is not from a run with a test or eval set",

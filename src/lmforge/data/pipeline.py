@@ -308,7 +308,8 @@ def refuse_train_cap(cfg, why: str) -> None:
 
 HELD_OUT = "held-out"
 """`lmforge eval RUN --data held-out`: the eval rows the run held out of data.train (data.validation_split),
-recomputed: the hold-out is a function of the data and the seed, so they are the rows the run evaluated."""
+recomputed: the hold-out (and the run's data.max_eval_samples cap) is a function of the data and the seed, so they
+are the rows the run evaluated."""
 
 
 def read_eval_rows(source, cfg, kind: DataKind, limit: Optional[int] = None):
