@@ -24,10 +24,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
@@ -36,7 +34,7 @@ from transformers import AutoModelForCausalLM
 
 from ..config import Config, Permissions
 from ..data import prompts as prompt_data
-from ..data.pipeline import describe, read_eval_rows, read_splits
+from ..data.pipeline import read_eval_rows, read_splits
 from ..errors import LmforgeError
 from ..models.load import resolve_block_size
 from ..models.lora import adapters_disabled
@@ -50,6 +48,8 @@ from .generation import encode_prompt
 from .rollout import (Completions, RolloutParams, TorchSampler, completion_logits, entropy, left_padded,
                       rollout_batch, shared_completion_logits, token_logps)
 from .sft import load_chat_model
+from .grpo_eval import (as_completion, check_preflight, columns_of, eval_outputs, finalize, make_samples,
+                        preflight, preflight_line, reward_opts)
 
 log = logging.getLogger("lmforge")
 
@@ -93,23 +93,7 @@ def batch_logits(model, batch: dict, temperature: float) -> torch.Tensor:
                              temperature)
 
 
-def columns_of(rows: list[dict], n: int) -> dict[str, list]:
-    """Each data column as a list with one entry per completion (a prompt's value repeated n times)."""
-    names = list(dict.fromkeys(k for r in rows for k in r["columns"]))
-    return {k: [r["columns"].get(k) for r in rows for _ in range(n)] for k in names}
-
-
-def as_completion(text: str, prompt):
-    """A completion as the reward functions see it: text, or (conversational prompts) an assistant message list."""
-    return [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
-
-
 # ----------------------------------------------------------------------------------- statistics
-# keys of log.jsonl that a reward function's log_metric may not take (besides reward*)
-RESERVED_LOG_KEYS = ("loss", "lr", "grad_norm", "step", "epoch", "frac_reward_zero_std", "completion_length",
-                     "truncated", "generation_s", "training_s", "clip_ratio", "kl", "entropy", "tokens_per_s", "mfu")
-
-
 class GrpoStats:
     """The logging window: sums with their own counts ("x", "x/n") and maxima ("max:x"); drained to means.
     Its dict is saved with checkpoints (a resumed run logs the same numbers)."""
@@ -168,7 +152,6 @@ class Rollouts:
     buffer: dict = field(default_factory=dict)  # batch index -> batch, reused by num_iterations > 1
     step: int = 0  # optimizer steps done (the reward functions' trainer_state.global_step)
     epoch: int = 0
-    training: bool = False  # inside a training rollout: log_metric values go to the logging window
 
     @property
     def g(self):
@@ -182,28 +165,17 @@ class Rollouts:
     def seeds(self, rows: list[dict], n: int, *salt: int) -> list[int]:
         return [mix_seed(self.cfg.train.seed, *salt, r["index"], j) for r in rows for j in range(n)]
 
-    def extras(self) -> dict:
-        """TRL's extra keywords for reward functions: trainer_state, log_metric, log_extra."""
-        max_steps = self.cfg.train.max_steps if self.cfg.train.max_steps and self.cfg.train.max_steps > 0 else None
-        state = SimpleNamespace(global_step=self.step, epoch=float(self.epoch), max_steps=max_steps)
-
-        def log_metric(name: str, value: float) -> None:
-            if not isinstance(name, str) or not name or name in RESERVED_LOG_KEYS or name.startswith("reward"):
-                raise LmforgeError(f"a reward function called log_metric({name!r}, ...): that name is not a string "
-                                   "lmforge leaves free (it logs loss, lr, reward* and the rollout statistics itself)",
-                                   "choose another name")
-            if self.training:  # an evaluation's calls are not training statistics
-                self.stats.add({name: (float(value), 1)})
-
-        return {"trainer_state": state, "log_metric": log_metric, "log_extra": lambda column, values: None}
-
-    def score(self, model, rows: list[dict], n: int, params: RolloutParams, seeds: list[int]) -> Scored:
+    def score(self, model, rows: list[dict], n: int, params: RolloutParams, seeds: list[int],
+              training: bool = False) -> Scored:
+        """Sample n completions per row and score them; `training`: log_metric values join the logging window (an
+        evaluation's do not)."""
         comp = self.sampler.sample(model, [r["prompt_ids"] for r in rows], n, params, seeds)
         texts = self.tokenizer.batch_decode(comp.ids, skip_special_tokens=True)
         prompts = [r["prompt"] for r in rows for _ in range(n)]
         per_func = reward_fns.score(self.rewards, prompts, [as_completion(t, p) for t, p in zip(texts, prompts)],
                                     comp.ids, columns_of(rows, n), [r["index"] + 1 for r in rows for _ in range(n)],
-                                    self.extras())
+                                    reward_fns.trl_keywords(self.step, self.epoch, self.cfg.train.max_steps,
+                                                            self.stats.add if training else None))
         total = reward_fns.combine(per_func, self.rewards)
         batch_std = global_std(total) if self.g.scale_rewards == "batch" else None
         adv = grpo_loss.advantages(total, n, self.g.scale_rewards, self.g.advantage, batch_std)
@@ -214,12 +186,8 @@ class Rollouts:
             return self.buffer[info.batch_index]
         self.step, self.epoch = info.step, info.epoch
         g = self.g
-        self.training = True
-        try:
-            s = self.score(model, batch["rows"], g.num_generations, self.params(), self.seeds(batch["rows"],
-                           g.num_generations, info.epoch))
-        finally:
-            self.training = False
+        s = self.score(model, batch["rows"], g.num_generations, self.params(), self.seeds(batch["rows"],
+                       g.num_generations, info.epoch), training=True)
         out = self.loss_batch(model, s)
         self.log(s)
         if g.num_iterations > 1:
@@ -336,126 +304,6 @@ class RolloutBuffer:
         # group and the counts are plain numbers; every other list is a LongTensor
         self.rollouts.buffer = {int(k): {n: (torch.tensor(v, dtype=types.get(n, torch.long)) if isinstance(v, list)
                                              else v) for n, v in b.items()} for k, b in (state or {}).items()}
-
-
-# ----------------------------------------------------------------------------------- evaluation
-def eval_outputs(ro: Rollouts, model, rows: list[dict]) -> dict:
-    """Per prompt: the greedy completion's rewards, strict / lenient correctness, length; pass@k with eval_k samples."""
-    s = ro.score(model, rows, 1, ro.params(temperature=0.0), [0] * len(rows))
-    out = {"reward": s.total, "completion_length": torch.tensor([float(len(c)) for c in s.completions.ids]),
-           "truncated": torch.tensor([float(t) for t in s.completions.truncated])}
-    for j, r in enumerate(ro.rewards):
-        out[f"reward_{r.name}"] = s.per_func[:, j]
-    acc = accuracy(ro, rows, s.texts, 1)
-    out.update(acc)
-    k = ro.g.eval_k
-    if k > 0 and acc:
-        sk = ro.score(model, rows, k, ro.params(), ro.seeds(rows, k, -1))
-        for name, v in accuracy(ro, rows, sk.texts, k).items():
-            out[f"pass@{k}_{name.split('_')[1]}"] = v.view(-1, k).max(1).values
-    return out
-
-
-def accuracy(ro: Rollouts, rows: list[dict], texts: list[str], n: int) -> dict:
-    """strict (exact_match) and lenient (contains) correctness per completion, when the data has the answer column."""
-    cols = columns_of(rows, n)
-    if ro.g.answer_column not in cols:
-        return {}
-    opts = reward_opts(ro.cfg)
-    out = {}
-    for name, fn in (("accuracy_strict", reward_fns.exact_match(opts)), ("accuracy_lenient", reward_fns.contains(opts))):
-        prompts = [r["prompt"] for r in rows for _ in range(n)]
-        got = fn(completions=[as_completion(t, p) for t, p in zip(texts, prompts)], **cols)
-        out[name] = torch.tensor([float("nan") if v is None else v for v in got], dtype=torch.float64)
-    return out
-
-
-def finalize(outputs: dict) -> dict:
-    out = {}
-    for k, v in outputs.items():
-        v = v.double()
-        ok = ~torch.isnan(v)
-        out[k] = float(v[ok].mean()) if bool(ok.any()) else float("nan")
-    out["prompts"] = int(next(iter(outputs.values())).numel()) if outputs else 0
-    return out
-
-
-def make_samples(ro: Rollouts, rows: list[dict]):
-    """A few eval prompts with a sampled group and each completion's rewards, logged at each evaluation."""
-    def samples(model) -> list:
-        if not rows:
-            return []
-        n = ro.g.num_generations
-        s = ro.score(model, rows, n, ro.params(), ro.seeds(rows, n, -2))
-        out = []
-        for i, r in enumerate(rows):
-            prompt = r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"]
-            group = [{"completion": s.texts[i * n + j], "reward": _num(s.total[i * n + j]),
-                      **{f.name: _num(s.per_func[i * n + j, k]) for k, f in enumerate(ro.rewards)}}
-                     for j in range(n)]
-            answer = r["columns"].get(ro.g.answer_column)
-            out.append({"prompt": prompt, "completion": group[0]["completion"], "group": group,
-                        **({"reference": str(answer)} if answer is not None else {})})
-        return out
-    return samples
-
-
-def _num(x) -> Optional[float]:
-    x = float(x)
-    return None if math.isnan(x) else round(x, 4)
-
-
-# ----------------------------------------------------------------------------------- the preflight
-def preflight(ro: Rollouts, model, rows: list[dict], batch: int = 4) -> dict:
-    """Groups for `rows` with the starting model: reward distribution per function, flat groups, truncation,
-    None counts and seconds per group (for the log, the doctor and the stop before step 1)."""
-    n = ro.g.num_generations
-    per_func, totals, zero, trunc, secs = [], [], [], [], 0.0
-    for s in range(0, len(rows), batch):
-        part = rows[s:s + batch]
-        sc = ro.score(model, part, n, ro.params(), ro.seeds(part, n, -3))
-        per_func.append(sc.per_func)
-        totals.append(sc.total)
-        zero += sc.adv.zero_std.tolist()
-        trunc += sc.completions.truncated
-        secs += sc.completions.seconds
-    pf, total = torch.cat(per_func), torch.cat(totals)
-    funcs = {}
-    for j, r in enumerate(ro.rewards):
-        col = pf[:, j]
-        ok = col[~torch.isnan(col)]
-        funcs[r.name] = {"mean": _num(ok.mean()) if len(ok) else None, "std": _num(ok.std()) if len(ok) > 1 else 0.0,
-                         "min": _num(ok.min()) if len(ok) else None, "max": _num(ok.max()) if len(ok) else None,
-                         "none": int(torch.isnan(col).sum())}
-    ok = total[~torch.isnan(total)]
-    return {"prompts": len(rows), "group_size": n, "rewards": funcs,
-            "reward_mean": _num(ok.mean()) if len(ok) else None,
-            "flat_groups": int(sum(zero)), "flat_share": round(sum(zero) / max(1, len(zero)), 4),
-            "truncated_share": round(sum(trunc) / max(1, len(trunc)), 4),
-            "seconds_per_group": round(secs / max(1, len(rows)), 3), "flat_value": _num(ok[0]) if len(ok) else None}
-
-
-def preflight_line(p: dict) -> str:
-    funcs = "; ".join(f"{k} mean {v['mean']} (min {v['min']}, max {v['max']}" + (f", {v['none']} None" if v["none"]
-                      else "") + ")" for k, v in p["rewards"].items())
-    return (f"preflight: {p['prompts']} prompts x {p['group_size']} completions: {funcs}; groups with equal rewards "
-            f"(no learning signal) {p['flat_groups']}/{p['prompts']}; truncated {100 * p['truncated_share']:.0f}%; "
-            f"{p['seconds_per_group']:.2f} s per group")
-
-
-def check_preflight(p: dict) -> None:
-    if p["prompts"] and p["flat_groups"] == p["prompts"]:
-        raise LmforgeError(
-            f"nothing to learn: in the preflight every group of {p['group_size']} completions of {p['prompts']} train "
-            f"prompts got equal rewards (reward {p['flat_value']}), so every advantage is 0 and no step would change "
-            "the model", "raise grpo.temperature or grpo.num_generations, give partial credit (contains, "
-            "number_match, or your own graded reward), or use easier prompts; grpo.preflight_prompts: 0 skips this check")
-
-
-def reward_opts(cfg: Config) -> reward_fns.RewardOptions:
-    g = cfg.grpo
-    return reward_fns.RewardOptions(g.answer_column, g.number_tolerance, g.format_pattern, g.max_completion_length,
-                                    g.length_buffer)
 
 
 def eos_ids(tokenizer, model) -> set[int]:

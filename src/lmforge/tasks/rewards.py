@@ -35,6 +35,7 @@ import inspect
 import math
 import re
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -205,6 +206,29 @@ def load_rewards(names: Sequence[str], weights: Optional[Sequence[float]], opts:
     if len({r.name for r in out}) != len(out):
         raise LmforgeError("grpo.rewards names a function twice", "list each once (weights go in grpo.reward_weights)")
     return out
+
+
+# keys of log.jsonl that a reward function's log_metric may not take (besides reward*)
+RESERVED_LOG_KEYS = ("loss", "lr", "grad_norm", "step", "epoch", "frac_reward_zero_std", "completion_length",
+                     "truncated", "generation_s", "training_s", "clip_ratio", "kl", "entropy", "tokens_per_s", "mfu")
+
+
+def trl_keywords(step: int, epoch: int, max_steps: Optional[int],
+                 record: Optional[Callable[[dict], None]]) -> dict:
+    """TRL's extra keywords for reward functions: trainer_state, log_metric (its values go to `record` as
+    {name: (value, 1)}, or nowhere when None: an evaluation), log_extra (accepted, not shown)."""
+    state = SimpleNamespace(global_step=step, epoch=float(epoch), max_steps=max_steps if max_steps and max_steps > 0
+                            else None)
+
+    def log_metric(name: str, value: float) -> None:
+        if not isinstance(name, str) or not name or name in RESERVED_LOG_KEYS or name.startswith("reward"):
+            raise LmforgeError(f"a reward function called log_metric({name!r}, ...): that name is not a string "
+                               "lmforge leaves free (it logs loss, lr, reward* and the rollout statistics itself)",
+                               "choose another name")
+        if record is not None:
+            record({name: (float(value), 1)})
+
+    return {"trainer_state": state, "log_metric": log_metric, "log_extra": lambda column, values: None}
 
 
 def score(rewards: list[Reward], prompts: list, completions: list, completion_ids: list[list[int]],

@@ -30,7 +30,7 @@ from . import checkpoint as ckpt
 from . import compiling, sharding
 from .evaluation import evaluate_split, make_accelerator
 from .loop_state import LoopState, state_property
-from .perf import count_params, device_peak_flops, peak_memory_mb, release_memory, reprobe_cpu_peak, task_flop_params
+from .perf import Mfu, count_params, peak_memory_mb, release_memory, task_flop_params
 from .progress import TrainProgress
 from .schedule import is_plateau, low_lr_share, make_optimizer, make_scheduler, metric_direction
 from .signals import StopRequest
@@ -98,9 +98,8 @@ class Trainer:
                         "the %s steps (warmup %s): check train.warmup_steps / warmup_ratio and train.max_steps",
                         100 * low, f"{self.total_steps:,}", self.tc.warmup_steps or self.tc.warmup_ratio)
         self.n_params = count_params(self.accelerator.unwrap_model(self.model))
-        self.flop_params = task_flop_params(self.accelerator.unwrap_model(self.model), parts.output_layer_share)
-        self.peak_flops = device_peak_flops(self.accelerator.device) * self.accelerator.num_processes
-        self.peak_reprobed = False
+        self._mfu = Mfu(task_flop_params(self.accelerator.unwrap_model(self.model), parts.output_layer_share),
+                        self.accelerator.device, self.accelerator.num_processes)
         self.compiled = compiling.setup(self.tc.compile, parts.fixed_shapes, self.total_steps, self.accelerator,
                                         self.model, self.tc.gradient_checkpointing)
         self.loop_state = LoopState()  # what a checkpoint saves (read and written through the properties below)
@@ -371,21 +370,6 @@ class Trainer:
                          runtime_s=runtime, eval_s=self.eval_seconds, best_metric=self.best, best_step=self.best_step,
                          eval_history=self.eval_history, tokens_per_s=tok_s, mfu=self._mfu(tok_s),
                          peak_mem_mb=peak_memory_mb(self.accelerator.device), stopped_early=stopped)
-
-    def _mfu(self, tokens_per_s: float) -> Optional[float]:
-        if not self.peak_flops:
-            return None
-        mfu = 6 * self.flop_params * tokens_per_s / self.peak_flops
-        if mfu > 1 and not self.peak_reprobed and self.accelerator.device.type == "cpu" \
-                and self.accelerator.num_processes == 1:
-            # faster than the "peak": the cached CPU probe ran on busy cores; probe again (once per run)
-            self.peak_reprobed = True
-            before = self.peak_flops
-            self.peak_flops = reprobe_cpu_peak() * self.accelerator.num_processes
-            log.info("MFU read %.2f against the cached CPU peak (%.1f GFLOP/s, probed while the cores were busy?); "
-                     "probed again: %.1f GFLOP/s", mfu, before / 1e9, self.peak_flops / 1e9)
-            mfu = 6 * self.flop_params * tokens_per_s / self.peak_flops
-        return mfu
 
     def _train_step(self, epoch: int, first: int, group: list, pos: int, n_in_epoch: int,
                     progress: Optional[TrainProgress], repeat: int = 0) -> Optional[float]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import resource
 import sys
 import time
+from typing import Optional
 
 import torch
 
@@ -84,6 +86,29 @@ def device_peak_flops(device: torch.device) -> float:
         table[key] = measure_cpu_peak()
         write_json(path, table)
     return float(table[key])
+
+
+class Mfu:
+    """Model FLOPs utilisation of a run: 6 x matmul params x tokens/s over the device's peak. A CPU peak that a
+    one-process run beats (MFU above 1) was probed on busy cores: it is probed again once (reprobe_cpu_peak)."""
+
+    def __init__(self, flop_params: int, device: torch.device, num_processes: int):
+        self.flop_params, self.device, self.num_processes = flop_params, device, num_processes
+        self.peak = device_peak_flops(device) * num_processes
+        self.reprobed = False
+
+    def __call__(self, tokens_per_s: float) -> Optional[float]:
+        if not self.peak:
+            return None
+        mfu = 6 * self.flop_params * tokens_per_s / self.peak
+        if mfu > 1 and not self.reprobed and self.device.type == "cpu" and self.num_processes == 1:
+            self.reprobed = True
+            before, self.peak = self.peak, reprobe_cpu_peak()
+            logging.getLogger("lmforge").info(
+                "MFU read %.2f against the cached CPU peak (%.1f GFLOP/s, probed while the cores were busy?); "
+                "probed again: %.1f GFLOP/s", mfu, before / 1e9, self.peak / 1e9)
+            mfu = 6 * self.flop_params * tokens_per_s / self.peak
+        return mfu
 
 
 def peak_memory_mb(device: torch.device) -> float:
