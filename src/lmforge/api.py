@@ -39,6 +39,7 @@ from .use import chat as _chat
 from .use import classify as _classify
 from .use import fill_mask as _fill_mask
 from .use import generate as _generate
+from .use import retrieve as _retrieve
 from .use import serve as _serve
 from .use.generate_eval import generation_scores
 
@@ -196,6 +197,27 @@ def fill_mask(model: Union[str, Path], texts: Optional[Sequence[str]] = None, in
     return _fill_mask.fill_mask(resolve_model_dir(model), texts=texts, input_file=input_file, output=output,
                                 top_k=top_k, batch_size=batch_size, text_column=text_column,
                                 allow_untrained=allow_untrained)
+
+
+def embed(model: Union[str, Path], texts: Optional[Sequence[str]] = None, input_file: Optional[str] = None,
+          output: Optional[str] = None, batch_size: int = 32, text_column: Optional[str] = None,
+          dimensions: Optional[int] = None) -> list[dict]:
+    """{text, embedding} per text with an embedding run, model folder or alias (any sentence-transformers folder);
+    `dimensions` keeps the leading ones (matryoshka)."""
+    quiet_libraries()
+    return _retrieve.embed(resolve_model_dir(model), texts=texts, input_file=input_file, output=output,
+                           batch_size=batch_size, text_column=text_column, dimensions=dimensions)
+
+
+def rerank(model: Union[str, Path], query: str, documents: Optional[Sequence[str]] = None,
+           documents_file: Optional[str] = None, top_n: Optional[int] = None, output: Optional[str] = None,
+           text_column: Optional[str] = None, batch_size: int = 32, allow_untrained: bool = False) -> list[dict]:
+    """Documents ranked by a reranker's relevance score for the query, best first: {index, relevance_score,
+    document}."""
+    quiet_libraries()
+    return _retrieve.rerank(resolve_model_dir(model), query, documents=documents, documents_file=documents_file,
+                            top_n=top_n, output=output, text_column=text_column, batch_size=batch_size,
+                            allow_untrained=allow_untrained)
 
 
 def chat(model: Union[str, Path], input_stream=None, output=None, **kwargs) -> list[dict]:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError, field_validator, model_validato
 
 from .config_io import deep_merge, parse_overrides, parse_value, read_yaml  # noqa: F401 (re-exported)
 from .config_ranges import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SEED, SHARE, Range, Section  # noqa: F401
+from .config_retrieval import EmbeddingConfig, RerankerConfig
 from .errors import LmforgeError, did_you_mean
 
 # transformers.SchedulerType's values (a test keeps them equal; a Literal gives a "did you mean" at load time).
@@ -24,7 +25,7 @@ SchedulerName = Literal["linear", "cosine", "cosine_with_restarts", "polynomial"
                         "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
                         "warmup_stable_decay", "greedy"]
 # The task families (tasks/__init__.py registers one module for each; a test keeps the two lists equal).
-TaskName = Literal["classification", "causal-lm", "masked-lm", "sft", "dpo", "grpo"]
+TaskName = Literal["classification", "causal-lm", "masked-lm", "sft", "dpo", "grpo", "embedding", "reranker"]
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
 
 
@@ -407,7 +408,7 @@ class OutputConfig(Section):
 
 class Config(Section):
     task: TaskName = "classification"
-    """classification, causal-lm, masked-lm, sft (chat / instruction fine-tuning), dpo (preference tuning) or grpo (online RL with verifiable rewards)."""
+    """classification, causal-lm, masked-lm, sft (chat / instruction fine-tuning), dpo (preference tuning), grpo (online RL with verifiable rewards), embedding (a bi-encoder for retrieval) or reranker (a cross-encoder)."""
     model: ModelConfig = ModelConfig()
     """Which model to start from."""
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -424,6 +425,10 @@ class Config(Section):
     """Preference tuning (task: dpo): the loss, beta, and the reference model's log-probs."""
     grpo: GrpoConfig = GrpoConfig()
     """Online RL with verifiable rewards (task: grpo): reward functions, group size, sampling and the loss."""
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    """Embedding models (task: embedding): pooling, normalisation, the in-batch loss's scale, matryoshka, GradCache."""
+    reranker: RerankerConfig = RerankerConfig()
+    """Rerankers (task: reranker): the loss, mined negatives, evaluation candidates."""
     peft: Optional[PeftConfig] = None
     """LoRA fine-tuning: {r, alpha, dropout, target_modules, merge}; absent = train every weight."""
 

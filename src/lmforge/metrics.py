@@ -75,9 +75,11 @@ def lm_metrics(total_nll: float, n_targets: int, n_words: Optional[int] = None, 
 # every pass@k of an online-RL run after them.
 TABLE_METRICS = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro", "f1_weighted",
                  "bits_per_byte", "exact_match", "chrf", "reward_accuracy", "reward_margin", "rewards_chosen",
-                 "rewards_rejected", "accuracy_strict", "accuracy_lenient", "reward", "completion_length")
+                 "rewards_rejected", "accuracy_strict", "accuracy_lenient", "reward", "completion_length",
+                 "recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
 LOG_METRICS = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro", "reward_accuracy",
-               "reward_margin", "accuracy_strict", "accuracy_lenient", "reward")
+               "reward_margin", "accuracy_strict", "accuracy_lenient", "reward", "recall@1", "recall@10", "mrr@10",
+               "ndcg@10")
 
 
 # What a metric means and which way is better: True (higher), False (lower) or None (neither by itself). One table
@@ -105,6 +107,16 @@ METRIC_NOTES: dict[str, tuple[Optional[bool], str]] = {
     "completion_length": (None, "mean completion length in tokens"),
     "exact_match": (True, "share of generated replies equal to the reference (normalised)"),
     "chrf": (True, "character n-gram F-score of the generated replies against the references (sacrebleu)"),
+    "recall@1": (True, "share of a query's relevant documents ranked first (averaged over queries)"),
+    "recall@5": (True, "share of a query's relevant documents among the 5 ranked highest"),
+    "recall@10": (True, "share of a query's relevant documents among the 10 ranked highest"),
+    "mrr@10": (True, "mean of 1 / the rank of the first relevant document within the top 10 (0 when none is)"),
+    "ndcg@10": (True, "normalised discounted cumulative gain of the top 10: 1 when the relevant documents come "
+                      "first"),
+    "first_stage_mrr@10": (True, "mrr@10 of the first-stage candidate lists before reranking (the baseline a "
+                                 "reranker must beat)"),
+    "first_stage_ndcg@10": (True, "ndcg@10 of the first-stage candidate lists before reranking"),
+    "candidate_recall": (True, "share of the relevant documents inside the candidate lists (a reranker's ceiling)"),
 }
 LOWER_IS_BETTER_WORDS = ("loss", "perplexity", "bits_per_byte")
 WELL_KNOWN = ("loss", "perplexity")  # shown without a note
@@ -132,3 +144,41 @@ def shown(names, present) -> list[str]:
     dicts = present if isinstance(present, (list, tuple)) else [present]
     found = [k for k in names if any(k in d for d in dicts)]
     return found + sorted({k for d in dicts for k in d if k.startswith("pass@")})
+
+
+# ----------------------------------------------------------------------------------- retrieval
+RETRIEVAL_KS = (1, 5, 10)
+
+
+def retrieval_metrics(ranked: Sequence[Sequence[int]], relevant: Sequence[set], ks: Sequence[int] = RETRIEVAL_KS,
+                      cutoff: int = 10) -> dict:
+    """Ranking metrics of a retrieval run, averaged over queries (binary relevance).
+
+    ranked[q]: document ids best first (at least `cutoff` of them when the corpus has that many); relevant[q]: the
+    ids relevant to query q (a query with none is skipped).
+    - recall@k: share of a query's relevant documents in its top k
+    - mrr@10: 1 / the rank of the first relevant document within the top 10, else 0
+    - ndcg@10: DCG of the top 10 (gain 1 / log2(rank + 1)) over the best possible DCG for that query
+    """
+    out: dict[str, float] = {f"recall@{k}": 0.0 for k in ks}
+    mrr = ndcg = 0.0
+    n = 0
+    for ranks, rel in zip(ranked, relevant):
+        if not rel:
+            continue
+        n += 1
+        ranks = list(ranks)
+        for k in ks:
+            out[f"recall@{k}"] += len(rel.intersection(ranks[:k])) / len(rel)
+        first = next((i for i, d in enumerate(ranks[:cutoff]) if d in rel), None)
+        mrr += 0.0 if first is None else 1.0 / (first + 1)
+        dcg = sum(1.0 / math.log2(i + 2) for i, d in enumerate(ranks[:cutoff]) if d in rel)
+        ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(rel), cutoff)))
+        ndcg += dcg / ideal
+    if not n:
+        return {"n_queries": 0}
+    out = {k: v / n for k, v in out.items()}
+    out[f"mrr@{cutoff}"] = mrr / n
+    out[f"ndcg@{cutoff}"] = ndcg / n
+    out["n_queries"] = n
+    return out

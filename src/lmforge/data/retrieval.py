@@ -113,3 +113,46 @@ def read_query_docs(source: str, cfg, split: str = "train") -> list[QueryDoc]:
 
 
 KIND = DataKind("query/document pairs", "pair", read_query_docs)
+
+
+# ----------------------------------------------------------------------------------- the search space
+@dataclass
+class Corpus:
+    """Held-out rows as a retrieval problem: unique query texts, unique documents (positives and negatives of every
+    row: the search space), and for each query the ids of its relevant documents."""
+    queries: list[str]
+    documents: list[str]
+    relevant: list[set]
+    # per query, the documents its rows list with a score, in row order (a reranker's own candidate list), or None
+    listed: list[Optional[list[int]]] = field(default_factory=list)
+
+
+def relevant_row(row: QueryDoc) -> bool:
+    """A row whose document is relevant to its query: a (query, positive) pair, or a score above 0."""
+    return row.score is None or row.score > 0
+
+
+def corpus_of(rows: list[QueryDoc]) -> Corpus:
+    """The retrieval problem of `rows`: identical texts are one query / one document (a query whose rows name several
+    relevant documents has them all as relevant)."""
+    q_ids: dict[str, int] = {}
+    d_ids: dict[str, int] = {}
+    relevant: list[set] = []
+    scored: list[dict[int, float]] = []
+
+    def doc(text: str) -> int:
+        return d_ids.setdefault(text, len(d_ids))
+    for r in rows:
+        qi = q_ids.setdefault(r.query, len(q_ids))
+        if qi == len(relevant):
+            relevant.append(set())
+            scored.append({})
+        di = doc(r.document)
+        if relevant_row(r):
+            relevant[qi].add(di)
+        if r.score is not None:
+            scored[qi][di] = r.score
+        for n in r.negatives:
+            doc(n)
+    listed = [list(s) if len(s) > 1 else None for s in scored]
+    return Corpus(list(q_ids), list(d_ids), relevant, listed)

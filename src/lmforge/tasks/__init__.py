@@ -12,7 +12,7 @@ import yaml
 
 from ..errors import LmforgeError, did_you_mean
 from ..models.lora import model_config_dict
-from . import causal_lm, classification, dpo, grpo, masked_lm, sft
+from . import causal_lm, classification, dpo, embedding, grpo, masked_lm, reranker, sft
 from .base import EncodedSplit, Task, TaskParts
 
 TASKS: dict[str, Task] = {
@@ -22,6 +22,8 @@ TASKS: dict[str, Task] = {
     sft.TASK.name: sft.TASK,
     dpo.TASK.name: dpo.TASK,
     grpo.TASK.name: grpo.TASK,
+    embedding.TASK.name: embedding.TASK,
+    reranker.TASK.name: reranker.TASK,
 }
 
 __all__ = ["TASKS", "EncodedSplit", "Task", "TaskParts", "get_task", "task_of"]
@@ -41,6 +43,8 @@ def task_of(model_dir: Path) -> Task:
         name = (yaml.safe_load(run_cfg.read_text()) or {}).get("task")
         if name:
             return get_task(name)
+    if (model_dir / "modules.json").exists():  # a sentence-transformers folder
+        return embedding.TASK
     archs = model_config_dict(model_dir).get("architectures") or []
     for task in TASKS.values():
         if any(a.endswith(task.architectures) for a in archs):

@@ -33,6 +33,9 @@ class EncodedSplit:
     """An encoded split: rows (a `datasets.Dataset` or list of dicts) and their lengths in tokens."""
     rows: Any
     lengths: list[int]
+    # the split's own metrics from its eval outputs, when they depend on the split (a retrieval corpus: its queries'
+    # relevant documents); None: the task's `finalize`
+    finalize: Optional[Callable[[dict], dict]] = None
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -40,7 +43,7 @@ class EncodedSplit:
     def subset(self, indices: list[int]) -> "EncodedSplit":
         """The items at `indices`, as a split of its own."""
         rows = [self.rows[i] for i in indices] if isinstance(self.rows, list) else self.rows.select(indices)
-        return EncodedSplit(rows, [self.lengths[i] for i in indices])
+        return EncodedSplit(rows, [self.lengths[i] for i in indices], self.finalize)
 
     def sample(self, n: Optional[int], seed: int) -> "EncodedSplit":
         """A seeded sample of at most n items (in their original order), or the split itself when it is no larger."""
@@ -132,6 +135,9 @@ class TaskParts:
     # optional: state a checkpoint must keep beyond the weights and the loop's (state_dict() -> JSON-able,
     # load_state_dict(d)), e.g. rollouts reused by the next steps
     task_state: Optional[Any] = None
+    # optional: writes files a saved model needs beyond the weights and tokenizer into its folder (model/, merged
+    # LoRA), e.g. an embedding model's sentence-transformers modules
+    save_files: Optional[Callable[[Path], None]] = None
 
     @property
     def best_metric(self) -> str:
@@ -158,7 +164,7 @@ class Task:
     endpoint: str = ""
     """The `lmforge serve` endpoint that uses a model of this task."""
     playground: str = ""
-    """The view of the serve playground page for this task: classify, fill-mask, generate (a prompt continued) or
+    """The view of the serve playground page for this task: classify, fill-mask, embed, rerank, generate (a prompt continued) or
     chat (a multi-turn conversation through the model's chat template, over /v1/chat/completions)."""
     data_kind: str = "corpus"
     # options of `lmforge eval` that only some tasks have, passed to their eval_setup as keywords (causal-lm:

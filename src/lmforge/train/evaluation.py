@@ -67,7 +67,7 @@ def evaluate_split(model, split: EncodedSplit, parts: TaskParts, batch_size: int
         keys = dict.fromkeys(k for p in gathered for k in p)  # a process with no batches sends nothing
         cat = {k: torch.cat([p[k] for p in gathered if k in p]) for k in keys}
     model.train(was_training)
-    metrics = parts.finalize(cat)
+    metrics = (split.finalize or parts.finalize)(cat)
     if parts.metrics_function is not None:
         extra = user_metrics(parts, cat)
         shadowed = sorted(set(extra) & set(metrics))

@@ -221,9 +221,13 @@ def save_outputs(cfg: Config, run: "OpenRun", trainer: Trainer, parts: TaskParts
     def write_model(d: Path):
         model.save_pretrained(d, safe_serialization=True, **({"state_dict": weights} if weights else {}))
         parts.tokenizer.save_pretrained(d)
+        if parts.save_files is not None:
+            parts.save_files(d)
         (d / "README.md").write_text(card)
     if lora_state is not None:
         lora.save(lora_state, run.dir, parts.tokenizer, card, merge=cfg.peft.merge)
+        if parts.save_files is not None and (run.dir / "model").is_dir():
+            parts.save_files(run.dir / "model")
     else:
         atomic_dir(run.dir / "model", write_model)
     write_metrics(run.dir, metrics)

@@ -5,7 +5,7 @@
 
 Endpoints: GET / (the playground page), GET /health, GET /info, POST /v1/classify,
 POST /v1/generate (``"stream": true`` gives one JSON object per line as tokens arrive),
-POST /v1/fill-mask. One model, one lock: concurrent requests wait their turn (up to
+POST /v1/fill-mask, POST /v1/embeddings and /v1/rerank (use/retrieval_api.py). One model, one lock: concurrent requests wait their turn (up to
 ``max_queue`` waiting; more get 503), so memory never doubles. Request bodies, text lengths
 and ``max_new_tokens`` are capped; mistakes get a 4xx JSON error ``{"error": {...}}``, never
 a traceback.
@@ -37,6 +37,7 @@ from ..tasks.fill_mask import fill_mask_with
 from ..tasks.generation import encode_prompt
 from .classify import classify
 from .openai_api import add_openai_endpoints
+from .retrieval_api import add_retrieval_endpoints
 from .serve_limits import ApiError, ClassifyIn, FillMaskIn, GenerateIn, Limits, ModelSlot, _BodyLimit, _error_body
 from .streaming import GenerationStream, Stopped, TokenSink, stream_generation
 
@@ -132,6 +133,7 @@ def create_app(model: Union[str, Path], limits: Optional[Limits] = None, backend
     _add_info_endpoints(app, backend, slot, limits)
     _add_task_endpoints(app, backend, slot, limits)
     add_openai_endpoints(app, backend, slot, limits, model_id=Path(str(model)).name or str(model))
+    add_retrieval_endpoints(app, backend, slot, limits, model_id=Path(str(model)).name or str(model))
     return _BodyLimit(app, limits.max_body_bytes)
 
 
