@@ -314,6 +314,26 @@ def test_rerank_endpoint(reranker_run):
     assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 400  # the wrong task: 4xx
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "safetensors"])
+def test_exports_are_verified_and_answer_like_the_run(embedding_run, reranker_run, tmp_path, fmt):
+    pytest.importorskip("onnxruntime")
+    from lmforge.tasks import task_of
+    texts = ["good food", "awful stale product"]
+    docs = ["lovely tasty the bad", "awful the rotten i"]
+    for run, check in ((embedding_run, "embed"), (reranker_run, "rerank")):
+        out = api.export(str(run), fmt=fmt, output=str(tmp_path / f"{check}-{fmt}"))
+        report = json.loads((out / "export.json").read_text())
+        assert report["verified"] and report["parity"]["max_abs_logit_diff"] < 1e-4, report
+        assert task_of(out).name == ("embedding" if check == "embed" else "reranker")
+        if check == "embed":
+            a, b = api.embed(run, texts), api.embed(out, texts)
+            assert max(abs(x - y) for r, s in zip(a, b) for x, y in zip(r["embedding"], s["embedding"])) < 1e-5
+        else:
+            a, b = api.rerank(run, "tasty", documents=docs), api.rerank(out, "tasty", documents=docs)
+            assert [r["index"] for r in a] == [r["index"] for r in b]
+            assert max(abs(r["relevance_score"] - s["relevance_score"]) for r, s in zip(a, b)) < 1e-5
+
+
 @pytest.mark.parametrize("task", ["embedding", "reranker"])
 def test_retrieval_tasks_resume_exactly(task, toy_data, tiny_bert, tmp_path, monkeypatch):
     from test_resume import assert_same_run, crashed_then_resumed

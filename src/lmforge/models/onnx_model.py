@@ -2,7 +2,7 @@
 transformers model interface lmforge's predict, fill-mask, generate and serve use.
 
 The folder holds `model.onnx` (inputs input_ids, attention_mask [, token_type_ids | position_ids]; output
-logits; batch and sequence axes dynamic), the model's config.json, the tokenizer, and export.json. The forward
+logits, or last_hidden_state for an embedding model; batch and sequence axes dynamic), the model's config.json, the tokenizer, and export.json. The forward
 pass runs in ONNX Runtime on CPU; tokenisation and the small post-processing (softmax, top-k) stay in lmforge.
 
 Causal LMs are exported without a key/value cache, so `generate` here reruns the whole sequence for each new
@@ -81,8 +81,9 @@ class OnnxModel:
         if "position_ids" in self.input_names:
             feeds["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0) if position_ids is None else position_ids
         arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy().astype(np.int64)) for k, v in feeds.items()}
-        (logits,) = self.session.run(["logits"], arrays)
-        return SimpleNamespace(logits=torch.from_numpy(logits))
+        name = self.session.get_outputs()[0].name  # logits, or an embedding model's last_hidden_state
+        (out,) = self.session.run([name], arrays)
+        return SimpleNamespace(**{name: torch.from_numpy(out)})
 
     forward = __call__
 

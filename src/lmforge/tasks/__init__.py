@@ -45,7 +45,11 @@ def task_of(model_dir: Path) -> Task:
             return get_task(name)
     if (model_dir / "modules.json").exists():  # a sentence-transformers folder
         return embedding.TASK
-    archs = model_config_dict(model_dir).get("architectures") or []
+    config = model_config_dict(model_dir)
+    archs = config.get("architectures") or []
+    if config.get("num_labels", len(config.get("id2label") or {}) or None) == 1 and \
+            any(a.endswith("SequenceClassification") for a in archs):
+        return reranker.TASK  # one score per text (pair): a reranker, not a classifier
     for task in TASKS.values():
         if any(a.endswith(task.architectures) for a in archs):
             return task

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -76,7 +77,8 @@ def _logits(model, tokenizer, texts: list[str]) -> list[torch.Tensor]:
     for text in texts:
         enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=128)
         inputs = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        logits = model(**inputs).logits.float()[0]
+        res = model(**inputs)  # logits, or an embedding model's last hidden state
+        logits = (res.logits if getattr(res, "logits", None) is not None else res.last_hidden_state).float()[0]
         out.append(logits[None] if logits.dim() == 1 else logits)  # (positions, classes): one row for a classifier
     return out
 
@@ -170,11 +172,23 @@ def _check_options(fmt: str, dtype: Optional[str], quantize: Optional[str]) -> s
     return dtype or "float32"
 
 
+# sentence-transformers' files of an embedding model: they say how its embeddings are pooled, and travel with it
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling",
+            "2_Normalize")
+
+
 def _write(fmt: str, precision: str, trained, tokenizer, model_dir: Path, tmp: Path, pre=None) -> dict:
     """Write the export's files into tmp; returns the format's own facts for export.json."""
     card = model_dir / "README.md"  # the model card travels with the weights
     if card.exists():
         (tmp / "README.md").write_text(card.read_text())
+    if fmt != "gguf":
+        for name in ST_FILES:
+            src = model_dir / name
+            if src.is_dir():
+                shutil.copytree(src, tmp / name)
+            elif src.is_file():
+                shutil.copy2(src, tmp / name)
     if fmt == "safetensors":
         saved = trained if precision == "float32" else copy.deepcopy(trained).to(DTYPES[precision])
         saved.save_pretrained(tmp, safe_serialization=True)

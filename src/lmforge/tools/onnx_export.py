@@ -9,6 +9,8 @@ padded batch, so it is not used. Optimum is not needed.
 What is exported:
 - encoders (sequence classification, masked LM): input_ids, attention_mask (+ token_type_ids when the tokenizer
   makes them) -> logits;
+- bare encoders (embedding models): the same inputs -> last_hidden_state (pooling and normalisation stay in
+  lmforge, read from the folder's sentence-transformers files, which travel with the export);
 - causal LMs (llama, gpt2, ...): input_ids, attention_mask, position_ids -> logits for every position, without a
   key/value cache (the model is traced with use_cache=False), so generation reruns the sequence each step.
 """
@@ -34,8 +36,11 @@ def kind_of(model) -> str:
         return "encoder"
     if name.endswith(CAUSAL_HEADS):
         return "causal"
-    raise LmforgeError(f"ONNX export covers sequence classifiers, masked LMs and causal LMs; this model is {name}",
-                       "use --format safetensors")
+    if name.endswith("Model") and not getattr(model.config, "is_decoder", False) and \
+            hasattr(model, "get_input_embeddings") and not hasattr(model, "lm_head"):
+        return "hidden"
+    raise LmforgeError(f"ONNX export covers sequence classifiers, masked LMs, embedding encoders and causal LMs; this "
+                       f"model is {name}", "use --format safetensors")
 
 
 class _Encoder(torch.nn.Module):
@@ -46,6 +51,12 @@ class _Encoder(torch.nn.Module):
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         extra = {"token_type_ids": token_type_ids} if self.with_types else {}
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+
+
+class _Hidden(_Encoder):
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        extra = {"token_type_ids": token_type_ids} if self.with_types else {}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
 
 
 class _Causal(torch.nn.Module):
@@ -70,9 +81,11 @@ def write_onnx(model, tokenizer, path: Path) -> dict:
     mask = torch.ones_like(ids)
     mask[1, 5:] = 0
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    if kind == "encoder":
+    output = "last_hidden_state" if kind == "hidden" else "logits"
+    if kind in ("encoder", "hidden"):
         with_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
-        module, names = _Encoder(model, with_types), ["input_ids", "attention_mask"]
+        module = (_Hidden if kind == "hidden" else _Encoder)(model, with_types)
+        names = ["input_ids", "attention_mask"]
         args = (ids, mask) + ((torch.zeros_like(ids),) if with_types else ())
         names += ["token_type_ids"] if with_types else []
     else:
@@ -84,10 +97,10 @@ def write_onnx(model, tokenizer, path: Path) -> dict:
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         try:
-            torch.onnx.export(module.eval(), args, str(path), input_names=names, output_names=["logits"],
+            torch.onnx.export(module.eval(), args, str(path), input_names=names, output_names=[output],
                               dynamic_shapes=shapes, dynamo=True, external_data=big, verbose=False)
         except Exception as e:  # the exporter's own error, shortened to its first line
             raise LmforgeError(f"torch.onnx could not export this {type(model).__name__}: "
                                f"{str(e).strip().splitlines()[0][:200]}", "use --format safetensors") from None
-    return {"kind": kind, "inputs": names, "outputs": ["logits"], "dynamic_axes": ["batch", "sequence"],
+    return {"kind": kind, "inputs": names, "outputs": [output], "dynamic_axes": ["batch", "sequence"],
             "kv_cache": False, "exporter": f"torch.onnx (dynamo) {torch.__version__}", "bytes": path.stat().st_size}
