@@ -78,7 +78,7 @@ def test_registry_and_config_name_the_same_tasks():
     assert set(typing.get_args(TaskName)) == set(TASKS)
     for name, task in TASKS.items():
         assert task.name == name and task.auto_class is not None and task.endpoint.startswith("/v1/")
-        assert task.data_kind in ("table", "corpus", "conversations", "pairs", "prompts")
+        assert task.data_kind in ("table", "corpus", "conversations", "pairs", "prompts", "retrieval")
         assert task.starter["model"] and task.starter["data"] and task.try_command
 
 

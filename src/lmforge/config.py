@@ -105,7 +105,7 @@ class DataConfig(Section):
     validation_split: float = 0.1
     """Fraction of train held out for evaluation when no `eval` is given (stratified, seeded)."""
     max_length: Optional[int] = None
-    """Truncate each example to this many tokens (classification, truncate mode). Default: model limit capped at 512."""
+    """Truncate each example to this many tokens (classification; embedding: each text; reranker: each query + document pair). Default: model limit capped at 512."""
     max_train_samples: Optional[int] = None
     """Train on N rows (examples, documents, conversations or pairs) of a seeded shuffle, taken after the hold-out and before encoding."""
     max_eval_samples: Optional[int] = None

@@ -78,7 +78,7 @@ STARTERS: dict[str, dict] = {
         "about": "an embedding model (bi-encoder) for semantic search, trained on query / document pairs",
         "keys": {"data": ["max_length"], "embedding": ["pooling", "normalize", "scale", "matryoshka_dims",
                                                        "mini_batch_size"]},
-        "values": {"data": {"max_length": 128, "max_train_samples": 4000},
+        "values": {"data": {"max_length": 128, "max_train_samples": 4000, "max_eval_samples": 400},
                    "train": {"per_device_train_batch_size": 32, "learning_rate": 2e-5, "max_steps": 60,
                              "warmup_ratio": 0.1}}},
     "reranker": {
@@ -86,7 +86,8 @@ STARTERS: dict[str, dict] = {
         "model": "minilm-l6", "data": "kjv-web-retrieval",
         "about": "a reranker (cross-encoder) that scores (query, document) pairs to reorder search results",
         "keys": {"data": ["max_length"], "reranker": ["loss", "negatives", "mine", "candidates"]},
-        "values": {"data": {"max_length": 256, "max_train_samples": 2000},
+        # a cross-encoder reads every (query, candidate) pair: 100 held-out queries x 20 candidates per evaluation
+        "values": {"data": {"max_length": 256, "max_train_samples": 2000, "max_eval_samples": 100},
                    "train": {"per_device_train_batch_size": 16, "learning_rate": 5e-5, "max_steps": 60,
                              "warmup_ratio": 0.1}}},
 }

@@ -71,9 +71,7 @@ def model_card(cfg, metrics: dict, summary: dict, notes: list[str]) -> str:
              f"`{base or 'a model built from a config'}`"
              + (f" for {tr['steps']} optimizer steps ({tr.get('epochs', '?')} epochs)." if tr.get("steps") else "."), "",
              "## Intended use", "", task.intended_use(summary),
-             "", "## How to use", "", "```python", "from transformers import pipeline",
-             f"pipe = pipeline(\"{task.pipeline_tag}\", model=\"{cfg.output.output_dir or '.'}/model\")",
-             task.usage_example,
+             "", "## How to use", "", "```python", *_usage(task, f"{cfg.output.output_dir or '.'}/model"),
              "```", "", "or try it in a browser: `lmforge serve " + str(cfg.output.output_dir or "RUN") + "`.",
              "", "## Training data", ""]
     lines += _data_lines(cfg, summary)
@@ -99,7 +97,7 @@ def _front_matter(cfg, task, name: str, base: Optional[str], base_license: Optio
     front = {
         "license": license_,
         "base_model": base or "none (trained from scratch)",
-        "library_name": "transformers",
+        "library_name": task.library_name,
         "pipeline_tag": task.pipeline_tag,
         "datasets": datasets,
         "metrics": list(scalars),
@@ -111,6 +109,14 @@ def _front_matter(cfg, task, name: str, base: Optional[str], base_license: Optio
                     "split": final_split},
         "metrics": [{"type": k, "value": round(v, 6), "name": f"{final_split} {k}"} for k, v in scalars.items()]}]}]
     return yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()
+
+
+def _usage(task, model_dir: str) -> list[str]:
+    """The model card's code lines: the task's own (usage_code), else a transformers pipeline and its example."""
+    if task.usage_code:
+        return task.usage_code.format(model=model_dir).splitlines()
+    return ["from transformers import pipeline", f"pipe = pipeline(\"{task.pipeline_tag}\", model=\"{model_dir}\")",
+            task.usage_example]
 
 
 def _data_lines(cfg, summary: dict) -> list[str]:

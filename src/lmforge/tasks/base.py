@@ -182,6 +182,11 @@ class Task:
     """The Hugging Face pipeline that runs the model (model card, `pipeline(...)`)."""
     usage_example: str = ""
     """One line of Python after `pipe = pipeline(...)` that shows the model at work (model card)."""
+    usage_code: str = ""
+    """The model card's code instead of the pipeline lines, when another library runs the model ({model}: its
+    folder)."""
+    library_name: str = "transformers"
+    """The library that loads the model (model card metadata)."""
     starter: dict = {}
     """`lmforge init`: {model, data (built-in defaults), about (one line), keys (section -> task-specific keys to
     write out), values (section -> key -> starter value)}."""

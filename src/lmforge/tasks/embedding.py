@@ -287,11 +287,15 @@ class Embedding(Task):
     best_metric, greater_is_better = BEST_METRICS["embedding"]
     endpoint = "/v1/embeddings"
     playground = "embed"
-    data_kind = "pairs"
+    data_kind = "retrieval"
     length_key = "data.max_length"
     samples_title = "Retrieval samples"
     pipeline_tag = "sentence-similarity"
-    usage_example = 'print(SentenceTransformer(path).encode(["a text", "another"]))'
+    usage_code = ('from sentence_transformers import SentenceTransformer\n'
+                  'model = SentenceTransformer("{model}")\n'
+                  'emb = model.encode(["a query", "a document", "another document"])\n'
+                  'print(model.similarity(emb[:1], emb[1:]))   # cosine similarities')
+    library_name = "sentence-transformers"
     try_command = 'lmforge embed {run} "a text" "another text"'
     starter = STARTERS["embedding"]
 

@@ -276,10 +276,13 @@ class Reranker(Task):
     best_metric, greater_is_better = BEST_METRICS["reranker"]
     endpoint = "/v1/rerank"
     playground = "rerank"
-    data_kind = "pairs"
+    data_kind = "retrieval"
     length_key = "data.max_length"
     pipeline_tag = "text-ranking"
-    usage_example = 'print(CrossEncoder(path).predict([("a query", "a document")]))'
+    usage_code = ('from sentence_transformers import CrossEncoder\n'
+                  'model = CrossEncoder("{model}")\n'
+                  'print(model.predict([("a query", "a relevant document"), ("a query", "another document")]))')
+    library_name = "sentence-transformers"
     try_command = 'lmforge rerank {run} --query "a question" --documents docs.txt'
     starter = STARTERS["reranker"]
 
@@ -319,7 +322,8 @@ class Reranker(Task):
         summary = {"train_rows": len(groups), "train_pairs": pairs,
                    "eval_rows": len(splits.eval) if splits.eval is not None else 0,
                    "test_rows": len(splits.test) if splits.test is not None else 0, "max_length": max_length,
-                   "mean_tokens": float(np.mean(train.lengths)), "lengths": train.lengths, **splits.summary()}
+                   "mean_tokens": float(sum(train.lengths) / max(1, pairs)), "lengths": train.lengths,
+                   **splits.summary()}
         listwise = rcfg.loss == "listwise"
         return TaskParts(task=self, model=model, tokenizer=tokenizer, train=train, eval=evals.get("eval"),
                          test=evals.get("test"), collate=make_collate(tokenizer.pad_token_id, listwise),

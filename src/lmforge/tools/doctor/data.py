@@ -14,6 +14,7 @@ from ...data.corpus import read_corpus
 from ...data.pipeline import mix, sources_of
 from ...data.preference import read_pairs
 from ...data.prompts import read_prompts
+from ...data.retrieval import corpus_of, read_query_docs
 from ...errors import LmforgeError
 from ...tasks import get_task
 from .output import Out, err
@@ -171,8 +172,29 @@ def _mix_preview(out: Out, cfg, split: str, spec, sizes: list[int]) -> None:
         for s, c, n in zip(srcs, counts, sizes)))
 
 
+def _check_retrieval(out: Out, source: str, cfg, split: str) -> Optional[dict]:
+    """Query/document pairs: rows, negatives, scores, and the retrieval problem they make (unique queries and
+    documents, queries without a relevant document)."""
+    rows = read_query_docs(source, cfg, split)
+    corpus = corpus_of(rows)
+    negs = sum(len(r.negatives) for r in rows)
+    scored = sum(r.score is not None for r in rows)
+    out.ok(f"{split}: {source}: {len(rows):,} query/document rows; {len(corpus.queries):,} distinct queries, "
+           f"{len(corpus.documents):,} distinct documents" + (f", {negs:,} negatives" if negs else "")
+           + (f", {scored:,} rows with a score" if scored else ""))
+    none = sum(not rel for rel in corpus.relevant)
+    if none:
+        out.warn(f"{split} ({source}): {none} queries have no relevant document (every score is 0 or below): "
+                 "retrieval metrics skip them, the embedding task does not train on them")
+    if split != "train" and len(corpus.documents) > 100_000:
+        out.warn(f"{split} ({source}): {len(corpus.documents):,} documents: exact search at each evaluation gets "
+                 "slow; cap data.max_eval_samples (or use an approximate index such as faiss outside lmforge)")
+    texts = {json.dumps([r.query, r.document], sort_keys=True) for r in rows}
+    return {"rows": len(rows), "source": source, "texts": texts}
+
+
 CHECKS = {"table": _check_table, "corpus": _check_corpus, "conversations": _check_conversations,
-          "pairs": _check_pairs, "prompts": _check_prompts}
+          "pairs": _check_pairs, "prompts": _check_prompts, "retrieval": _check_retrieval}
 
 
 def check_data(out: Out, cfg) -> bool:
