@@ -319,3 +319,41 @@ def test_chat_playground_answers_through_the_chat_template(browser, chat_model, 
         assert not browser.find_elements(By.CSS_SELECTOR, "#result .msg")
     finally:
         live.stop()
+
+
+def test_playground_ranks_lines_by_embedding_similarity(browser, tiny_bert, tmp_path_factory):
+    """An embedding model's page: the first line is the query, the others are ranked by cosine similarity, as
+    `lmforge embed` computes it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from lmforge import api
+    from lmforge.tasks.embedding import EmbedSpec, write_st_files
+    from test_serve import Live
+
+    d = tmp_path_factory.mktemp("st-folder")
+    for f in tiny_bert.iterdir():
+        shutil.copy2(f, d / f.name)
+    write_st_files(d, EmbedSpec("mean", True, 64), 32)  # a sentence-transformers folder: an embedding model
+    query, lines = "good tasty food", ["awful stale bad", "great lovely food", "the product was fine"]
+    vecs = [r["embedding"] for r in api.embed(d, [query] + lines)]
+    cos = [sum(a * b for a, b in zip(vecs[0], v)) for v in vecs[1:]]  # normalised vectors
+    want = [lines[i] for i in sorted(range(3), key=lambda i: -cos[i])]
+    live = Live(d)
+    try:
+        browser.get(f"http://127.0.0.1:{live.port}/")
+        wait = WebDriverWait(browser, 30)
+        button = wait.until(EC.element_to_be_clickable((By.ID, "run")))
+        assert button.text == "Compare"
+        browser.find_element(By.ID, "input").send_keys("\n".join([query] + lines))
+        button.click()
+        wait.until(EC.visibility_of_element_located((By.ID, "label")))
+        bars = browser.find_elements(By.CSS_SELECTOR, "#result .bar")
+        assert [b.find_element(By.CLASS_NAME, "name").text for b in bars] == want
+        pcts = [float(b.find_element(By.CLASS_NAME, "pct").text.rstrip("%")) for b in bars]
+        assert pcts[0] == pytest.approx(100 * max(0.0, max(cos)), abs=0.051)
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "serve-embed.png"))
+    finally:
+        live.stop()
