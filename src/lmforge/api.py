@@ -40,6 +40,7 @@ from .use import classify as _classify
 from .use import fill_mask as _fill_mask
 from .use import generate as _generate
 from .use import retrieve as _retrieve
+from .use import score as _score
 from .use import serve as _serve
 from .use.generate_eval import generation_scores
 
@@ -47,7 +48,7 @@ log = logging.getLogger("lmforge")
 
 ConfigLike = Union[str, Path, Config, dict, None]
 
-__all__ = ["TrainResult", "train", "prepare", "evaluate", "predict", "generate", "fill_mask", "chat", "serve", "doctor",
+__all__ = ["TrainResult", "train", "prepare", "evaluate", "predict", "generate", "fill_mask", "embed", "rerank", "score", "chat", "serve", "doctor",
            "sweep", "train_tokenizer", "push", "report", "runs", "models", "datasets", "task_of", "resolve_model_dir",
            "latest_checkpoint", "resolve_config", "launch", "inside_launcher", "quiet_libraries", "format_duration",
            "ServeLimits", "starter_config", "config_keys", "next_steps", "export"]
@@ -218,6 +219,15 @@ def rerank(model: Union[str, Path], query: str, documents: Optional[Sequence[str
     return _retrieve.rerank(resolve_model_dir(model), query, documents=documents, documents_file=documents_file,
                             top_n=top_n, output=output, text_column=text_column, batch_size=batch_size,
                             allow_untrained=allow_untrained)
+
+
+def score(model: Union[str, Path], texts: Optional[Sequence] = None, input_file: Optional[str] = None,
+          output: Optional[str] = None, batch_size: int = 16, allow_untrained: bool = False) -> list[dict]:
+    """Rewards of texts or conversations (message lists) from a reward run or model folder: {text | messages,
+    score}."""
+    quiet_libraries()
+    return _score.score(resolve_model_dir(model), texts=texts, input_file=input_file, output=output,
+                        batch_size=batch_size, allow_untrained=allow_untrained)
 
 
 def chat(model: Union[str, Path], input_stream=None, output=None, **kwargs) -> list[dict]:

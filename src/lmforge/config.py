@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError, field_validator, model_validato
 
 from .config_io import deep_merge, parse_overrides, parse_value, read_yaml  # noqa: F401 (re-exported)
 from .config_ranges import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SEED, SHARE, Range, Section  # noqa: F401
+from .config_posttrain import RewardConfig
 from .config_retrieval import EmbeddingConfig, RerankerConfig
 from .errors import LmforgeError, did_you_mean
 
@@ -25,7 +26,7 @@ SchedulerName = Literal["linear", "cosine", "cosine_with_restarts", "polynomial"
                         "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
                         "warmup_stable_decay", "greedy"]
 # The task families (tasks/__init__.py registers one module for each; a test keeps the two lists equal).
-TaskName = Literal["classification", "causal-lm", "masked-lm", "sft", "dpo", "grpo", "embedding", "reranker"]
+TaskName = Literal["classification", "causal-lm", "masked-lm", "sft", "dpo", "grpo", "embedding", "reranker", "reward"]
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
 
 
@@ -192,7 +193,7 @@ class TrainConfig(Section):
     eval_steps: Optional[int] = None
     """Evaluate every N optimizer steps (eval_strategy: steps)."""
     before_eval_max_samples: Optional[int] = 512
-    """The evaluation before training scores a seeded sample of at most this many eval items (examples, blocks, pairs or prompts; 512 keeps an accuracy's standard error under 2.3 points), and the final model is scored on the same sample too, so the change is measured on the same items. null: the whole eval split."""
+    """The evaluation before training scores a seeded sample of at most this many eval items (examples, blocks, pairs or prompts; 512 keeps an accuracy's standard error under 2.3 points), and the final model is scored on the same sample too, so the change is measured on the same items. null: the whole eval split. Retrieval evaluations (embedding, reranker) always score the whole split: a sample of a corpus would be another search problem."""
     save_strategy: Literal["steps", "epoch", "no"] = "epoch"
     """When to write a checkpoint."""
     save_steps: Optional[int] = None
@@ -339,7 +340,9 @@ class GrpoConfig(Section):
     rewards: list[str] = ["exact_match"]
     """grpo: reward functions: built-ins (exact_match, contains, number_match, format, length_penalty) or module:function, called as TRL calls them (prompts, completions, completion_ids, every data column) -> one float or None per completion."""
     reward_weights: Optional[list[float]] = None
-    """grpo: one weight per reward function (default 1 each); the reward is their weighted sum."""
+    """grpo: one weight per reward function (default 1 each), then one for reward_model when set; the reward is their weighted sum."""
+    reward_model: Optional[str] = None
+    """grpo: a reward model (a task: reward run or model folder) whose score is one more reward, computed in batches without gradients; each prompt + completion is rendered with the reward model's own chat template."""
     answer_column: str = "answer"
     """grpo: the column with the reference answer that exact_match, contains and number_match compare with."""
     number_tolerance: float = 1e-6
@@ -408,7 +411,7 @@ class OutputConfig(Section):
 
 class Config(Section):
     task: TaskName = "classification"
-    """classification, causal-lm, masked-lm, sft (chat / instruction fine-tuning), dpo (preference tuning), grpo (online RL with verifiable rewards), embedding (a bi-encoder for retrieval) or reranker (a cross-encoder)."""
+    """classification, causal-lm, masked-lm, sft (chat / instruction fine-tuning), dpo (preference tuning), grpo (online RL with verifiable rewards), embedding (a bi-encoder for retrieval), reranker (a cross-encoder) or reward (a reward model trained on preference pairs)."""
     model: ModelConfig = ModelConfig()
     """Which model to start from."""
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -429,6 +432,8 @@ class Config(Section):
     """Embedding models (task: embedding): pooling, normalisation, the in-batch loss's scale, matryoshka, GradCache."""
     reranker: RerankerConfig = RerankerConfig()
     """Rerankers (task: reranker): the loss, mined negatives, evaluation candidates."""
+    reward: RewardConfig = RewardConfig()
+    """Reward models (task: reward): reward centring."""
     peft: Optional[PeftConfig] = None
     """LoRA fine-tuning: {r, alpha, dropout, target_modules, merge}; absent = train every weight."""
 

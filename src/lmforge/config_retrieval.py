@@ -8,7 +8,7 @@ from .config_ranges import AT_LEAST_1, POSITIVE, Range, Section
 
 
 class EmbeddingConfig(Section):
-    RANGES = {"scale": POSITIVE, "mini_batch_size": AT_LEAST_1, "top_k": AT_LEAST_1}
+    RANGES = {"scale": POSITIVE, "mini_batch_size": AT_LEAST_1}
     pooling: Optional[Literal["mean", "cls", "max", "lasttoken"]] = None
     """embedding: how token vectors become one text vector; default: the model's sentence-transformers pooling (1_Pooling/config.json), else mean."""
     normalize: Optional[bool] = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # Laptop-sized: every starter trains in minutes on 2 CPU cores as written (caps on rows and steps, each with a
 # comment on how to scale up); "minutes" is what one run of it took here, the whole `lmforge train` command on 2 CPU
-# cores, 2026-12-07 (docs/results.md; dpo: 4.2 min plus its 2.8 min reference pass, which a run computes once).
+# cores, 2026-12-07 (embedding, reranker: 2026-12-08) (docs/results.md; dpo: 4.2 min plus its 2.8 min reference pass, which a run computes once).
 SCALE_UP = {
     "data.max_train_samples": "laptop-sized: remove this line to train on every row",
     "data.max_eval_samples": "laptop-sized: remove to evaluate on every held-out row (slower evaluations)",
@@ -73,7 +73,7 @@ STARTERS: dict[str, dict] = {
                    "train": {"per_device_train_batch_size": 4, "learning_rate": 1e-5, "max_steps": 30,
                              "eval_strategy": "steps", "eval_steps": 15, "logging_steps": 5}}},
     "embedding": {
-        "minutes": None,
+        "minutes": 2.2,
         "model": "minilm-l6", "data": "kjv-web-retrieval",
         "about": "an embedding model (bi-encoder) for semantic search, trained on query / document pairs",
         "keys": {"data": ["max_length"], "embedding": ["pooling", "normalize", "scale", "matryoshka_dims",
@@ -82,13 +82,21 @@ STARTERS: dict[str, dict] = {
                    "train": {"per_device_train_batch_size": 32, "learning_rate": 2e-5, "max_steps": 60,
                              "warmup_ratio": 0.1}}},
     "reranker": {
-        "minutes": None,
+        "minutes": 4.8,
         "model": "minilm-l6", "data": "kjv-web-retrieval",
         "about": "a reranker (cross-encoder) that scores (query, document) pairs to reorder search results",
         "keys": {"data": ["max_length"], "reranker": ["loss", "negatives", "mine", "candidates"]},
         # a cross-encoder reads every (query, candidate) pair: 100 held-out queries x 20 candidates per evaluation
         "values": {"data": {"max_length": 256, "max_train_samples": 2000, "max_eval_samples": 100},
                    "train": {"per_device_train_batch_size": 16, "learning_rate": 5e-5, "max_steps": 60,
+                             "warmup_ratio": 0.1}}},
+    "reward": {
+        "minutes": None,
+        "model": "smollm2-135m", "data": "kjv-to-web-pairs",
+        "about": "a reward model: score replies, trained on chosen / rejected pairs (Bradley-Terry)",
+        "keys": {"data": ["block_size"], "reward": ["center_rewards_coefficient"]},
+        "values": {"data": {"block_size": 256, "max_train_samples": 800, "max_eval_samples": 100},
+                   "train": {"per_device_train_batch_size": 8, "learning_rate": 1e-5, "max_steps": 40,
                              "warmup_ratio": 0.1}}},
 }
 
@@ -97,4 +105,5 @@ BEST_METRICS: dict[str, tuple[str, bool]] = {
     "classification": ("accuracy", True), "causal-lm": ("loss", False), "masked-lm": ("loss", False),
     "sft": ("loss", False), "dpo": ("loss", False),
     "grpo": ("reward", True), "embedding": ("ndcg@10", True), "reranker": ("ndcg@10", True),
+    "reward": ("accuracy", True),
 }

@@ -336,6 +336,26 @@ def rerank(model: str = typer.Argument(..., help="Reranker run or model folder."
 
 
 @app.command()
+def score(model: str = typer.Argument(..., help="Reward run or model folder."),
+          texts: Optional[List[str]] = typer.Argument(None, help="Texts to score (as written)."),
+          input: Optional[str] = typer.Option(None, "--input", "-i", help="jsonl/csv/parquet of conversations (messages), prompt + completion, or texts; or a txt file."),
+          output: Optional[str] = typer.Option(None, "--output", "-o", help="Write {text | messages, score} rows as jsonl."),
+          batch_size: int = typer.Option(16, "--batch-size", min=1),
+          allow_untrained: bool = typer.Option(False, "--allow-untrained", help="Use a reward head that was never trained.")):
+    """Score texts or conversations with a reward model: one reward each (higher = more like the preferred replies)."""
+    api = _api()
+    if not texts and not input:
+        raise LmforgeError("nothing to score", 'give texts after the model, or --input FILE')
+    rows = api.score(model, texts=texts or None, input_file=input, output=output, batch_size=batch_size,
+                     allow_untrained=allow_untrained)
+    if output:
+        console.print(f"wrote {len(rows)} scores to {output}")
+        return
+    for r in rows:
+        print(json.dumps(r, ensure_ascii=False))
+
+
+@app.command()
 def generate(model: str = typer.Argument(..., help="Run folder, model folder or alias of a causal LM."),
              prompts: Optional[List[str]] = typer.Argument(None, help="Prompts to continue."),
              input: Optional[str] = typer.Option(None, "--input", "-i", help="Prompts: txt (one a line), jsonl, csv."),

@@ -31,6 +31,7 @@ class Pair:
     prompt: list[dict]
     chosen: list[dict]
     rejected: list[dict]
+    margin: Optional[float] = None  # a `margin` column: how much better chosen is (reward models' Bradley-Terry margin)
 
 
 def read_pairs(source: str, cfg, split: str = "train") -> list[Pair]:
@@ -45,10 +46,25 @@ def read_pairs(source: str, cfg, split: str = "train") -> list[Pair]:
     for i, row in enumerate(df.to_dict("records")):
         row = {k.lower(): v for k, v in row.items()}
         where = f"{source} row {i + 1}"
-        out.append(_pair(row, where) if has_prompt else _pair_from_conversations(row, where))
+        pair = _pair(row, where) if has_prompt else _pair_from_conversations(row, where)
+        if "margin" in row:
+            pair.margin = _margin(row["margin"], where)
+        out.append(pair)
     if not out:
         raise LmforgeError(f"{source} has no preference pairs", "add data")
     return out
+
+
+def _margin(value, where: str) -> float:
+    import math
+    try:
+        m = float(value)
+    except (TypeError, ValueError):
+        raise LmforgeError(f"{where}: column 'margin' must be a number, got {value!r}",
+                           "a margin says how much better the chosen reply is (0 = just better)") from None
+    if not math.isfinite(m):
+        raise LmforgeError(f"{where}: column 'margin' is {m}", "give a finite margin")
+    return m
 
 
 def _messages(value, where: str, column: str) -> list[dict]:

@@ -36,6 +36,9 @@ class EncodedSplit:
     # the split's own metrics from its eval outputs, when they depend on the split (a retrieval corpus: its queries'
     # relevant documents); None: the task's `finalize`
     finalize: Optional[Callable[[dict], dict]] = None
+    # its items are one problem (a retrieval corpus: queries and the documents they search), so a sample of them
+    # would measure another problem: `sample` keeps them all
+    whole: bool = False
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -43,11 +46,12 @@ class EncodedSplit:
     def subset(self, indices: list[int]) -> "EncodedSplit":
         """The items at `indices`, as a split of its own."""
         rows = [self.rows[i] for i in indices] if isinstance(self.rows, list) else self.rows.select(indices)
-        return EncodedSplit(rows, [self.lengths[i] for i in indices], self.finalize)
+        return EncodedSplit(rows, [self.lengths[i] for i in indices], self.finalize, self.whole)
 
     def sample(self, n: Optional[int], seed: int) -> "EncodedSplit":
-        """A seeded sample of at most n items (in their original order), or the split itself when it is no larger."""
-        if n is None or len(self) <= n:
+        """A seeded sample of at most n items (in their original order), or the split itself when it is no larger
+        (or `whole`)."""
+        if n is None or len(self) <= n or self.whole:
             return self
         import numpy as np
         return self.subset(sorted(np.random.RandomState(seed).permutation(len(self))[:n].tolist()))

@@ -156,7 +156,7 @@ def encode_corpus(corpus: retrieval.Corpus, tokenizer, max_length: int, dims=Non
              for i, ids in enumerate(tokenize(tokenizer, corpus.queries, max_length))]
     items += [{"input_ids": ids, "role": 1, "idx": i}
               for i, ids in enumerate(tokenize(tokenizer, corpus.documents, max_length))]
-    return EncodedSplit(items, [len(x["input_ids"]) for x in items], make_finalize(corpus, dims))
+    return EncodedSplit(items, [len(x["input_ids"]) for x in items], make_finalize(corpus, dims), whole=True)
 
 
 def make_collate(pad_id: int):

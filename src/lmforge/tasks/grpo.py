@@ -396,7 +396,7 @@ class GRPO(Task):
     @staticmethod
     def rollouts(cfg: Config, model, tokenizer, stats: Optional[GrpoStats] = None) -> Rollouts:
         g = cfg.grpo
-        rewards = reward_fns.load_rewards(g.rewards, g.reward_weights, reward_opts(cfg))
+        rewards = reward_fns.load_rewards(g.rewards, g.reward_weights, reward_opts(cfg), g.reward_model)
         reference = None
         if g.beta > 0:
             if cfg.peft is not None:

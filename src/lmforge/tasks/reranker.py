@@ -189,7 +189,7 @@ def encode_candidates(corpus: retrieval.Corpus, cands: Candidates, tokenizer, ma
         if "token_type_ids" in enc:
             item["token_type_ids"] = [enc["token_type_ids"][j]]
         items.append(item)
-    return EncodedSplit(items, [len(x["input_ids"][0]) for x in items], make_finalize(corpus, cands))
+    return EncodedSplit(items, [len(x["input_ids"][0]) for x in items], make_finalize(corpus, cands), whole=True)
 
 
 def make_collate(pad_id: int, listwise: bool = False):

@@ -184,14 +184,18 @@ def _declared(fn: Callable) -> Optional[frozenset]:
     return frozenset(p.name for p in params)
 
 
-def load_rewards(names: Sequence[str], weights: Optional[Sequence[float]], opts: RewardOptions) -> list[Reward]:
-    """The reward functions of grpo.rewards with their weights (1 each unless grpo.reward_weights)."""
-    if not names:
+def load_rewards(names: Sequence[str], weights: Optional[Sequence[float]], opts: RewardOptions,
+                 reward_model: Optional[str] = None) -> list[Reward]:
+    """The reward functions of grpo.rewards with their weights (1 each unless grpo.reward_weights), then the
+    learned reward of grpo.reward_model (weighted by the last weight)."""
+    if not names and not reward_model:
         raise LmforgeError("grpo.rewards is empty", f"name at least one: a built-in ({', '.join(BUILTINS)}) or "
-                                                    "module:function")
-    if weights is not None and len(weights) != len(names):
-        raise LmforgeError(f"grpo.reward_weights has {len(weights)} weights for {len(names)} reward functions",
-                           "give one weight per entry of grpo.rewards, in the same order")
+                                                    "module:function, or set grpo.reward_model")
+    n = len(names) + (1 if reward_model else 0)
+    if weights is not None and len(weights) != n:
+        raise LmforgeError(f"grpo.reward_weights has {len(weights)} weights for {n} rewards",
+                           "give one weight per entry of grpo.rewards, in the same order"
+                           + (", then one for grpo.reward_model" if reward_model else ""))
     out = []
     for i, name in enumerate(names):
         if name in BUILTINS:
@@ -203,6 +207,10 @@ def load_rewards(names: Sequence[str], weights: Optional[Sequence[float]], opts:
             raise LmforgeError(f"grpo.rewards: unknown reward '{name}'.{did_you_mean(name, BUILTINS)}",
                                f"built-ins: {', '.join(BUILTINS)}; or your own as module:function")
         out.append(Reward(name, fn, 1.0 if weights is None else float(weights[i]), _declared(fn)))
+    if reward_model:
+        from .reward import learned_reward
+        fn = learned_reward(reward_model)
+        out.append(Reward("reward_model", fn, 1.0 if weights is None else float(weights[-1]), _declared(fn)))
     if len({r.name for r in out}) != len(out):
         raise LmforgeError("grpo.rewards names a function twice", "list each once (weights go in grpo.reward_weights)")
     return out

@@ -226,8 +226,9 @@ def save_outputs(cfg: Config, run: "OpenRun", trainer: Trainer, parts: TaskParts
         (d / "README.md").write_text(card)
     if lora_state is not None:
         lora.save(lora_state, run.dir, parts.tokenizer, card, merge=cfg.peft.merge)
-        if parts.save_files is not None and (run.dir / "model").is_dir():
-            parts.save_files(run.dir / "model")
+        for d in (run.dir / "adapter", run.dir / "model"):  # the adapter too: `lmforge embed` reads its spec there
+            if parts.save_files is not None and d.is_dir():
+                parts.save_files(d)
     else:
         atomic_dir(run.dir / "model", write_model)
     write_metrics(run.dir, metrics)

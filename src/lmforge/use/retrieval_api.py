@@ -1,5 +1,6 @@
-"""The retrieval endpoints of `lmforge serve`: OpenAI-compatible POST /v1/embeddings for an embedding model, and
-POST /v1/rerank in the shape Cohere's and Jina's rerank APIs use (what rerank clients send) for a reranker.
+"""The scoring endpoints of `lmforge serve`: OpenAI-compatible POST /v1/embeddings for an embedding model,
+POST /v1/rerank in the shape Cohere's and Jina's rerank APIs use (what rerank clients send) for a reranker, and
+POST /v1/score for a reward model.
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
@@ -12,6 +13,9 @@ POST /v1/rerank in the shape Cohere's and Jina's rerank APIs use (what rerank cl
 `encoding_format` (float, or base64: little-endian float32, which the openai client asks for by default).
 /v1/rerank takes `query`, `documents` (texts, or {"text": ...} objects), `top_n` and `return_documents`, and answers
 `results`: [{index, relevance_score, document: {text}}], best first.
+/v1/score takes `texts` (scored as written), `conversations` (message lists, rendered with the reward model's chat
+template) or `prompt` + `completions` (each completion scored as the assistant's reply to the prompt), and answers
+`scores`, one per input, in order.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Literal, Optional, Union
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..tasks.reward import Scorer, conversation
 from .retrieve import embed_texts, rerank_scores
 from .serve_limits import ApiError, Limits, ModelSlot
 
@@ -49,6 +54,44 @@ class RerankIn(BaseModel):
     model: Optional[str] = None
     top_n: Optional[int] = Field(None, ge=1)
     return_documents: bool = True
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ScoreIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: Optional[list[str]] = None
+    conversations: Optional[list[list[Message]]] = None
+    prompt: Optional[Union[str, list[Message]]] = None
+    completions: Optional[list[str]] = None
+
+
+def _score_items(req: ScoreIn, limits: Limits) -> list:
+    given = [k for k in ("texts", "conversations", "completions") if getattr(req, k) is not None]
+    if len(given) != 1 or (req.completions is not None) != (req.prompt is not None):
+        raise ApiError(422, "give exactly one of 'texts', 'conversations', or 'prompt' with 'completions'",
+                       "invalid_request")
+    if req.texts is not None:
+        return _texts(req.texts, limits, "texts")
+    if req.completions is not None:
+        _texts(req.completions, limits, "completions")
+        prompt = req.prompt if isinstance(req.prompt, str) else [m.model_dump() for m in req.prompt]
+        return [conversation(prompt, c) for c in req.completions]
+    convs = [[m.model_dump() for m in c] for c in req.conversations]
+    if not convs:
+        raise ApiError(422, "'conversations' is empty", "invalid_request")
+    if len(convs) > limits.max_texts:
+        raise ApiError(413, f"{len(convs)} conversations in one request; at most {limits.max_texts}", "too_large")
+    for i, c in enumerate(convs):
+        if not c:
+            raise ApiError(422, f"conversations[{i}] has no messages", "invalid_request")
+        if sum(len(m["content"]) for m in c) > limits.max_chars:
+            raise ApiError(413, f"conversations[{i}] has over {limits.max_chars} characters", "too_large")
+    return convs
 
 
 def _texts(value, limits: Limits, what: str) -> list[str]:
@@ -89,6 +132,15 @@ def add_retrieval_endpoints(app: FastAPI, backend, slot: ModelSlot, limits: Limi
             data.append({"object": "embedding", "index": i, "embedding": emb})
         return {"object": "list", "data": data, "model": req.model or model_id,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    @app.post("/v1/score")
+    def score(req: ScoreIn):
+        _need(backend, "/v1/score")
+        items = _score_items(req, limits)
+        t0 = time.perf_counter()
+        scorer = Scorer(backend.model, backend.tokenizer, backend.reward_max_length())
+        values = slot.run(lambda: scorer.score(items))
+        return {"scores": values, "model": model_id, "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
 
     @app.post("/v1/rerank")
     def rerank(req: RerankIn):

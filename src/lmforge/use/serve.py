@@ -101,6 +101,11 @@ class Backend:
                         model_and_tokenizer=(self.model, self.tokenizer))
         return [{k: v for k, v in r.items() if k not in ("text", "text_pair")} for r in rows]
 
+    def reward_max_length(self) -> int:
+        """A reward model's text limit in tokens (texts keep their last this-many)."""
+        from ..tasks.reward import max_length_of
+        return max_length_of(self.model_dir, self.model, self.tokenizer)
+
     def fill_mask(self, text: str, top_k: int) -> dict:
         return fill_mask_with(self.model, self.tokenizer, [text], top_k=top_k)[0]
 
