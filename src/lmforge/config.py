@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError, field_validator, model_validato
 
 from .config_io import deep_merge, parse_overrides, parse_value, read_yaml  # noqa: F401 (re-exported)
 from .config_ranges import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SEED, SHARE, Range, Section  # noqa: F401
-from .config_posttrain import RewardConfig
+from .config_posttrain import DistillConfig, RewardConfig
 from .config_retrieval import EmbeddingConfig, RerankerConfig
 from .errors import LmforgeError, did_you_mean
 
@@ -26,7 +26,7 @@ SchedulerName = Literal["linear", "cosine", "cosine_with_restarts", "polynomial"
                         "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
                         "warmup_stable_decay", "greedy"]
 # The task families (tasks/__init__.py registers one module for each; a test keeps the two lists equal).
-TaskName = Literal["classification", "causal-lm", "masked-lm", "sft", "dpo", "grpo", "embedding", "reranker", "reward"]
+TaskName = Literal["classification", "causal-lm", "masked-lm", "sft", "dpo", "grpo", "embedding", "reranker", "reward", "distill"]
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
 
 
@@ -411,7 +411,7 @@ class OutputConfig(Section):
 
 class Config(Section):
     task: TaskName = "classification"
-    """classification, causal-lm, masked-lm, sft (chat / instruction fine-tuning), dpo (preference tuning), grpo (online RL with verifiable rewards), embedding (a bi-encoder for retrieval), reranker (a cross-encoder) or reward (a reward model trained on preference pairs)."""
+    """classification, causal-lm, masked-lm, sft (chat / instruction fine-tuning), dpo (preference tuning), grpo (online RL with verifiable rewards), embedding (a bi-encoder for retrieval), reranker (a cross-encoder), reward (a reward model trained on preference pairs) or distill (a student learns a teacher's distributions)."""
     model: ModelConfig = ModelConfig()
     """Which model to start from."""
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -434,6 +434,8 @@ class Config(Section):
     """Rerankers (task: reranker): the loss, mined negatives, evaluation candidates."""
     reward: RewardConfig = RewardConfig()
     """Reward models (task: reward): reward centring."""
+    distill: DistillConfig = DistillConfig()
+    """Distillation (task: distill): the teacher, the student, the divergence, top-k cache, on-policy share."""
     peft: Optional[PeftConfig] = None
     """LoRA fine-tuning: {r, alpha, dropout, target_modules, merge}; absent = train every weight."""
 

@@ -98,6 +98,15 @@ STARTERS: dict[str, dict] = {
         "values": {"data": {"block_size": 256, "max_train_samples": 800, "max_eval_samples": 100},
                    "train": {"per_device_train_batch_size": 8, "learning_rate": 1e-5, "max_steps": 40,
                              "warmup_ratio": 0.1}}},
+    "distill": {
+        "minutes": None,
+        "model": "smollm2-135m", "data": "kjv",
+        "about": "distil a teacher into a smaller student (by default, every other layer of the teacher)",
+        "keys": {"data": ["block_size", "max_eval_blocks"], "distill": ["teacher", "student", "loss", "alpha",
+                                                                      "temperature", "top_k", "lmbda"]},
+        "values": {"data": {"block_size": 256, "max_eval_blocks": 32},
+                   "distill": {"teacher": "smollm2-135m", "student": {"from_teacher": {"layers": "every_other"}}},
+                   "train": {"per_device_train_batch_size": 8, "learning_rate": 5e-4, "max_steps": 30}}},
 }
 
 # the default train.metric_for_best_model of each task, and whether greater is better
@@ -105,5 +114,5 @@ BEST_METRICS: dict[str, tuple[str, bool]] = {
     "classification": ("accuracy", True), "causal-lm": ("loss", False), "masked-lm": ("loss", False),
     "sft": ("loss", False), "dpo": ("loss", False),
     "grpo": ("reward", True), "embedding": ("ndcg@10", True), "reranker": ("ndcg@10", True),
-    "reward": ("accuracy", True),
+    "reward": ("accuracy", True), "distill": ("loss", False),
 }

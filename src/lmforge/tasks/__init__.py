@@ -12,7 +12,7 @@ import yaml
 
 from ..errors import LmforgeError, did_you_mean
 from ..models.lora import model_config_dict
-from . import causal_lm, classification, dpo, embedding, grpo, masked_lm, reranker, reward, sft
+from . import causal_lm, classification, distill, dpo, embedding, grpo, masked_lm, reranker, reward, sft
 from .base import EncodedSplit, Task, TaskParts
 
 TASKS: dict[str, Task] = {
@@ -25,6 +25,7 @@ TASKS: dict[str, Task] = {
     embedding.TASK.name: embedding.TASK,
     reranker.TASK.name: reranker.TASK,
     reward.TASK.name: reward.TASK,
+    distill.TASK.name: distill.TASK,
 }
 
 __all__ = ["TASKS", "EncodedSplit", "Task", "TaskParts", "get_task", "task_of"]

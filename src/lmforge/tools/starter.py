@@ -25,7 +25,7 @@ COMMON = {
               "eval_steps", "save_strategy", "logging_steps", "seed"],
     "output": ["output_dir", "overwrite"],
 }
-SECTION_ORDER = ("model", "data", "dpo", "grpo", "embedding", "reranker", "reward", "train", "output")
+SECTION_ORDER = ("model", "data", "dpo", "grpo", "embedding", "reranker", "reward", "distill", "train", "output")
 
 
 def _section_class(name: str) -> type[BaseModel]:
