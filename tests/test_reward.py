@@ -137,3 +137,22 @@ def test_margin_column_is_read_and_checked(tmp_path):
     f.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c", "margin": "lots"}) + "\n")
     with pytest.raises(LmforgeError, match="row 1: column 'margin' must be a number"):
         read_pairs(str(f), build_config({"task": "reward"}))
+
+
+def test_the_shared_row_gives_the_rewards_of_two_rows(tiny_llama):  # noqa: F811
+    from transformers import AutoModelForSequenceClassification
+
+    from lmforge.tasks.reward import make_collate, pair_rewards, probe_shared_layout
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=1).eval()
+    model.config.pad_token_id = 1
+    assert probe_shared_layout(model, 1)
+    rows = [{"prompt": [5, 6, 7], "chosen": [8, 9], "rejected": [10, 11, 12], "margin": 0.0},
+            {"prompt": [5], "chosen": [13, 14, 15, 16], "rejected": [17], "margin": 0.0}]
+    with torch.no_grad():
+        shared = pair_rewards(model, make_collate(1, "shared")(rows))
+        separate = pair_rewards(model, make_collate(1, "rows")(rows))
+        alone = [[float(model(input_ids=torch.tensor([r["prompt"] + r[side]])).logits[0, 0]) for r in rows]
+                 for side in ("chosen", "rejected")]
+    for a, b, c in zip(shared, separate, alone):
+        assert a.tolist() == pytest.approx(c, abs=1e-5) and b.tolist() == pytest.approx(c, abs=1e-5)

@@ -95,8 +95,9 @@ STARTERS: dict[str, dict] = {
         "model": "smollm2-135m", "data": "kjv-to-web-pairs",
         "about": "a reward model: score replies, trained on chosen / rejected pairs (Bradley-Terry)",
         "keys": {"data": ["block_size"], "reward": ["center_rewards_coefficient"]},
-        "values": {"data": {"block_size": 256, "max_train_samples": 800, "max_eval_samples": 100},
-                   "train": {"per_device_train_batch_size": 8, "learning_rate": 1e-5, "max_steps": 40,
+        # a step reads 2 x 4 conversations of ~200 tokens (smollm2's template adds its system turn)
+        "values": {"data": {"block_size": 256, "max_train_samples": 800, "max_eval_samples": 64},
+                   "train": {"per_device_train_batch_size": 4, "learning_rate": 1e-5, "max_steps": 30,
                              "warmup_ratio": 0.1}}},
     "distill": {
         "minutes": None,

@@ -225,6 +225,11 @@ class Task:
         return {}
 
     # ------------------------------------------------------------------ doctor
+    def model_check_config(self, cfg: Config) -> Config:
+        """The config whose model and tokenizer the doctor checks before setup (a distillation student built from
+        its teacher: the teacher's)."""
+        return cfg
+
     def tokenizer_findings(self, specials: dict) -> list[tuple[str, str]]:
         """(level, message) about the tokenizer's special tokens ({'pad': ..., 'eos': ...}); level is
         'problem', 'warning' or 'info'."""

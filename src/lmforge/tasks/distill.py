@@ -359,6 +359,11 @@ class Distill(Task):
         parts.summary = {**parts.summary, "teacher": d.teacher, "data_task": inner.name}
         return parts
 
+    def model_check_config(self, cfg: Config) -> Config:
+        if cfg.distill.student is not None and cfg.distill.teacher:  # the student is made of the teacher
+            return cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": cfg.distill.teacher})})
+        return cfg
+
     def load_for_use(self, model_dir: Path, allow_untrained: bool = False):
         return CAUSAL_LM.load_for_use(model_dir, allow_untrained)
 

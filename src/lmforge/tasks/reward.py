@@ -38,6 +38,7 @@ from ..starters import BEST_METRICS, STARTERS
 from ..tokenizer import load_tokenizer
 from .base import EncodedSplit, Task, TaskParts, eval_config, eval_rows
 from .chat_template import ensure_chat_template
+from .preference_rows import PAD_BRANCH, branch_mask
 
 log = logging.getLogger("lmforge")
 
@@ -97,28 +98,122 @@ def tokens(tokenizer, texts: Sequence[str], limit: int) -> tuple[list[list[int]]
     return [x[-limit:] for x in ids], cut
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Tokens the two sides share from the start, leaving each at least its last token."""
+    n = 0
+    while n < min(len(a), len(b)) - 1 and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def encode_pairs(pairs: list, tokenizer, limit: int) -> Encoded:
+    """Rows {prompt, chosen, rejected, margin}: the ids the two rendered sides share from the start, then each
+    side's own rest (each side keeps its last `limit` tokens)."""
     chosen, c1 = tokens(tokenizer, [render(tokenizer, p.prompt + p.chosen) for p in pairs], limit)
     rejected, c2 = tokens(tokenizer, [render(tokenizer, p.prompt + p.rejected) for p in pairs], limit)
-    rows = [{"chosen": c, "rejected": r, "margin": float(p.margin or 0.0)} for c, r, p in zip(chosen, rejected, pairs)]
-    return Encoded(EncodedSplit(rows, [len(c) + len(r) for c, r in zip(chosen, rejected)]), c1 + c2)
+    rows = []
+    for c, r, p in zip(chosen, rejected, pairs):
+        k = common_prefix(c, r)
+        rows.append({"prompt": c[:k], "chosen": c[k:], "rejected": r[k:], "margin": float(p.margin or 0.0)})
+    return Encoded(EncodedSplit(rows, [len(x["prompt"]) + len(x["chosen"]) + len(x["rejected"]) for x in rows]),
+                   c1 + c2)
 
 
-def make_collate(pad_id: int):
+def make_collate(pad_id: int, layout: str = "shared", mask_dtype=torch.float32):
+    """Pairs as batches. 'shared': one row per pair, prompt + chosen + rejected, the rejected side seeing the prompt
+    but not the chosen reply (a 4-D mask and position ids), so the shared opening runs once; 'rows': two padded
+    rows per pair. `ends`: the flat positions whose score is each pair's chosen, then rejected, reward."""
     def collate(rows: list[dict]) -> dict:
-        seqs = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
-        batch = {"input_ids": pad_sequences(seqs, pad_id),
-                 "attention_mask": pad_sequences([[1] * len(s) for s in seqs], 0),
-                 "margin": torch.tensor([r["margin"] for r in rows], dtype=torch.float)}
-        batch.update(n_tokens=int(batch["attention_mask"].sum()), n_items=len(rows))
+        seqs, branches, positions, ends = [], [], [], []
+        for row in rows:
+            p, c, r = row["prompt"], row["chosen"], row["rejected"]
+            if layout == "shared":
+                seqs.append(p + c + r)
+                branches.append([0] * len(p) + [1] * len(c) + [2] * len(r))
+                positions.append(list(range(len(p) + len(c))) + list(range(len(p), len(p) + len(r))))
+                ends.append((len(seqs) - 1, len(p) + len(c) - 1, len(p) + len(c) + len(r) - 1))
+            else:
+                for side in (c, r):
+                    seqs.append(p + side)
+                    branches.append([1] * (len(p) + len(side)))
+                    positions.append(list(range(len(p) + len(side))))
+                ends.append((len(seqs) - 2, len(p) + len(c) - 1, None))
+        width = max(map(len, seqs))
+        n = len(seqs)
+        batch = {"input_ids": torch.full((n, width), pad_id, dtype=torch.long),
+                 "position_ids": torch.zeros((n, width), dtype=torch.long)}
+        branch = torch.full((n, width), PAD_BRANCH, dtype=torch.long)
+        for i, (ids, br, pos) in enumerate(zip(seqs, branches, positions)):
+            batch["input_ids"][i, :len(ids)] = torch.tensor(ids)
+            batch["position_ids"][i, :len(ids)] = torch.tensor(pos)
+            branch[i, :len(ids)] = torch.tensor(br)
+        real = branch != PAD_BRANCH
+        flat_c, flat_r = [], []
+        for (row_i, end_c, end_r), row in zip(ends, rows):
+            flat_c.append(row_i * width + end_c)
+            flat_r.append(row_i * width + end_r if end_r is not None
+                          else (row_i + 1) * width + len(row["prompt"]) + len(row["rejected"]) - 1)
+        batch["ends"] = torch.tensor(flat_c + flat_r)
+        batch["attention_mask"] = real.long()
+        if layout == "shared":
+            batch["mask4d"] = branch_mask(branch, mask_dtype)
+        batch.update(margin=torch.tensor([r["margin"] for r in rows], dtype=torch.float),
+                     n_tokens=int(real.sum()), n_items=len(rows))
         return batch
     return collate
 
 
+def per_position_scores(model, batch: dict) -> torch.Tensor:
+    """The score head's output at every position [B, L] (decoder classifiers), from one forward pass."""
+    head = _score_head(model)
+    seen = {}
+    hook = head.register_forward_hook(lambda mod, args, out: seen.__setitem__("out", out))
+    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    if "mask4d" in batch:
+        dtype = next(model.parameters()).dtype
+        inputs["attention_mask"] = batch["mask4d"].to(dtype if dtype.is_floating_point else torch.float32)
+    else:
+        inputs["attention_mask"] = batch["attention_mask"]
+    try:
+        model(**inputs)
+    finally:
+        hook.remove()
+    return seen["out"].float()[..., 0]
+
+
 def pair_rewards(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    r = rewards_of(model, batch["input_ids"], batch["attention_mask"])
-    n = r.shape[0] // 2
-    return r[:n], r[n:]
+    """(chosen rewards, rejected rewards) of a batch of pairs."""
+    if _score_head(model) is None:  # an encoder pools itself: its two sides are two rows of their own
+        r = rewards_of(model, batch["input_ids"], batch["attention_mask"])
+        return r[0::2], r[1::2]  # rows layout: chosen, rejected, chosen, ...
+    flat = per_position_scores(model, batch).reshape(-1)[batch["ends"]]
+    n = flat.shape[0] // 2
+    return flat[:n], flat[n:]
+
+
+@torch.no_grad()
+def probe_shared_layout(model, pad_id: int) -> bool:
+    """True when a pair scored in one row with its shared opening gives the rewards of two separate rows."""
+    if _score_head(model) is None:
+        return False
+    vocab = model.get_input_embeddings().weight.shape[0]
+    g = torch.Generator().manual_seed(2)
+    p, c, r = (torch.randint(0, vocab, (n,), generator=g).tolist() for n in (6, 4, 5))
+    row = {"prompt": p, "chosen": c, "rejected": r, "margin": 0.0}
+    dev = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    try:
+        got = {}
+        for layout in ("rows", "shared"):
+            batch = {k: v.to(dev) if isinstance(v, torch.Tensor) else v
+                     for k, v in make_collate(pad_id, layout)([row, row]).items()}
+            got[layout] = torch.stack(pair_rewards(model, batch))
+        return bool(torch.allclose(got["rows"], got["shared"], atol=1e-4, rtol=1e-4))
+    except Exception:  # noqa: BLE001 - a model that refuses a 4-D mask: each side in its own row
+        return False
+    finally:
+        model.train(was)
 
 
 def make_loss(center: float):
@@ -268,15 +363,20 @@ class Reward(Task):
         for note in notes:
             log.info("%s", note)
         center = cfg.reward.center_rewards_coefficient or 0.0
+        layout = "shared" if probe_shared_layout(model, tokenizer.pad_token_id) else "rows"
+        notes.append("pairs: the opening the two sides share runs once, in one row per pair (checked against two "
+                     "rows at setup)" if layout == "shared" else "pairs: each side in its own row")
+        log.info("%s", notes[-1])
         summary = {"train_rows": len(train.split), "eval_rows": len(evals["eval"].split) if "eval" in evals else 0,
                    "test_rows": len(evals["test"].split) if "test" in evals else 0, "block_size": limit,
-                   "truncated_train": train.truncated, "mean_tokens": float(np.mean(train.split.lengths)) / 2,
+                   "truncated_train": train.truncated, "mean_tokens": float(np.mean(train.split.lengths)),
                    "lengths": train.split.lengths, **splits.summary()}
         return TaskParts(task=self, model=model, tokenizer=tokenizer, train=train.split,
                          eval=evals["eval"].split if "eval" in evals else None,
                          test=evals["test"].split if "test" in evals else None,
-                         collate=make_collate(tokenizer.pad_token_id), loss=make_loss(center), eval_step=eval_step,
-                         finalize=make_finalize(center), new_param_names=missing, summary=summary, notes=notes)
+                         collate=make_collate(tokenizer.pad_token_id, layout), loss=make_loss(center),
+                         eval_step=eval_step, finalize=make_finalize(center), new_param_names=missing, summary=summary,
+                         notes=notes)
 
     def load_for_use(self, model_dir: Path, allow_untrained: bool = False):
         tokenizer = load_tokenizer(str(model_dir))
@@ -300,8 +400,10 @@ class Reward(Task):
         rows = eval_rows(read_eval_rows(data, cfg, preference.KIND), overrides, cfg)
         limit = resolve_block_size(cfg.data.block_size, model.config, tokenizer)
         center = cfg.reward.center_rewards_coefficient or 0.0
+        layout = "shared" if probe_shared_layout(model, tokenizer.pad_token_id) else "rows"
         return TaskParts(task=self, model=model, tokenizer=tokenizer, train=None,
-                         eval=encode_pairs(rows, tokenizer, limit).split, collate=make_collate(tokenizer.pad_token_id),
+                         eval=encode_pairs(rows, tokenizer, limit).split,
+                         collate=make_collate(tokenizer.pad_token_id, layout),
                          loss=make_loss(center), eval_step=eval_step, finalize=make_finalize(center))
 
     def metric_inputs(self, outputs: dict) -> tuple:

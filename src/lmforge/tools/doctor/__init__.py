@@ -24,6 +24,7 @@ from ...config import Config, Permissions, resolve_config
 from ...data.pipeline import describe
 from ...errors import LmforgeError
 from ...runtime import quiet_libraries
+from ...tasks import get_task
 from ...train.checkpoint import incomplete_checkpoints
 from ...train.recovery import previous_run
 from .data import check_data
@@ -52,7 +53,7 @@ def run_doctor(config=None, overrides: Optional[Sequence[str]] = None, probe: bo
         check_previous_run(out, cfg)
     before = len(report.problems)
     out.section("model and tokenizer (offline)")
-    tok = check_model_and_tokenizer(out, cfg, permissions)
+    tok = check_model_and_tokenizer(out, get_task(cfg.task).model_check_config(cfg), permissions)
     out.section("data")
     readable = check_data(out, cfg)
     if len(report.problems) > before or not readable or tok is None:
