@@ -178,3 +178,45 @@ def test_a_student_with_another_tokenizer_is_refused(teacher, tmp_path):
     cfg["model"] = {"name": str(other)}
     with pytest.raises(LmforgeError, match=r"teacher .*vocabulary of [\d,]+ tokens.* student .*[\d,]+ tokens"):
         api.train(cfg, progress=False)
+
+
+def test_conversations_distil_the_assistant_tokens_only(tmp_path):
+    """Conversation data: the student is set up as sft sets it up (assistant tokens are the targets), and the
+    distillation loss counts exactly those tokens."""
+    from test_sft import CHATML, CONV, tiny_chat_model  # noqa: F401
+
+    from lmforge.tokenizer import train_tokenizer
+    tok = train_tokenizer("byte-level-bpe", texts=[m["content"] for m in CONV] * 20, vocab_size=300,
+                          min_frequency=1, special_tokens=["<|im_start|>", "<|im_end|>", "</s>"]).tokenizer
+    tok.eos_token, tok.pad_token, tok.chat_template = "</s>", "</s>", CHATML
+    from transformers import GPT2Config, GPT2LMHeadModel
+    teacher = tmp_path / "teacher"
+    tok.save_pretrained(teacher)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=4, n_embd=32, n_head=2, n_positions=256, resid_pdrop=0,
+                               embd_pdrop=0, attn_pdrop=0, eos_token_id=tok.eos_token_id,
+                               bos_token_id=tok.eos_token_id)).save_pretrained(teacher)
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": CONV}) + "\n" for _ in range(24)))
+    cfg = {"task": "distill", "distill": {"teacher": str(teacher), "student": {"from_teacher": {"layers": [0, 3]}},
+                                          "alpha": 0.5, "loss": "reverse_kl"},
+           "data": {"train": str(data), "block_size": 128, "packing": "truncate"},
+           "train": {"max_steps": 4, "learning_rate": 3e-3, "per_device_train_batch_size": 4, "seed": 2,
+                     "logging_steps": 1, "eval_strategy": "no", "save_strategy": "no"},
+           "output": {"output_dir": str(tmp_path / "run")}}
+    res = api.train(cfg, progress=False)
+    summary = json.loads((res.run_dir / "manifest.json").read_text())
+    assert json.loads((res.run_dir / "model" / "config.json").read_text())["n_layer"] == 2
+    log = [json.loads(x) for x in (res.run_dir / "log.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert len(log) == 4 and all(math.isfinite(r["loss"]) for r in log)
+    assert '"data_task": "sft"' in json.dumps(summary)
+    # the targets are the assistant tokens of the sft mask: the same batch through sft's setup counts the same items
+    from lmforge.config import build_config
+    from lmforge.tasks import get_task
+    sft_cfg = build_config({**cfg, "task": "sft", "distill": {}, "model": {"name": str(res.run_dir / "model")}})
+    parts = get_task("sft").setup(sft_cfg)
+    batch = parts.collate(parts.train.take([0]))
+    targets = batch["labels"][:, 1:] != -100
+    ids = batch["input_ids"][0, 1:][targets[0]].tolist()
+    assert int(batch["n_items"]) == int(targets.sum()) and "You" in tok.decode(ids)
+    assert "rewrite old English" not in tok.decode(ids)  # the system turn is never a target

@@ -107,7 +107,8 @@ STARTERS: dict[str, dict] = {
                                                                       "temperature", "top_k", "lmbda"]},
         "values": {"data": {"block_size": 256, "max_eval_blocks": 32},
                    "distill": {"teacher": "smollm2-135m", "student": {"from_teacher": {"layers": "every_other"}}},
-                   "train": {"per_device_train_batch_size": 8, "learning_rate": 5e-4, "max_steps": 30}}},
+                   # a step runs the teacher forward and the student forward and backward over 4 x 256 tokens
+                   "train": {"per_device_train_batch_size": 4, "learning_rate": 3e-4, "max_steps": 20}}},
 }
 
 # the default train.metric_for_best_model of each task, and whether greater is better
