@@ -25,6 +25,8 @@ PINNED = {
     # pinned when the retrieval tasks were added (2026-12-08)
     "embedding": [1.151351, 0.239175, 0.039288, 0.038375, 0.012087],
     "reranker": [0.69366, 0.682217, 0.671834, 0.666324, 0.659641],
+    "reward": [0.693151, 0.693117, 0.693054, 0.690529, 0.692863],
+    "distill": [2.84748, 2.781958, 2.72737, 2.689522, 2.666421],
 }
 
 
@@ -88,7 +90,44 @@ def _pairs_config(task: str, tmp_path) -> dict:
             "output": {"output_dir": str(tmp_path / "run")}}
 
 
+def _reward_config(tmp_path) -> dict:
+    rows = [{"prompt": t, "chosen": "good " + t, "rejected": "bad " + t} for t, _ in toy_sentiment_rows(64, seed=2)]
+    train = tmp_path / "pairs.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"task": "reward", "model": {"name": _encoder_folder(tmp_path / "encoder")},
+            "data": {"train": str(train), "block_size": 64},
+            "train": {"max_steps": 5, "learning_rate": 3e-3, "per_device_train_batch_size": 8, "seed": 3,
+                      "logging_steps": 1, "eval_strategy": "no", "save_strategy": "no"},
+            "output": {"output_dir": str(tmp_path / "run")}}
+
+
+def _distill_config(tmp_path) -> dict:
+    """A 4-layer GPT-2 teacher (seed 0, no dropout) distilled into its layers 0 and 2 on the toy corpus."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lmforge.tokenizer import train_tokenizer
+    teacher = tmp_path / "teacher"
+    tok = train_tokenizer("byte-level-bpe", texts=corpus_text().splitlines(), vocab_size=300, min_frequency=1).tokenizer
+    tok.save_pretrained(teacher)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=4, n_embd=32, n_head=2, n_positions=64, resid_pdrop=0,
+                               embd_pdrop=0, attn_pdrop=0)).save_pretrained(teacher)
+    text = tmp_path / "corpus.txt"
+    text.write_text(corpus_text())
+    return {"task": "distill", "distill": {"teacher": str(teacher), "student": {"from_teacher": {"layers": "every_other"}},
+                                           "alpha": 0.5},
+            "data": {"train": str(text), "block_size": 32},
+            "train": {"max_steps": 5, "learning_rate": 3e-3, "per_device_train_batch_size": 8, "seed": 3,
+                      "logging_steps": 1, "eval_strategy": "no", "save_strategy": "no"},
+            "output": {"output_dir": str(tmp_path / "run")}}
+
+
 def _run(task: str, tmp_path) -> list[float]:
+    if task == "reward":
+        return _losses(api.train(_reward_config(tmp_path), progress=False).run_dir)
+    if task == "distill":
+        return _losses(api.train(_distill_config(tmp_path), progress=False).run_dir)
     if task in ("embedding", "reranker"):
         return _losses(api.train(_pairs_config(task, tmp_path), progress=False).run_dir)
     if task == "classification":
