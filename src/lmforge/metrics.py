@@ -76,7 +76,7 @@ def lm_metrics(total_nll: float, n_targets: int, n_words: Optional[int] = None, 
 TABLE_METRICS = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro", "f1_weighted",
                  "bits_per_byte", "exact_match", "chrf", "reward_accuracy", "reward_margin", "rewards_chosen",
                  "rewards_rejected", "accuracy_strict", "accuracy_lenient", "reward", "completion_length",
-                 "recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
+                 "recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "margin", "reward_chosen", "reward_rejected")
 LOG_METRICS = ("loss", "perplexity", "perplexity_per_word", "accuracy", "mcc", "f1_macro", "reward_accuracy",
                "reward_margin", "accuracy_strict", "accuracy_lenient", "reward", "recall@1", "recall@10", "mrr@10",
                "ndcg@10")
@@ -116,6 +116,11 @@ METRIC_NOTES: dict[str, tuple[Optional[bool], str]] = {
     "first_stage_mrr@10": (True, "mrr@10 of the first-stage candidate lists before reranking (the baseline a "
                                  "reranker must beat)"),
     "first_stage_ndcg@10": (True, "ndcg@10 of the first-stage candidate lists before reranking"),
+    "margin": (True, "reward model: mean reward of the chosen replies minus the rejected ones'"),
+    "reward_chosen": (None, "reward model: mean reward of the chosen replies (the scale is arbitrary: read it against "
+                            "reward_rejected)"),
+    "reward_rejected": (None, "reward model: mean reward of the rejected replies"),
+    "reward_std": (None, "reward model: spread of all the rewards (reward centring keeps their mean near 0)"),
     "candidate_recall": (True, "share of the relevant documents inside the candidate lists (a reranker's ceiling)"),
 }
 LOWER_IS_BETTER_WORDS = ("loss", "perplexity", "bits_per_byte")

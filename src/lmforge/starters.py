@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # Laptop-sized: every starter trains in minutes on 2 CPU cores as written (caps on rows and steps, each with a
 # comment on how to scale up); "minutes" is what one run of it took here, the whole `lmforge train` command on 2 CPU
-# cores, 2026-12-07 (embedding, reranker: 2026-12-08) (docs/results.md; dpo: 4.2 min plus its 2.8 min reference pass, which a run computes once).
+# cores, 2026-12-07 (embedding, reranker, reward, distill: 2026-12-08) (docs/results.md; dpo: 4.2 min plus its 2.8 min reference pass, which a run computes once).
 SCALE_UP = {
     "data.max_train_samples": "laptop-sized: remove this line to train on every row",
     "data.max_eval_samples": "laptop-sized: remove to evaluate on every held-out row (slower evaluations)",
@@ -91,7 +91,7 @@ STARTERS: dict[str, dict] = {
                    "train": {"per_device_train_batch_size": 16, "learning_rate": 5e-5, "max_steps": 60,
                              "warmup_ratio": 0.1}}},
     "reward": {
-        "minutes": None,
+        "minutes": 3.5,
         "model": "smollm2-135m", "data": "kjv-to-web-pairs",
         "about": "a reward model: score replies, trained on chosen / rejected pairs (Bradley-Terry)",
         "keys": {"data": ["block_size"], "reward": ["center_rewards_coefficient"]},
@@ -100,7 +100,7 @@ STARTERS: dict[str, dict] = {
                    "train": {"per_device_train_batch_size": 4, "learning_rate": 1e-5, "max_steps": 30,
                              "warmup_ratio": 0.1}}},
     "distill": {
-        "minutes": None,
+        "minutes": 2.8,
         "model": "smollm2-135m", "data": "kjv",
         "about": "distil a teacher into a smaller student (by default, every other layer of the teacher)",
         "keys": {"data": ["block_size", "max_eval_blocks"], "distill": ["teacher", "student", "loss", "alpha",
