@@ -82,7 +82,7 @@ STARTERS: dict[str, dict] = {
                    "train": {"per_device_train_batch_size": 32, "learning_rate": 2e-5, "max_steps": 60,
                              "warmup_ratio": 0.1}}},
     "reranker": {
-        "minutes": 4.8,
+        "minutes": 5.4,
         "model": "minilm-l6", "data": "kjv-web-retrieval",
         "about": "a reranker (cross-encoder) that scores (query, document) pairs to reorder search results",
         "keys": {"data": ["max_length"], "reranker": ["loss", "negatives", "mine", "candidates"]},
