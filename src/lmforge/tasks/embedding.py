@@ -44,7 +44,9 @@ from .base import EncodedSplit, Task, TaskParts, eval_config, eval_rows
 from .embedding_loss import POOLINGS, cached_loss, encode, matryoshka_loss
 
 log = logging.getLogger("lmforge")
-ST_FILES = ("modules.json", "sentence_bert_config.json")
+# sentence-transformers' files of an embedding model folder: how its embeddings are pooled (they travel with exports)
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling",
+            "2_Normalize")
 
 
 # ----------------------------------------------------------------------------------- the embedding spec

@@ -34,7 +34,7 @@ from ..errors import LmforgeError
 from ..fs import atomic_dir, check_output_dir
 from ..models.load import resolve_model_dir
 from ..models.onnx_model import is_onnx_dir, load_onnx
-from ..tasks import task_of
+from ..tasks import embedding, task_of
 from ..train.recovery import previous_run
 from ..use.inputs import read_texts
 from . import gguf_export, onnx_export
@@ -172,10 +172,6 @@ def _check_options(fmt: str, dtype: Optional[str], quantize: Optional[str]) -> s
     return dtype or "float32"
 
 
-# sentence-transformers' files of an embedding model: they say how its embeddings are pooled, and travel with it
-ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling",
-            "2_Normalize")
-
 
 def _write(fmt: str, precision: str, trained, tokenizer, model_dir: Path, tmp: Path, pre=None) -> dict:
     """Write the export's files into tmp; returns the format's own facts for export.json."""
@@ -183,7 +179,7 @@ def _write(fmt: str, precision: str, trained, tokenizer, model_dir: Path, tmp: P
     if card.exists():
         (tmp / "README.md").write_text(card.read_text())
     if fmt != "gguf":
-        for name in ST_FILES:
+        for name in embedding.ST_FILES:  # an embedding model's pooling travels with it
             src = model_dir / name
             if src.is_dir():
                 shutil.copytree(src, tmp / name)
